@@ -1,0 +1,33 @@
+"""The actor engine under onestep: source, task, sink, supervisor and event actors on pykka.
+
+It imports only pykka and the standard library; `onestep` drives it through the
+protocols in `actors._ports`.
+"""
+
+from ._failure import HandlerFailed, failure_from, timeout_failure
+from ._loop import EventLoopThread
+from ._ports import EventRecord, Failure, RetryPort, SinkPort, SourcePort, TaskPort
+from ._sink import PublishJob, SinkRoute
+from ._supervisor import AppFailed, RestartPolicy
+from ._system import ActorSystem, StartupError
+from ._timer import Timer
+
+__all__ = [
+    "ActorSystem",
+    "AppFailed",
+    "EventLoopThread",
+    "EventRecord",
+    "Failure",
+    "HandlerFailed",
+    "PublishJob",
+    "RestartPolicy",
+    "RetryPort",
+    "SinkPort",
+    "SinkRoute",
+    "SourcePort",
+    "StartupError",
+    "TaskPort",
+    "Timer",
+    "failure_from",
+    "timeout_failure",
+]

@@ -1,0 +1,45 @@
+"""Turning exceptions and stuck threads into Failure records.
+
+Called on worker threads, the event-loop thread and the task actor's thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from ._ports import Failure
+
+
+def failure_from(exc: BaseException, kind: str = "error") -> Failure:
+    return Failure(
+        kind=kind,
+        exception_type=type(exc).__name__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+def timeout_failure(timeout_s: float, thread_ident: int | None = None) -> Failure:
+    """A timeout; for a stuck sync handler the traceback shows where its thread is."""
+    stack = ""
+    if thread_ident is not None:
+        frame = sys._current_frames().get(thread_ident)
+        if frame is not None:
+            stack = "Stack of the handler thread at its deadline:\n" + "".join(
+                traceback.format_stack(frame)
+            )
+    return Failure(
+        kind="timeout",
+        exception_type="TimeoutError",
+        message=f"handler did not finish within timeout_s={timeout_s}",
+        traceback=stack,
+    )
+
+
+class HandlerFailed(Exception):
+    """Passed to `Source.fail()`: the failure that made the runtime give up."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"{failure.kind}: {failure.exception_type}: {failure.message}")
+        self.failure = failure

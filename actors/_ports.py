@@ -1,0 +1,109 @@
+"""The small protocols through which the actor engine talks to the domain layer.
+
+`onestep` implements these for its sources, sinks, tasks and policies; the engine knows
+nothing else about them, so it imports only pykka and the standard library.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a message failed: `kind` is `error`, `timeout` or `decode`."""
+
+    kind: str
+    exception_type: str
+    message: str
+    traceback: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "exception_type": self.exception_type,
+            "message": self.message,
+            "traceback": self.traceback,
+        }
+
+
+@runtime_checkable
+class DeliveryPort(Protocol):
+    """What the engine reads from a delivery: its attempt count and a decode error."""
+
+    attempts: int
+    error: BaseException | None
+
+
+class SourcePort(Protocol):
+    """A message source. Every method runs on the owning SourceActor's thread.
+
+    Methods may return awaitables; the actor then waits for them on the event loop.
+    """
+
+    name: str
+
+    def open(self) -> Any: ...
+    def fetch(self, limit: int) -> Any: ...
+    def ack(self, delivery: Any) -> Any: ...
+    def retry(self, delivery: Any, delay_s: float | None = None) -> Any: ...
+    def fail(self, delivery: Any, error: BaseException | None = None) -> Any: ...
+    def release(self, delivery: Any) -> Any: ...
+    def close(self) -> Any: ...
+
+
+class SinkPort(Protocol):
+    """A message sink. Every method runs on the owning SinkActor's thread, except
+    `offer`, which a sink may define to accept a message from any thread without
+    blocking (it returns False when it would block)."""
+
+    name: str
+
+    def open(self) -> Any: ...
+    def publish(self, body: Any, meta: dict[str, Any] | None = None) -> Any: ...
+    def close(self) -> Any: ...
+
+
+class RetryPort(Protocol):
+    """Decides what happens to a failed message."""
+
+    def next_delay(self, attempts: int, failure: Failure) -> float | None:
+        """Return the delay before the next attempt, or None to give up.
+
+        `attempts` is the number of executions so far, this one included.
+        """
+        ...
+
+
+class TaskPort(Protocol):
+    """A task as the engine sees it: a handler plus its policies and routes."""
+
+    name: str
+    source_name: str
+    is_async: bool
+    concurrency: int
+    timeout_s: float | None
+    retry: RetryPort
+    emit: Sequence[Any]
+    dead_letter: Sequence[Any]
+
+    def invoke(self, delivery: Any, cancelled: threading.Event, deadline: float | None) -> Any:
+        """Run a sync handler for one delivery; runs on a worker thread of the task."""
+        ...
+
+    async def invoke_async(self, delivery: Any, deadline: float | None) -> Any:
+        """Run an async handler for one delivery; runs on the event-loop thread."""
+        ...
+
+    def dead_letter_record(self, delivery: Any, failure: Failure) -> tuple[Any, dict[str, Any]]:
+        """Build the body and meta a dead-letter sink receives."""
+        ...
+
+
+EventRecord = tuple[str, str, str, int, float, float | None, Failure | None, dict[str, Any]]
+"""(kind, task, source, attempts, emitted_at, duration_s, failure, meta)."""
+
+EventCallback = Callable[[EventRecord], None]

@@ -1,0 +1,116 @@
+"""SinkActor and PublishJob: how a result or a dead letter reaches its sinks.
+
+A PublishJob walks its sinks in order, on each sink's own actor thread (or inline through
+a sink's non-blocking `offer`), and calls its `done` callback once all have accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._base import EngineActor
+from ._loop import EventLoopThread
+from ._ports import SinkPort
+
+
+class Open:
+    __slots__ = ()
+
+
+class Close:
+    __slots__ = ()
+
+
+class SinkActor(EngineActor):
+    """Owns one sink object: every call into it runs on this actor's thread."""
+
+    def __init__(self, sink: SinkPort, loop: EventLoopThread) -> None:
+        super().__init__()
+        self.sink = sink
+        self.label = f"sink {getattr(sink, 'name', type(sink).__name__)!r}"
+        self._loop = loop
+        self._handlers[PublishJob] = self._on_publish
+        self._handlers[Open] = self._on_open
+        self._handlers[Close] = self._on_close
+
+    def _on_open(self, _: Open) -> None:
+        """Runs on the sink actor's thread; errors go back to the caller of `ask`."""
+        opener = getattr(self.sink, "open", None)
+        if opener is not None:
+            self._loop.call(opener)
+
+    def _on_close(self, _: Close) -> BaseException | None:
+        """Runs on the sink actor's thread; returns the error instead of raising it."""
+        closer = getattr(self.sink, "close", None)
+        if closer is None:
+            return None
+        try:
+            self._loop.call(closer)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _on_publish(self, job: PublishJob) -> None:
+        """Runs on the sink actor's thread: publish, then pass the job on."""
+        try:
+            self._loop.call(self.sink.publish, job.body, job.meta)
+        except Exception as exc:
+            job.finish(exc)
+            return
+        job.index += 1
+        job.advance()
+
+
+class SinkRoute:
+    """A sink as seen by publishers: its actor, and its inline `offer`, if it has one."""
+
+    __slots__ = ("name", "offer", "ref", "sink")
+
+    def __init__(self, sink: SinkPort, ref: Any) -> None:
+        self.sink = sink
+        self.ref = ref
+        self.name = getattr(sink, "name", type(sink).__name__)
+        self.offer: Callable[[Any, Any], bool] | None = getattr(sink, "offer", None)
+
+
+class PublishJob:
+    """One body on its way through a sequence of sinks."""
+
+    __slots__ = ("body", "context", "done", "index", "meta", "routes")
+
+    def __init__(
+        self,
+        body: Any,
+        meta: dict[str, Any] | None,
+        routes: Sequence[SinkRoute],
+        done: Callable[[PublishJob, BaseException | None], None],
+        context: Any = None,
+    ) -> None:
+        self.body = body
+        self.meta = meta
+        self.routes = routes
+        self.done = done
+        self.context = context
+        self.index = 0
+
+    def advance(self) -> None:
+        """Publish to the remaining sinks; runs on whichever thread calls it."""
+        routes = self.routes
+        while self.index < len(routes):
+            route = routes[self.index]
+            if route.offer is not None:
+                try:
+                    accepted = route.offer(self.body, self.meta)
+                except Exception as exc:
+                    self.finish(exc)
+                    return
+                if accepted:
+                    self.index += 1
+                    continue
+            route.ref.tell(self)
+            return
+        self.finish(None)
+
+    def finish(self, error: BaseException | None) -> None:
+        self.done(self, error)

@@ -1,0 +1,254 @@
+"""SourceActor: pulls deliveries from one source as the task's credits allow.
+
+Every call into the source (open, fetch, ack, retry, fail, release, close) runs on this
+actor's thread. The task holds `concurrency` credits; a fetch asks for at most the free
+credits and a settled delivery gives its credit back, so nothing buffers without bound.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._base import ACK, FAIL, POLL, RELEASE, RESTART, RETRY, EngineActor, Settle, tell_quietly
+from ._loop import EventLoopThread
+from ._ports import SourcePort
+from ._timer import Timer
+
+if TYPE_CHECKING:
+    from ._task import TaskRuntime
+
+logger = logging.getLogger("onestep.actors.source")
+
+
+class StartFetching:
+    __slots__ = ()
+
+
+class StopFetching:
+    __slots__ = ()
+
+
+class ReleaseAll:
+    __slots__ = ()
+
+
+class CloseSource:
+    __slots__ = ()
+
+
+class SourceActor(EngineActor):
+    """Owns one source object and feeds one task."""
+
+    def __init__(
+        self,
+        source: SourcePort,
+        runtime: TaskRuntime,
+        *,
+        loop: EventLoopThread,
+        timer: Timer,
+        supervisor: Any,
+        idle_poll_s: float,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.label = f"source {runtime.task.source_name!r}"
+        self._runtime = runtime
+        self._loop = loop
+        self._timer = timer
+        self._supervisor = supervisor
+        self._idle_poll_s = float(getattr(source, "poll_interval_s", idle_poll_s))
+        self._credits = runtime.task.concurrency
+        self._unsettled: dict[int, Any] = {}
+        self._fetching = False
+        self._broken = False
+        self._opened = False
+        self._poll_queued = False
+        self._wakeable = False
+        self.drained = runtime.drained
+        self._fetch = self._bind_fetch()
+        self._handlers.update(
+            {
+                POLL: self._on_poll,
+                RESTART: self._on_restart,
+                Settle: self._on_settle,
+                StartFetching: self._on_start_fetching,
+                StopFetching: self._on_stop_fetching,
+                ReleaseAll: self._on_release_all,
+                CloseSource: self._on_close,
+            }
+        )
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _bind_fetch(self) -> Callable[[int], Any]:
+        fetch = self.source.fetch
+        try:
+            takes_limit = len(inspect.signature(fetch).parameters) >= 1
+        except (TypeError, ValueError):
+            takes_limit = True
+        call = self._loop.call
+        if inspect.iscoroutinefunction(fetch):
+            if takes_limit:
+                return lambda limit: call(fetch, limit)
+            return lambda limit: call(fetch)
+        if takes_limit:
+            return fetch
+        return lambda limit: fetch()
+
+    def _open(self) -> None:
+        opener = getattr(self.source, "open", None)
+        if opener is not None:
+            self._loop.call(opener)
+        self._opened = True
+        subscribe = getattr(self.source, "subscribe", None)
+        if subscribe is not None:
+            self._wakeable = True
+            subscribe(self._wake)
+
+    def _wake(self) -> None:
+        """Called by the source from any thread when it has messages again."""
+        tell_quietly(self.actor_ref, POLL)
+
+    def _on_start_fetching(self, _: StartFetching) -> None:
+        """Open the source and start fetching; runs on this actor's thread (via ask)."""
+        self._open()
+        self._fetching = True
+        self._poll()
+
+    # -- fetching ------------------------------------------------------------------------
+
+    def _on_poll(self, _: Any) -> None:
+        self._poll_queued = False
+        self._poll()
+
+    def _queue_poll(self, delay_s: float = 0.0) -> None:
+        if self._poll_queued:
+            return
+        self._poll_queued = True
+        if delay_s > 0:
+            self._timer.call_later(delay_s, tell_quietly, self.actor_ref, POLL)
+        else:
+            self.actor_ref.tell(POLL)
+
+    def _poll(self) -> None:
+        if not self._fetching or self._broken or self._credits <= 0:
+            return
+        try:
+            batch = self._fetch(self._credits)
+        except Exception as exc:
+            self._crash(exc)
+            return
+        if not batch:
+            if not self._wakeable:
+                self._queue_poll(self._idle_poll_s)
+            return
+        if type(batch) is not list:
+            batch = list(batch)
+        self._credits -= len(batch)
+        unsettled = self._unsettled
+        runtime = self._runtime
+        for delivery in batch:
+            unsettled[id(delivery)] = delivery
+        runtime.fetched(batch)
+        if self._credits > 0:
+            self._queue_poll()
+
+    # -- settling ------------------------------------------------------------------------
+
+    def _on_settle(self, message: Settle) -> None:
+        delivery = self._unsettled.pop(id(message.delivery), None)
+        if delivery is None:
+            return  # released at shutdown, or settled twice: nothing to do
+        self._credits += 1
+        action = message.action
+        try:
+            if action is ACK:
+                self._loop.call(self.source.ack, delivery)
+            elif action is RETRY:
+                self._loop.call(self.source.retry, delivery, message.delay_s)
+                if message.delay_s:
+                    # the retried message becomes due later: look again then
+                    self._timer.call_later(message.delay_s, tell_quietly, self.actor_ref, POLL)
+            elif action is FAIL:
+                self._loop.call(self.source.fail, delivery, message.error)
+            elif action is RELEASE:
+                self._loop.call(self.source.release, delivery)
+        except Exception as exc:
+            self._crash(exc)
+        if not self._fetching:
+            if not self._unsettled:
+                self.drained.set()
+            return
+        if self.actor_inbox.empty():
+            self._poll()
+        else:
+            self._queue_poll()
+
+    # -- failure and restart -------------------------------------------------------------
+
+    def _crash(self, exc: BaseException) -> None:
+        if self._broken:
+            return
+        self._broken = True
+        from ._supervisor import ActorFailed
+
+        self._supervisor.tell(ActorFailed(self.actor_ref, self.label, exc))
+
+    def on_crash(self, exc: BaseException) -> None:
+        super().on_crash(exc)
+        self._crash(exc)
+
+    def _on_restart(self, _: Any) -> None:
+        """Reopen the source after a failure; runs on this actor's thread."""
+        self._close_quietly()
+        try:
+            self._open()
+        except Exception as exc:
+            self._broken = False
+            self._crash(exc)
+            return
+        self._broken = False
+        logger.info("%s restarted", self.label)
+        self._poll()
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def _on_stop_fetching(self, _: StopFetching) -> None:
+        self._fetching = False
+        if not self._unsettled:
+            self.drained.set()
+
+    def _on_release_all(self, _: ReleaseAll) -> int:
+        """Give every unsettled delivery back to the source, attempts unchanged."""
+        released = list(self._unsettled.values())
+        self._unsettled.clear()
+        for delivery in released:
+            try:
+                self._loop.call(self.source.release, delivery)
+            except Exception:
+                logger.exception("%s could not release a delivery", self.label)
+            self._runtime.cancelled(delivery)
+        self._credits = self._runtime.task.concurrency
+        self.drained.set()
+        return len(released)
+
+    def _close_quietly(self) -> BaseException | None:
+        if not self._opened:
+            return None
+        self._opened = False
+        closer = getattr(self.source, "close", None)
+        if closer is None:
+            return None
+        try:
+            self._loop.call(closer)
+        except Exception as exc:
+            logger.warning("%s failed to close: %s", self.label, exc)
+            return exc
+        return None
+
+    def _on_close(self, _: CloseSource) -> BaseException | None:
+        self._fetching = False
+        return self._close_quietly()

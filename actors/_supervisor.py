@@ -1,0 +1,172 @@
+"""Supervisor: applies retry and dead-letter policies to failed messages, and restarts
+failed actors with backoff until they fail too often, then stops the app.
+
+One per app; it runs on its own actor thread and never sleeps (delays go to the Timer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, Settle, tell_quietly
+from ._failure import HandlerFailed, failure_from
+from ._ports import Failure
+from ._sink import PublishJob
+from ._task import MessageFailed, TaskRuntime
+from ._timer import Timer
+
+logger = logging.getLogger("onestep.actors.supervisor")
+
+
+class ActorFailed:
+    """Tells the Supervisor that an actor's resource broke (not a single message)."""
+
+    __slots__ = ("error", "label", "ref")
+
+    def __init__(self, ref: Any, label: str, error: BaseException) -> None:
+        self.ref = ref
+        self.label = label
+        self.error = error
+
+
+class RestartPolicy:
+    """At most `max_restarts` restarts of one actor within `window_s`, with backoff."""
+
+    def __init__(
+        self,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+        min_backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+
+
+class AppFailed(RuntimeError):
+    """The app stopped because an actor failed more often than its restart policy allows."""
+
+
+class Supervisor(EngineActor):
+    label = "supervisor"
+
+    def __init__(
+        self,
+        *,
+        timer: Timer,
+        on_fatal: Callable[[BaseException], None],
+        restarts: RestartPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self._timer = timer
+        self._on_fatal = on_fatal
+        self._policy = restarts or RestartPolicy()
+        self._history: dict[str, deque[float]] = {}
+        self._handlers[MessageFailed] = self._on_message_failed
+        self._handlers[ActorFailed] = self._on_actor_failed
+        self.restarts = 0
+
+    # -- message failures ----------------------------------------------------------------
+
+    def _on_message_failed(self, message: MessageFailed) -> None:
+        """Retry, or dead-letter and settle; runs on the supervisor's thread."""
+        runtime, delivery, failure = message.runtime, message.delivery, message.failure
+        delay = self._next_delay(runtime, delivery, failure)
+        events = runtime.events
+        if delay is not None:
+            if events is not None:
+                events.emit("retried", delivery, message.duration_s, failure)
+            runtime.source_ref.tell(Settle(delivery, RETRY, delay))
+            return
+        if not runtime.dead_letter:
+            self._give_up(runtime, delivery, failure, message.duration_s)
+            return
+        try:
+            body, meta = runtime.task.dead_letter_record(delivery, failure)
+        except Exception as exc:
+            logger.exception("task %r: cannot build the dead letter", runtime.task.name)
+            self._give_up(runtime, delivery, failure_from(exc), message.duration_s)
+            return
+        context = (runtime, delivery, failure, message.duration_s)
+        PublishJob(body, meta, runtime.dead_letter, self._dead_lettered, context).advance()
+
+    @staticmethod
+    def _next_delay(runtime: TaskRuntime, delivery: Any, failure: Failure) -> float | None:
+        if failure.kind == "decode":
+            return None  # the same bytes will never decode: no retry
+        try:
+            return runtime.task.retry.next_delay(delivery.attempts + 1, failure)
+        except Exception:
+            logger.exception("task %r: retry policy failed; giving up", runtime.task.name)
+            return None
+
+    @staticmethod
+    def _dead_lettered(job: PublishJob, error: BaseException | None) -> None:
+        """Runs where the last dead-letter sink accepted (any thread)."""
+        runtime, delivery, failure, duration_s = job.context
+        if error is not None:
+            logger.error(
+                "task %r: dead-letter sink failed (%s); failing the message at its source",
+                runtime.task.name,
+                error,
+            )
+            Supervisor._give_up(runtime, delivery, failure, duration_s)
+            return
+        events = runtime.events
+        if events is not None:
+            events.emit("dead_lettered", delivery, duration_s, failure)
+            events.emit("failed", delivery, duration_s, failure)
+        runtime.source_ref.tell(Settle(delivery, ACK))
+
+    @staticmethod
+    def _give_up(runtime: TaskRuntime, delivery: Any, failure: Failure, duration: Any) -> None:
+        if runtime.events is not None:
+            runtime.events.emit("failed", delivery, duration, failure)
+        logger.warning(
+            "task %r gave up on a message after %d attempt(s): %s: %s",
+            runtime.task.name,
+            delivery.attempts + 1,
+            failure.exception_type,
+            failure.message,
+        )
+        runtime.source_ref.tell(Settle(delivery, FAIL, error=HandlerFailed(failure)))
+
+    # -- actor failures ------------------------------------------------------------------
+
+    def _on_actor_failed(self, message: ActorFailed) -> None:
+        """Restart the actor after a backoff, or stop the app if it fails too often."""
+        policy = self._policy
+        now = time.monotonic()
+        history = self._history.setdefault(message.label, deque())
+        while history and now - history[0] > policy.window_s:
+            history.popleft()
+        history.append(now)
+        if len(history) > policy.max_restarts:
+            error = AppFailed(
+                f"{message.label} failed {len(history)} times within {policy.window_s:g} s "
+                f"(limit {policy.max_restarts} restarts); last error: "
+                f"{type(message.error).__name__}: {message.error}"
+            )
+            error.__cause__ = message.error
+            logger.error("%s", error)
+            self._on_fatal(error)
+            return
+        backoff = min(policy.max_backoff_s, policy.min_backoff_s * 2 ** (len(history) - 1))
+        logger.warning(
+            "%s failed (%s: %s); restarting in %.2f s (%d/%d in %g s)",
+            message.label,
+            type(message.error).__name__,
+            message.error,
+            backoff,
+            len(history),
+            policy.max_restarts,
+            policy.window_s,
+        )
+        self.restarts += 1
+        self._timer.call_later(backoff, tell_quietly, message.ref, RESTART)

@@ -1,0 +1,376 @@
+"""TaskActor and its workers: where handlers run and how a finished message leaves.
+
+A sync handler runs on the task's worker threads (one per unit of concurrency); an async
+handler runs on the shared event-loop thread. Results go to the emit sinks and then the
+delivery is settled on its SourceActor; failures go to the Supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ._base import ACK, RESTART, EngineActor, Settle, tell_quietly
+from ._events import EventEmitter
+from ._failure import failure_from, timeout_failure
+from ._loop import EventLoopThread
+from ._ports import Failure, TaskPort
+from ._sink import PublishJob, SinkRoute
+from ._timer import Timer
+
+logger = logging.getLogger("onestep.actors.task")
+
+_STOP = object()
+
+
+class MessageFailed:
+    """Tells the Supervisor that a handler failed on one delivery."""
+
+    __slots__ = ("delivery", "duration_s", "failure", "runtime")
+
+    def __init__(
+        self, runtime: TaskRuntime, delivery: Any, failure: Failure, duration_s: float | None
+    ) -> None:
+        self.runtime = runtime
+        self.delivery = delivery
+        self.failure = failure
+        self.duration_s = duration_s
+
+
+class TaskRuntime:
+    """Everything one task needs at run time, shared by its actor, workers and runner.
+
+    Not an actor itself: its methods say which thread calls them.
+    """
+
+    def __init__(
+        self,
+        task: TaskPort,
+        *,
+        loop: EventLoopThread,
+        timer: Timer,
+        emit: Sequence[SinkRoute],
+        dead_letter: Sequence[SinkRoute],
+        events: EventEmitter | None,
+    ) -> None:
+        self.task = task
+        self.loop = loop
+        self.timer = timer
+        self.emit = tuple(emit)
+        self.dead_letter = tuple(dead_letter)
+        self.events = events
+        self.source_ref: Any = None
+        self.supervisor_ref: Any = None
+        self.actor_ref: Any = None
+        # Set at the shutdown cut-off: what has not started by then is not started.
+        self.cutoff = False
+        self.work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.runner: AsyncRunner | None = None
+        # Set by the SourceActor once fetching stopped and nothing is unsettled.
+        self.drained = threading.Event()
+
+    # -- called by the SourceActor, on its thread -----------------------------------------
+
+    def fetched(self, batch: list[Any]) -> None:
+        events = self.events
+        if events is not None:
+            for delivery in batch:
+                events.emit("fetched", delivery)
+        ready = batch
+        if any(delivery.error is not None for delivery in batch):
+            ready = []
+            for delivery in batch:
+                if delivery.error is None:
+                    ready.append(delivery)
+                else:
+                    self.failed(delivery, failure_from(delivery.error, "decode"), None)
+        if self.task.is_async:
+            if ready and self.runner is not None:
+                self.loop.call_soon(self.runner.start_batch, ready)
+        else:
+            put = self.work.put
+            for delivery in ready:
+                put(delivery)
+
+    def cancelled(self, delivery: Any) -> None:
+        if self.events is not None:
+            self.events.emit("cancelled", delivery)
+
+    # -- called where a handler finished: a worker thread or the event-loop thread --------
+
+    def started(self, delivery: Any) -> None:
+        if self.events is not None:
+            self.events.emit("started", delivery)
+
+    def succeeded(self, delivery: Any, result: Any, duration_s: float) -> None:
+        if self.cutoff:
+            return  # the SourceActor already released this delivery at shutdown
+        if result is None or not self.emit:
+            self.source_ref.tell(Settle(delivery, ACK))
+            if self.events is not None:
+                self.events.emit("succeeded", delivery, duration_s)
+            return
+        PublishJob(result, None, self.emit, self._published, (delivery, duration_s)).advance()
+
+    def _published(self, job: PublishJob, error: BaseException | None) -> None:
+        """Runs where the last sink accepted: a worker, the loop or a SinkActor thread."""
+        delivery, duration_s = job.context
+        if error is not None:
+            self.failed(delivery, failure_from(error), duration_s)
+            return
+        self.source_ref.tell(Settle(delivery, ACK))
+        if self.events is not None:
+            self.events.emit("succeeded", delivery, duration_s)
+
+    def failed(self, delivery: Any, failure: Failure, duration_s: float | None) -> None:
+        if self.cutoff and failure.kind != "decode":
+            return
+        self.supervisor_ref.tell(MessageFailed(self, delivery, failure, duration_s))
+
+
+class Worker:
+    """One thread running a sync handler, one delivery at a time."""
+
+    def __init__(self, runtime: TaskRuntime, index: int) -> None:
+        self.runtime = runtime
+        self.cancelled = threading.Event()
+        self.lock = threading.Lock()
+        self.current: Any = None
+        self.deadline = 0.0
+        self.watched = False
+        self.abandoned = False
+        self.thread = threading.Thread(
+            target=self._run, name=f"onestep-{runtime.task.name}-worker-{index}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        """The worker loop; runs on this worker's thread."""
+        runtime = self.runtime
+        work = runtime.work
+        timed = runtime.task.timeout_s is not None
+        while True:
+            delivery = work.get()
+            if delivery is _STOP:
+                return
+            if runtime.cutoff:
+                continue
+            if timed:
+                self._run_timed(delivery)
+                if self.abandoned:
+                    return
+            else:
+                self._run_untimed(delivery)
+
+    def _run_untimed(self, delivery: Any) -> None:
+        runtime = self.runtime
+        runtime.started(delivery)
+        start = time.monotonic()
+        try:
+            result = runtime.task.invoke(delivery, self.cancelled, None)
+        except BaseException as exc:  # SystemExit too: it fails this message only
+            runtime.failed(delivery, failure_from(exc), time.monotonic() - start)
+            return
+        runtime.succeeded(delivery, result, time.monotonic() - start)
+
+    def _run_timed(self, delivery: Any) -> None:
+        runtime = self.runtime
+        timeout_s = runtime.task.timeout_s
+        assert timeout_s is not None
+        runtime.started(delivery)
+        start = time.monotonic()
+        deadline = start + timeout_s
+        with self.lock:
+            self.current = delivery
+            self.deadline = deadline
+            self.cancelled.clear()
+            if not self.watched:
+                self.watched = True
+                runtime.timer.call_later(
+                    timeout_s, tell_quietly, runtime.actor_ref, CheckDeadline(self)
+                )
+        try:
+            result = runtime.task.invoke(delivery, self.cancelled, deadline)
+            failure = None
+        except BaseException as exc:
+            failure = failure_from(exc)
+        with self.lock:
+            if self.abandoned:
+                return  # the TaskActor failed this delivery as a timeout already
+            self.current = None
+        if failure is not None:
+            runtime.failed(delivery, failure, time.monotonic() - start)
+        else:
+            runtime.succeeded(delivery, result, time.monotonic() - start)
+
+
+class CheckDeadline:
+    __slots__ = ("worker",)
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+
+class StopTask:
+    __slots__ = ()
+
+
+class AsyncRunner:
+    """Runs an async handler's deliveries as tasks on the shared event loop."""
+
+    def __init__(self, runtime: TaskRuntime) -> None:
+        self.runtime = runtime
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def start_batch(self, batch: list[Any]) -> None:
+        """Runs on the event-loop thread."""
+        loop = self.runtime.loop.loop
+        for delivery in batch:
+            task = loop.create_task(self._run(delivery))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, delivery: Any) -> None:
+        runtime = self.runtime
+        if runtime.cutoff:
+            return
+        timeout_s = runtime.task.timeout_s
+        runtime.started(delivery)
+        start = time.monotonic()
+        try:
+            if timeout_s is None:
+                result = await runtime.task.invoke_async(delivery, None)
+            else:
+                scope = asyncio.timeout(timeout_s)
+                try:
+                    async with scope:
+                        result = await runtime.task.invoke_async(delivery, start + timeout_s)
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    runtime.failed(delivery, timeout_failure(timeout_s), timeout_s)
+                    return
+        except asyncio.CancelledError:
+            if runtime.cutoff:
+                return  # shutdown released it back to its source
+            cancelled = asyncio.CancelledError("handler was cancelled")
+            runtime.failed(delivery, failure_from(cancelled), None)
+            return
+        except BaseException as exc:  # SystemExit too: it fails this message only
+            runtime.failed(delivery, failure_from(exc), time.monotonic() - start)
+            return
+        runtime.succeeded(delivery, result, time.monotonic() - start)
+
+    def cancel_all(self) -> None:
+        """Runs on the event-loop thread at the shutdown cut-off."""
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class TaskActor(EngineActor):
+    """Owns one task's workers; replaces a worker stuck past its deadline."""
+
+    def __init__(self, runtime: TaskRuntime, supervisor: Any) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.label = f"task {runtime.task.name!r}"
+        self._supervisor = supervisor
+        self._workers: list[Worker] = []
+        self._abandoned: list[Worker] = []
+        self._next_index = 0
+        task = runtime.task
+        self.max_abandoned = max(8, 4 * task.concurrency)
+        self._handlers[CheckDeadline] = self._on_check_deadline
+        self._handlers[StopTask] = self._on_stop
+        self._handlers[RESTART] = self._on_restart
+        if task.is_async:
+            runtime.runner = AsyncRunner(runtime)
+
+    def on_start(self) -> None:
+        if not self.runtime.task.is_async:
+            for _ in range(self.runtime.task.concurrency):
+                self._spawn()
+
+    def _spawn(self) -> None:
+        worker = Worker(self.runtime, self._next_index)
+        self._next_index += 1
+        self._workers.append(worker)
+        worker.start()
+
+    def _on_check_deadline(self, message: CheckDeadline) -> None:
+        """Runs on the task actor's thread when a worker's deadline may have passed."""
+        worker = message.worker
+        runtime = self.runtime
+        with worker.lock:
+            if worker.abandoned or worker.current is None:
+                worker.watched = False
+                return
+            remaining = worker.deadline - time.monotonic()
+            if remaining > 0:
+                runtime.timer.call_later(remaining, tell_quietly, runtime.actor_ref, message)
+                return
+            delivery = worker.current
+            worker.current = None
+            worker.abandoned = True
+            worker.cancelled.set()
+        timeout_s = runtime.task.timeout_s or 0.0
+        runtime.failed(delivery, timeout_failure(timeout_s, worker.thread.ident), timeout_s)
+        self._workers.remove(worker)
+        self._abandoned = [w for w in self._abandoned if w.thread.is_alive()]
+        self._abandoned.append(worker)
+        logger.warning(
+            "%s: handler exceeded timeout_s=%s; its thread is abandoned (%d stuck)",
+            self.label,
+            timeout_s,
+            len(self._abandoned),
+        )
+        if not runtime.cutoff:
+            self._spawn()
+        if len(self._abandoned) > self.max_abandoned:
+            from ._supervisor import ActorFailed
+
+            self._supervisor.tell(
+                ActorFailed(
+                    self.actor_ref,
+                    self.label,
+                    RuntimeError(
+                        f"{len(self._abandoned)} handler threads are stuck past their "
+                        f"deadline (cap {self.max_abandoned})"
+                    ),
+                )
+            )
+
+    def _on_restart(self, _: Any) -> None:
+        self._abandoned = [w for w in self._abandoned if w.thread.is_alive()]
+
+    @property
+    def abandoned_threads(self) -> int:
+        return sum(1 for w in self._abandoned if w.thread.is_alive())
+
+    def _on_stop(self, _: StopTask) -> None:
+        """Stop the workers after the shutdown cut-off; runs on the task actor's thread."""
+        runtime = self.runtime
+        if runtime.task.is_async:
+            if runtime.runner is not None:
+                runtime.loop.wait(_cancel(runtime.runner))
+            return
+        for worker in self._workers:
+            worker.cancelled.set()
+            runtime.work.put(_STOP)
+        for worker in self._workers:
+            worker.thread.join(1.0)
+        for worker in self._abandoned:
+            worker.cancelled.set()
+
+
+async def _cancel(runner: AsyncRunner) -> None:
+    runner.cancel_all()
+    if runner.tasks:
+        await asyncio.wait(list(runner.tasks), timeout=1.0)

@@ -1,0 +1,78 @@
+"""onestep: decorate ordinary functions with `@app.task(source=..., emit=...)` and run them
+on an actor runtime that pulls from sources, publishes to sinks and applies policies.
+
+The connectors in `adapters/` are re-exported lazily, so importing onestep never
+imports pika or pymysql.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from actors import AppFailed, Failure, StartupError
+
+from ._app import OneStepApp
+from ._context import TaskContext
+from ._delivery import Delivery, Sink, Source
+from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
+from ._logging import JsonFormatter, configure_logging
+from ._memory import MemoryQueue
+from ._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
+from ._state import InMemoryStateStore, StateStore
+from ._version import __version__
+
+# name -> module in adapters/ that defines it; imported on first access (PEP 562).
+_LAZY = {
+    "CronSource": "adapters.schedule",
+    "IntervalSource": "adapters.schedule",
+    "MySQLConnector": "adapters.mysql",
+    "RabbitMQConnector": "adapters.rabbitmq",
+    "WebhookSource": "adapters.webhook",
+}
+
+__all__ = [
+    "AppFailed",
+    "Delivery",
+    "ExponentialBackoff",
+    "Failure",
+    "InMemoryMetrics",
+    "InMemoryStateStore",
+    "JsonFormatter",
+    "MaxAttempts",
+    "MemoryQueue",
+    "NoRetry",
+    "OneStepApp",
+    "RetryPolicy",
+    "Sink",
+    "Source",
+    "StartupError",
+    "StateStore",
+    "StructuredEventLogger",
+    "TaskContext",
+    "TaskEvent",
+    "__version__",
+    "configure_logging",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'onestep' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"onestep.{name} is not available yet: {module_name} is not installed "
+            f"({exc.name} is missing)"
+        ) from exc
+    value = getattr(module, name, None)
+    if value is None:
+        raise ImportError(f"onestep.{name} is not implemented in this version")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_LAZY])

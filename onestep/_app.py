@@ -1,0 +1,345 @@
+"""OneStepApp: registers tasks, hooks and event handlers, and runs them on the actors.
+
+`run()` blocks the calling thread; `await serve()` runs inside an asyncio program;
+`start()`/`stop()` embed the runtime in a host process without blocking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any, TypeVar
+
+from actors import ActorSystem, AppFailed, EventRecord
+
+from ._events import TaskEvent
+from ._state import InMemoryStateStore, StateStore
+from ._task import TaskSpec, is_async_callable
+
+logger = logging.getLogger("onestep.app")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class OneStepApp:
+    """The application: a name, config, a state store, and its tasks."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        state: StateStore | None = None,
+        shutdown_timeout_s: float = 30.0,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if config is not None and not isinstance(config, Mapping):
+            raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+        if state is not None and not isinstance(state, StateStore):
+            raise TypeError(f"state must be a StateStore, got {type(state).__name__}")
+        if (
+            isinstance(shutdown_timeout_s, bool)
+            or not isinstance(shutdown_timeout_s, int | float)
+            or shutdown_timeout_s < 0
+        ):
+            raise ValueError(f"shutdown_timeout_s must be a number >= 0, got {shutdown_timeout_s!r}")
+        self.name = name
+        self.config: dict[str, Any] = dict(config or {})
+        self.state: StateStore = state if state is not None else InMemoryStateStore()
+        self.shutdown_timeout_s = float(shutdown_timeout_s)
+        self._tasks: dict[str, TaskSpec] = {}
+        self._event_handlers: list[Callable[[TaskEvent], Any]] = []
+        self._startup_hooks: list[Callable[[OneStepApp], Any]] = []
+        self._shutdown_hooks: list[Callable[[OneStepApp], Any]] = []
+        self._system: ActorSystem | None = None
+        self._lifecycle = threading.Lock()
+        self._shutdown_requested = threading.Event()
+        self._shutdown_callbacks: list[Callable[[], None]] = []
+        self._failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"OneStepApp({self.name!r}, tasks={list(self._tasks)})"
+
+    # -- registration ----------------------------------------------------------------------
+
+    def task(
+        self,
+        source: Any = None,
+        emit: Any = None,
+        *,
+        name: str | None = None,
+        retry: Any = None,
+        dead_letter: Any = None,
+        timeout_s: float | None = None,
+        concurrency: int = 1,
+    ) -> Callable[[F], F]:
+        """Register the decorated `def f(ctx, item)` or `async def f(ctx, item)`.
+
+        Arguments are checked here, and the error names the parameter. The function is
+        returned unchanged, so it can still be called directly in tests.
+        """
+
+        def decorate(fn: F) -> F:
+            self._check_not_running("register a task")
+            spec = TaskSpec(
+                self,
+                fn,
+                source=source,
+                emit=emit,
+                name=name,
+                retry=retry,
+                dead_letter=dead_letter,
+                timeout_s=timeout_s,
+                concurrency=concurrency,
+            )
+            if spec.name in self._tasks:
+                raise ValueError(f"name {spec.name!r} is already a task of app {self.name!r}")
+            if spec.source is not None:
+                for other in self._tasks.values():
+                    if other.source is spec.source:
+                        raise ValueError(
+                            f"source {spec.source_name!r} already feeds task {other.name!r}; "
+                            "give each task its own source"
+                        )
+            self._tasks[spec.name] = spec
+            return fn
+
+        return decorate
+
+    def on_event(self, handler: Callable[[TaskEvent], Any]) -> Callable[[TaskEvent], Any]:
+        """Call `handler(event)` for every TaskEvent, on the event actor's thread (an async
+        handler on the event-loop thread). Usable as a decorator."""
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        self._check_not_running("add an event handler")
+        self._event_handlers.append(handler)
+        return handler
+
+    def on_startup(self, hook: F) -> F:
+        """Run `hook(app)` once the sinks are open and before any source fetches."""
+        return self._add_hook(self._startup_hooks, hook)
+
+    def on_shutdown(self, hook: F) -> F:
+        """Run `hook(app)` after the sinks are flushed at shutdown."""
+        return self._add_hook(self._shutdown_hooks, hook)
+
+    def _add_hook(self, hooks: list[Callable[[OneStepApp], Any]], hook: F) -> F:
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        hooks.append(hook)
+        return hook
+
+    def _check_not_running(self, what: str) -> None:
+        if self._system is not None:
+            raise RuntimeError(f"cannot {what} while app {self.name!r} is running")
+
+    @property
+    def tasks(self) -> dict[str, TaskSpec]:
+        return dict(self._tasks)
+
+    @property
+    def running(self) -> bool:
+        return self._system is not None
+
+    def describe(self) -> dict[str, Any]:
+        """The task graph as a JSON-able dict."""
+        return {
+            "app": self.name,
+            "shutdown_timeout_s": self.shutdown_timeout_s,
+            "state": type(self.state).__name__,
+            "tasks": [spec.describe() for spec in self._tasks.values()],
+            "event_handlers": [_callable_name(h) for h in self._event_handlers],
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every actor in background threads and return. No signal handlers are
+        installed. Raises (with everything closed again) if a source or sink cannot open
+        or a startup hook fails."""
+        with self._lifecycle:
+            self._check_not_running("start")
+            self._shutdown_requested.clear()
+            self._failure = None
+            system = ActorSystem(
+                list(self._tasks.values()),
+                sources=lambda task: task.source,  # type: ignore[attr-defined]
+                on_event=self._deliver_event if self._event_handlers else None,
+                on_fatal=self._fatal,
+            )
+            self._system = system
+            try:
+                system.start(after_sinks=self._run_startup_hooks)
+            except BaseException:
+                self._system = None
+                raise
+            for spec in self._tasks.values():
+                spec.bind(system.route)
+        logger.info("app %r started with %d task(s)", self.name, len(self._tasks))
+
+    def stop(self) -> None:
+        """Shut down gracefully: stop fetching, give in-flight work `shutdown_timeout_s`,
+        release what is left to its source, close sinks, run shutdown hooks. Idempotent."""
+        self.request_shutdown()
+        with self._lifecycle:
+            system = self._system
+            if system is None:
+                return
+            try:
+                released = system.stop(self.shutdown_timeout_s, self._run_shutdown_hooks)
+            finally:
+                for spec in self._tasks.values():
+                    spec.bind(None)
+                self._system = None
+        logger.info("app %r stopped (%d unfinished deliveries released)", self.name, released)
+
+    def request_shutdown(self) -> None:
+        """Ask a running app to stop. Thread-safe, idempotent, returns at once."""
+        if self._shutdown_requested.is_set():
+            return
+        self._shutdown_requested.set()
+        for callback in list(self._shutdown_callbacks):
+            callback()
+
+    def wait_for_shutdown_request(self, timeout: float | None = None) -> bool:
+        return self._shutdown_requested.wait(timeout)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the app stopped on its own, if an actor failed past its restart limit."""
+        return self._failure
+
+    def run(self) -> None:
+        """Run until `request_shutdown()` (or SIGINT/SIGTERM on the main thread), then shut
+        down gracefully. Raises AppFailed if an actor failed past its restart limit."""
+        restore = self._install_signal_handlers()
+        try:
+            self.start()
+            try:
+                self._shutdown_requested.wait()
+            finally:
+                self.stop()
+        finally:
+            restore()
+        self._raise_failure()
+
+    async def serve(self) -> None:
+        """Run inside an asyncio program until shutdown is requested or the awaiting task
+        is cancelled. Handlers run on onestep's own loop thread, not the caller's loop."""
+        loop = asyncio.get_running_loop()
+        requested = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(_resolve, requested)
+
+        await asyncio.to_thread(self.start)
+        self._shutdown_callbacks.append(wake)
+        try:
+            if self._shutdown_requested.is_set():
+                wake()
+            await requested
+        finally:
+            self._shutdown_callbacks.remove(wake)
+            await asyncio.to_thread(self.stop)
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _fatal(self, error: BaseException) -> None:
+        """Called by the supervisor when an actor failed past its restart limit."""
+        if self._failure is None:
+            self._failure = error if isinstance(error, AppFailed) else AppFailed(str(error))
+        self.request_shutdown()
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            if self._shutdown_requested.is_set():
+                logger.warning("shutdown already in progress")
+                return
+            logger.info("got %s; shutting down", signal.Signals(signum).name)
+            self.request_shutdown()
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    # -- hooks and events (called by the actor system) -------------------------------------
+
+    def _call_hook(self, hook: Callable[[OneStepApp], Any]) -> None:
+        system = self._system
+        assert system is not None
+        result = hook(self)
+        if inspect.isawaitable(result):
+            system.loop.wait(result)
+
+    def _run_startup_hooks(self) -> None:
+        """Runs on the thread that called start()."""
+        for hook in self._startup_hooks:
+            try:
+                self._call_hook(hook)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"startup hook {_callable_name(hook)} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def _run_shutdown_hooks(self) -> None:
+        """Runs on the thread that called stop(); a failing hook is logged, the rest run."""
+        for hook in self._shutdown_hooks:
+            try:
+                self._call_hook(hook)
+            except Exception:
+                logger.exception("shutdown hook %s failed", _callable_name(hook))
+
+    def _deliver_event(self, record: EventRecord) -> None:
+        """Runs on the event actor's thread."""
+        kind, task, source, attempts, emitted_at, duration_s, failure, meta = record
+        event = TaskEvent(
+            kind,
+            self.name,
+            task,
+            source,
+            attempts,
+            emitted_at,
+            duration_s,
+            None if failure is None else failure.as_dict(),
+            meta,
+        )
+        system = self._system
+        for handler in self._event_handlers:
+            try:
+                if is_async_callable(handler) and system is not None:
+                    system.loop.submit(handler(event)).add_done_callback(_log_event_failure)
+                else:
+                    handler(event)
+            except Exception:
+                logger.exception("event handler %s failed on %s", _callable_name(handler), kind)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _log_event_failure(future: Any) -> None:
+    error = future.exception()
+    if error is not None:
+        logger.error("async event handler failed", exc_info=error)
+
+
+def _callable_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__

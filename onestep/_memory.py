@@ -1,0 +1,178 @@
+"""MemoryQueue: the in-process queue that is both a Source and a Sink.
+
+It is what a pipeline's stages pass messages through, and what tests run on. Every
+method is thread-safe: producers call `put` from any thread or `await publish` from
+any event loop; the runtime fetches and settles from the source actor's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ._delivery import Delivery, Sink, Source
+
+
+class MemoryQueue(Source, Sink):
+    """A FIFO of deliveries; `maxsize=0` means unbounded, otherwise `put` blocks when full."""
+
+    def __init__(self, name: str, *, maxsize: int = 0) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if type(maxsize) is not int or maxsize < 0:
+            raise ValueError(f"maxsize must be an int >= 0, got {maxsize!r}")
+        self.name = name
+        self.maxsize = maxsize
+        self._items: deque[Delivery] = deque()
+        self._delayed: list[tuple[float, int, Delivery]] = []
+        self._sequence = itertools.count()
+        self._lock = threading.Lock()
+        self._not_full = threading.Condition(self._lock)
+        self._not_empty = threading.Condition(self._lock)
+        self._wakeup: Callable[[], None] | None = None
+        self._armed = False
+
+    def __repr__(self) -> str:
+        return f"MemoryQueue({self.name!r}, maxsize={self.maxsize}, qsize={self.qsize()})"
+
+    # -- producer side (any thread) ------------------------------------------------------
+
+    def put(self, body: Any, meta: dict[str, Any] | None = None, *, timeout: Any = None) -> None:
+        """Append a message; blocks while the queue is full (`queue.Full` after `timeout`)."""
+        delivery = Delivery(body, meta=meta)
+        with self._not_full:
+            if self.maxsize:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while len(self._items) >= self.maxsize:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise queue.Full(f"MemoryQueue {self.name!r} is full")
+                    self._not_full.wait(remaining)
+            self._items.append(delivery)
+            wake = self._take_wakeup()
+        if wake is not None:
+            wake()
+
+    def offer(self, body: Any, meta: dict[str, Any] | None = None) -> bool:
+        """Append without blocking; False if the queue is full. The runtime uses it to
+        publish from any thread without a trip through the sink actor."""
+        with self._lock:
+            if self.maxsize and len(self._items) >= self.maxsize:
+                return False
+            self._items.append(Delivery(body, meta=meta))
+            wake = self._take_wakeup()
+        if wake is not None:
+            wake()
+        return True
+
+    async def publish(self, body: Any, meta: dict[str, Any] | None = None) -> None:
+        """Append from async code; waits (off the event loop) while the queue is full."""
+        if not self.offer(body, meta):
+            await asyncio.to_thread(self.put, body, meta)
+
+    def _take_wakeup(self) -> Callable[[], None] | None:
+        """Called with the lock held after adding an item."""
+        self._not_empty.notify()
+        if self._armed:
+            self._armed = False
+            return self._wakeup
+        return None
+
+    # -- reading without a task (tests, scripts) ----------------------------------------
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Remove and return the next payload, waiting up to `timeout` (`queue.Empty`)."""
+        with self._not_empty:
+            if not self._not_empty.wait_for(self._has_ready, timeout):
+                raise queue.Empty(f"MemoryQueue {self.name!r} is empty")
+            self._move_due()
+            delivery = self._items.popleft()
+            self._not_full.notify()
+        return delivery.payload
+
+    def drain(self) -> list[Any]:
+        """Remove and return every ready payload."""
+        with self._lock:
+            self._move_due()
+            items = [delivery.payload for delivery in self._items]
+            self._items.clear()
+            self._not_full.notify_all()
+        return items
+
+    def qsize(self) -> int:
+        """Messages waiting, delayed retries included."""
+        with self._lock:
+            return len(self._items) + len(self._delayed)
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def _has_ready(self) -> bool:
+        self._move_due()
+        return bool(self._items)
+
+    def _move_due(self) -> None:
+        delayed = self._delayed
+        if delayed:
+            now = time.monotonic()
+            while delayed and delayed[0][0] <= now:
+                self._items.append(heapq.heappop(delayed)[2])
+
+    # -- source side (the source actor's thread) ----------------------------------------
+
+    def subscribe(self, wakeup: Callable[[], None]) -> None:
+        """Have `wakeup()` called when a message arrives after an empty fetch."""
+        with self._lock:
+            self._wakeup = wakeup
+            self._armed = True
+
+    def fetch(self, limit: int) -> list[Delivery]:
+        with self._lock:
+            self._move_due()
+            items = self._items
+            count = min(limit, len(items))
+            if not count:
+                self._armed = True
+                return []
+            popleft = items.popleft
+            batch = [popleft() for _ in range(count)]
+            if self.maxsize:
+                self._not_full.notify(count)
+            return batch
+
+    def ack(self, delivery: Delivery) -> None:
+        """Nothing to do: a fetched message has already left the queue."""
+
+    def retry(self, delivery: Delivery, delay_s: float | None = None) -> None:
+        """Requeue at the back with one more attempt, after `delay_s` if given."""
+        delivery.attempts += 1
+        with self._lock:
+            if delay_s:
+                due = time.monotonic() + delay_s
+                heapq.heappush(self._delayed, (due, next(self._sequence), delivery))
+                return
+            self._items.append(delivery)
+            wake = self._take_wakeup()
+        if wake is not None:
+            wake()
+
+    def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
+        """Nothing to do: the message is dropped (the runtime has logged why)."""
+
+    def release(self, delivery: Delivery) -> None:
+        """Put an unfinished delivery back at the front, attempts unchanged."""
+        with self._lock:
+            self._items.appendleft(delivery)
+            wake = self._take_wakeup()
+        if wake is not None:
+            wake()
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "MemoryQueue", "name": self.name, "maxsize": self.maxsize}

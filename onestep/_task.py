@@ -1,0 +1,218 @@
+"""TaskSpec: one `@app.task` registration, validated at decoration time.
+
+It is what the actor engine runs (it implements `actors.TaskPort`): `invoke` runs on
+a worker thread, `invoke_async` on the event-loop thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from actors import Failure, SinkRoute
+
+from ._context import TaskContext
+from ._delivery import Delivery, is_sink, missing_source_methods
+from ._retry import NoRetry, RetryPolicy
+from ._state import AsyncStateView, StateView
+
+if TYPE_CHECKING:
+    from ._app import OneStepApp
+
+
+def _placeholder(value: Any) -> Any:
+    # The seed page writes `source=...`: an Ellipsis stands for "not given" like None.
+    return None if value is Ellipsis else value
+
+
+def _sink_list(param: str, value: Any) -> tuple[Any, ...]:
+    value = _placeholder(value)
+    if value is None:
+        return ()
+    sinks = tuple(value) if isinstance(value, list | tuple) else (value,)
+    for index, sink in enumerate(sinks):
+        if not is_sink(sink):
+            where = param if len(sinks) == 1 and not isinstance(value, list | tuple) else (
+                f"{param}[{index}]"
+            )
+            raise TypeError(
+                f"{where} must be a Sink (an object with a publish() method), "
+                f"got {type(sink).__name__}"
+            )
+    if len({id(sink) for sink in sinks}) != len(sinks):
+        raise ValueError(f"{param} lists the same sink twice")
+    return sinks
+
+
+def is_async_callable(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(call)
+
+
+def _handler_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+class TaskSpec:
+    """A validated task: handler, source, sinks and policies."""
+
+    def __init__(
+        self,
+        app: OneStepApp,
+        fn: Callable[..., Any],
+        *,
+        source: Any,
+        emit: Any,
+        name: str | None,
+        retry: Any,
+        dead_letter: Any,
+        timeout_s: Any,
+        concurrency: Any,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"handler must be callable, got {type(fn).__name__}")
+        try:
+            inspect.signature(fn).bind(None, None)
+        except TypeError:
+            raise TypeError(
+                f"handler {_handler_name(fn)} must accept two arguments (ctx, item)"
+            ) from None
+        except ValueError:
+            pass  # a builtin without a signature: trust it
+        name = _placeholder(name)
+        if name is None:
+            name = getattr(fn, "__name__", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if type(concurrency) is not int or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        timeout_s = _placeholder(timeout_s)
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool)
+            or not isinstance(timeout_s, int | float)
+            or not timeout_s > 0
+        ):
+            raise ValueError(f"timeout_s must be a number > 0 or None, got {timeout_s!r}")
+        retry = _placeholder(retry)
+        if retry is None:
+            retry = NoRetry()
+        if not isinstance(retry, RetryPolicy):
+            raise TypeError(
+                f"retry must be a RetryPolicy such as MaxAttempts(3), got {type(retry).__name__}"
+            )
+        source = _placeholder(source)
+        if source is not None:
+            missing = missing_source_methods(source)
+            if missing:
+                raise TypeError(
+                    f"source must be a Source implementing fetch, ack, retry and fail; "
+                    f"{type(source).__name__} lacks {', '.join(missing)}"
+                )
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.source = source
+        self.source_name = "" if source is None else str(getattr(source, "name", ""))
+        self.emit = _sink_list("emit", emit)
+        self.dead_letter = _sink_list("dead_letter", dead_letter)
+        self.retry = retry
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
+        self.concurrency = concurrency
+        self.is_async = is_async_callable(fn)
+        self.logger = logging.getLogger(f"onestep.task.{name}")
+        prefix = f"{app.name}:{name}:"
+        self.state: StateView | AsyncStateView = (
+            AsyncStateView(app.state, prefix) if self.is_async else StateView(app.state, prefix)
+        )
+        self._routes: tuple[SinkRoute, ...] | None = None
+        self._lock = threading.Lock()
+
+    # -- running (called by the engine) --------------------------------------------------
+
+    def invoke(self, delivery: Delivery, cancelled: threading.Event, deadline: float | None) -> Any:
+        """Runs on a worker thread of the task."""
+        delivery.task = self.name
+        result = self.fn(TaskContext(self, delivery, cancelled, deadline), delivery.payload)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError(
+                f"task {self.name!r}: the handler returned an awaitable; declare it `async def`"
+            )
+        return result
+
+    async def invoke_async(self, delivery: Delivery, deadline: float | None) -> Any:
+        """Runs on the event-loop thread."""
+        delivery.task = self.name
+        ctx = TaskContext(self, delivery, None, deadline)
+        try:
+            return await self.fn(ctx, delivery.payload)
+        except BaseException:
+            if ctx._cancelled is not None:
+                ctx._cancelled.set()
+            raise
+
+    def dead_letter_record(
+        self, delivery: Delivery, failure: Failure
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The DESIGN §3 dead-letter body and meta; `original_attempts` counts executions."""
+        executions = delivery.attempts + (0 if failure.kind == "decode" else 1)
+        body = {"payload": delivery.payload, "failure": failure.as_dict()}
+        meta = {
+            "app": self.app.name,
+            "task": self.name,
+            "source": self.source_name,
+            "original_meta": dict(delivery.meta),
+            "original_attempts": executions,
+        }
+        return body, meta
+
+    # -- routes for ctx.emit -------------------------------------------------------------
+
+    def bind(self, route: Callable[[Any], SinkRoute] | None) -> None:
+        """Called by the app at start (with the system's route lookup) and at stop (None)."""
+        self._route = route
+        self._routes = None if route is None else tuple(route(sink) for sink in self.emit)
+
+    _route: Callable[[Any], SinkRoute] | None = None
+
+    def has_route(self, sink: Any) -> bool:
+        return self._routes is not None and any(r.sink is sink for r in self._routes)
+
+    def routes_for(self, sink: Any) -> tuple[SinkRoute, ...]:
+        """The emit routes, or the route to one sink; may start that sink's actor."""
+        if self._routes is None or self._route is None:
+            raise RuntimeError(f"task {self.name!r}: ctx.emit works only while the app runs")
+        if sink is None:
+            if not self._routes:
+                raise ValueError(f"task {self.name!r} has no emit sink; pass sink=...")
+            return self._routes
+        if not is_sink(sink):
+            raise TypeError(f"sink must be a Sink, got {type(sink).__name__}")
+        return (self._route(sink),)
+
+    # -- introspection -------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        def sink_info(sink: Any) -> dict[str, Any]:
+            describe = getattr(sink, "describe", None)
+            if callable(describe):
+                return dict(describe())
+            return {"type": type(sink).__name__, "name": getattr(sink, "name", "")}
+
+        return {
+            "name": self.name,
+            "handler": f"{getattr(self.fn, '__module__', '?')}.{_handler_name(self.fn)}",
+            "async": self.is_async,
+            "source": None if self.source is None else sink_info(self.source),
+            "emit": [sink_info(s) for s in self.emit],
+            "dead_letter": [sink_info(s) for s in self.dead_letter],
+            "retry": self.retry.describe(),
+            "timeout_s": self.timeout_s,
+            "concurrency": self.concurrency,
+        }
