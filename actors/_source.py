@@ -60,14 +60,12 @@ class SourceActor(EngineActor):
         self._timer = timer
         self._supervisor = supervisor
         self._idle_poll_s = float(getattr(source, "poll_interval_s", idle_poll_s))
-        self._credits = runtime.task.concurrency
-        self._unsettled: dict[int, Any] = {}
+        self._ledger = runtime.ledger
         self._fetching = False
         self._broken = False
         self._opened = False
         self._poll_queued = False
         self._wakeable = False
-        self.drained = runtime.drained
         self._fetch = self._bind_fetch()
         self._handlers.update(
             {
@@ -104,7 +102,7 @@ class SourceActor(EngineActor):
             self._loop.call(opener)
         self._opened = True
         subscribe = getattr(self.source, "subscribe", None)
-        if subscribe is not None:
+        if subscribe is not None and not self._runtime.direct:
             self._wakeable = True
             subscribe(self._wake)
 
@@ -115,6 +113,8 @@ class SourceActor(EngineActor):
     def _on_start_fetching(self, _: StartFetching) -> None:
         """Open the source and start fetching; runs on this actor's thread (via ask)."""
         self._open()
+        if self._runtime.direct:
+            return  # the task's workers take from this thread-safe source themselves
         self._fetching = True
         self._poll()
 
@@ -134,10 +134,13 @@ class SourceActor(EngineActor):
             self.actor_ref.tell(POLL)
 
     def _poll(self) -> None:
-        if not self._fetching or self._broken or self._credits <= 0:
+        if not self._fetching or self._broken:
+            return
+        free = self._ledger.free()
+        if free <= 0:
             return
         try:
-            batch = self._fetch(self._credits)
+            batch = self._fetch(free)
         except Exception as exc:
             self._crash(exc)
             return
@@ -147,22 +150,20 @@ class SourceActor(EngineActor):
             return
         if type(batch) is not list:
             batch = list(batch)
-        self._credits -= len(batch)
-        unsettled = self._unsettled
-        runtime = self._runtime
+        add = self._ledger.add
         for delivery in batch:
-            unsettled[id(delivery)] = delivery
-        runtime.fetched(batch)
-        if self._credits > 0:
+            add(delivery)
+        runtime = self._runtime
+        runtime.dispatch(runtime.fetched(batch))
+        if self._ledger.free() > 0:
             self._queue_poll()
 
     # -- settling ------------------------------------------------------------------------
 
     def _on_settle(self, message: Settle) -> None:
-        delivery = self._unsettled.pop(id(message.delivery), None)
-        if delivery is None:
+        delivery = message.delivery
+        if not self._ledger.remove(delivery):
             return  # released at shutdown, or settled twice: nothing to do
-        self._credits += 1
         action = message.action
         try:
             if action is ACK:
@@ -179,8 +180,6 @@ class SourceActor(EngineActor):
         except Exception as exc:
             self._crash(exc)
         if not self._fetching:
-            if not self._unsettled:
-                self.drained.set()
             return
         if self.actor_inbox.empty():
             self._poll()
@@ -218,21 +217,17 @@ class SourceActor(EngineActor):
 
     def _on_stop_fetching(self, _: StopFetching) -> None:
         self._fetching = False
-        if not self._unsettled:
-            self.drained.set()
+        self._ledger.stop()
 
     def _on_release_all(self, _: ReleaseAll) -> int:
         """Give every unsettled delivery back to the source, attempts unchanged."""
-        released = list(self._unsettled.values())
-        self._unsettled.clear()
+        released = self._ledger.release_all()
         for delivery in released:
             try:
                 self._loop.call(self.source.release, delivery)
             except Exception:
                 logger.exception("%s could not release a delivery", self.label)
             self._runtime.cancelled(delivery)
-        self._credits = self._runtime.task.concurrency
-        self.drained.set()
         return len(released)
 
     def _close_quietly(self) -> BaseException | None:

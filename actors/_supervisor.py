@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, Settle, tell_quietly
+from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, tell_quietly
 from ._failure import HandlerFailed, failure_from
 from ._ports import Failure
 from ._sink import PublishJob
@@ -82,7 +82,7 @@ class Supervisor(EngineActor):
         if delay is not None:
             if events is not None:
                 events.emit("retried", delivery, message.duration_s, failure)
-            runtime.source_ref.tell(Settle(delivery, RETRY, delay))
+            runtime.settle(delivery, RETRY, delay)
             return
         if not runtime.dead_letter:
             self._give_up(runtime, delivery, failure, message.duration_s)
@@ -122,7 +122,7 @@ class Supervisor(EngineActor):
         if events is not None:
             events.emit("dead_lettered", delivery, duration_s, failure)
             events.emit("failed", delivery, duration_s, failure)
-        runtime.source_ref.tell(Settle(delivery, ACK))
+        runtime.settle(delivery, ACK)
 
     @staticmethod
     def _give_up(runtime: TaskRuntime, delivery: Any, failure: Failure, duration: Any) -> None:
@@ -135,7 +135,7 @@ class Supervisor(EngineActor):
             failure.exception_type,
             failure.message,
         )
-        runtime.source_ref.tell(Settle(delivery, FAIL, error=HandlerFailed(failure)))
+        runtime.settle(delivery, FAIL, error=HandlerFailed(failure))
 
     # -- actor failures ------------------------------------------------------------------
 

@@ -122,6 +122,7 @@ class ActorSystem:
                 events = EventEmitter(self._events_ref, task.name, task.source_name)
             runtime = TaskRuntime(
                 task,
+                self._source_of(task),
                 loop=self.loop,
                 timer=self.timer,
                 emit=[self._routes[id(sink)] for sink in task.emit],
@@ -136,7 +137,7 @@ class ActorSystem:
 
     def _start_sources(self) -> None:
         for runtime in self.runtimes:
-            source = self._source_of(runtime.task)
+            source = runtime.source
             if source is None:
                 continue
             ref = SourceActor.start(
@@ -169,7 +170,7 @@ class ActorSystem:
         for runtime in self.runtimes:
             if runtime.source_ref is None:
                 continue
-            runtime.drained.wait(max(0.0, deadline - time.monotonic()))
+            runtime.ledger.drained.wait(max(0.0, deadline - time.monotonic()))
         released = self._release_unfinished()
         self._teardown(after_sinks)
         return released

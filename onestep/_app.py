@@ -48,7 +48,9 @@ class OneStepApp:
             or not isinstance(shutdown_timeout_s, int | float)
             or shutdown_timeout_s < 0
         ):
-            raise ValueError(f"shutdown_timeout_s must be a number >= 0, got {shutdown_timeout_s!r}")
+            raise ValueError(
+                f"shutdown_timeout_s must be a number >= 0, got {shutdown_timeout_s!r}"
+            )
         self.name = name
         self.config: dict[str, Any] = dict(config or {})
         self.state: StateStore = state if state is not None else InMemoryStateStore()

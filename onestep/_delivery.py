@@ -43,9 +43,7 @@ class Delivery:
         self.task: str | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"Delivery(payload={self.payload!r}, meta={self.meta!r}, attempts={self.attempts})"
-        )
+        return f"Delivery(payload={self.payload!r}, meta={self.meta!r}, attempts={self.attempts})"
 
 
 class Source:

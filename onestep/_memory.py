@@ -23,6 +23,10 @@ from ._delivery import Delivery, Sink, Source
 class MemoryQueue(Source, Sink):
     """A FIFO of deliveries; `maxsize=0` means unbounded, otherwise `put` blocks when full."""
 
+    #: Every method may be called from any thread, so the runtime lets a sync task's
+    #: workers `take` and settle directly instead of going through the source actor.
+    thread_safe = True
+
     def __init__(self, name: str, *, maxsize: int = 0) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -145,6 +149,27 @@ class MemoryQueue(Source, Sink):
             batch = [popleft() for _ in range(count)]
             if self.maxsize:
                 self._not_full.notify(count)
+            return batch
+
+    def take(self, limit: int, timeout: float) -> list[Delivery]:
+        """Like `fetch`, but wait up to `timeout` seconds for a message to be ready."""
+        deadline = time.monotonic() + timeout
+        with self._not_empty:
+            while True:
+                self._move_due()
+                if self._items:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if self._delayed:
+                    remaining = min(remaining, self._delayed[0][0] - time.monotonic())
+                self._not_empty.wait(max(remaining, 0.0))
+            items = self._items
+            popleft = items.popleft
+            batch = [popleft() for _ in range(min(limit, len(items)))]
+            if self.maxsize:
+                self._not_full.notify(len(batch))
             return batch
 
     def ack(self, delivery: Delivery) -> None:

@@ -35,8 +35,10 @@ def _sink_list(param: str, value: Any) -> tuple[Any, ...]:
     sinks = tuple(value) if isinstance(value, list | tuple) else (value,)
     for index, sink in enumerate(sinks):
         if not is_sink(sink):
-            where = param if len(sinks) == 1 and not isinstance(value, list | tuple) else (
-                f"{param}[{index}]"
+            where = (
+                param
+                if len(sinks) == 1 and not isinstance(value, list | tuple)
+                else (f"{param}[{index}]")
             )
             raise TypeError(
                 f"{where} must be a Sink (an object with a publish() method), "
