@@ -52,7 +52,7 @@ POLL = Signal("poll")
 RESTART = Signal("restart")
 
 
-class EngineActor(pykka.ThreadingActor):  # type: ignore[misc]
+class EngineActor(pykka.ThreadingActor):
     """A pykka actor on a daemon thread, dispatching messages by type."""
 
     use_daemon_thread = True

@@ -81,14 +81,22 @@ class RetryPort(Protocol):
 class TaskPort(Protocol):
     """A task as the engine sees it: a handler plus its policies and routes."""
 
-    name: str
-    source_name: str
-    is_async: bool
-    concurrency: int
-    timeout_s: float | None
-    retry: RetryPort
-    emit: Sequence[Any]
-    dead_letter: Sequence[Any]
+    @property
+    def name(self) -> str: ...
+    @property
+    def source_name(self) -> str: ...
+    @property
+    def is_async(self) -> bool: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def timeout_s(self) -> float | None: ...
+    @property
+    def retry(self) -> RetryPort: ...
+    @property
+    def emit(self) -> Sequence[Any]: ...
+    @property
+    def dead_letter(self) -> Sequence[Any]: ...
 
     def invoke(self, delivery: Any, cancelled: threading.Event, deadline: float | None) -> Any:
         """Run a sync handler for one delivery; runs on a worker thread of the task."""

@@ -82,7 +82,7 @@ class SourceActor(EngineActor):
     # -- set-up -------------------------------------------------------------------------
 
     def _bind_fetch(self) -> Callable[[int], Any]:
-        fetch = self.source.fetch
+        fetch: Callable[..., Any] = self.source.fetch
         try:
             takes_limit = len(inspect.signature(fetch).parameters) >= 1
         except (TypeError, ValueError):

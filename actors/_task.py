@@ -345,7 +345,7 @@ class AsyncRunner:
                     runtime.failed(delivery, timeout_failure(timeout_s), timeout_s)
                     return
         except asyncio.CancelledError:
-            if runtime.cutoff:
+            if self.runtime.cutoff:
                 return  # shutdown released it back to its source
             cancelled = asyncio.CancelledError("handler was cancelled")
             runtime.failed(delivery, failure_from(cancelled), None)
