@@ -7,25 +7,31 @@ read at shutdown to release what is unfinished. Its lock is almost never contend
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
 class Ledger:
-    """Unsettled deliveries by identity, plus the task's credits."""
+    """Unsettled deliveries by identity; the task's free credits are `concurrency` minus
+    their number."""
 
-    def __init__(self, concurrency: int, *, direct: bool) -> None:
+    def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
-        self.direct = direct
         self._lock = threading.Lock()
         self._unsettled: dict[int, Any] = {}
-        # Direct mode only: a worker takes a credit before it takes a delivery.
-        self.credits = threading.Semaphore(concurrency)
+        # Events of direct-mode workers waiting for their delivery to be settled elsewhere.
+        self._waiters: dict[int, threading.Event] = {}
         self.stopping = False
         self.drained = threading.Event()
+        # Direct mode with an async task: wakes its pullers when a credit comes back.
+        self.on_free: Callable[[], None] | None = None
 
     def free(self) -> int:
-        """Credits free for the next fetch (actor mode)."""
+        """Credits free for the next fetch."""
         return self.concurrency - len(self._unsettled)
+
+    def is_stopping(self) -> bool:
+        return self.stopping
 
     def __len__(self) -> int:
         return len(self._unsettled)
@@ -36,14 +42,29 @@ class Ledger:
 
     def remove(self, delivery: Any) -> bool:
         """Forget a settled delivery; False if it was released or settled already."""
+        key = id(delivery)
         with self._lock:
-            if self._unsettled.pop(id(delivery), None) is None:
+            if self._unsettled.pop(key, None) is None:
                 return False
             if self.stopping and not self._unsettled:
                 self.drained.set()
-        if self.direct:
-            self.credits.release()
+            waiter = self._waiters.pop(key, None) if self._waiters else None
+        if waiter is not None:
+            waiter.set()
+        if self.on_free is not None:
+            self.on_free()
         return True
+
+    def wait_settled(self, delivery: Any, event: threading.Event) -> None:
+        """Block a direct-mode worker until `delivery` is settled (by the supervisor or
+        a sink actor), so that it never holds more than its one credit."""
+        key = id(delivery)
+        with self._lock:
+            if key not in self._unsettled:
+                return
+            event.clear()
+            self._waiters[key] = event
+        event.wait()
 
     def stop(self) -> None:
         """No more fetching: `drained` is set once nothing is unsettled."""
@@ -57,8 +78,11 @@ class Ledger:
         with self._lock:
             released = list(self._unsettled.values())
             self._unsettled.clear()
+            waiters = list(self._waiters.values())
+            self._waiters.clear()
             self.drained.set()
-        if self.direct:
-            for _ in released:
-                self.credits.release()
+        for waiter in waiters:
+            waiter.set()
+        if self.on_free is not None:
+            self.on_free()
         return released

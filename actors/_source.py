@@ -114,7 +114,9 @@ class SourceActor(EngineActor):
         """Open the source and start fetching; runs on this actor's thread (via ask)."""
         self._open()
         if self._runtime.direct:
-            return  # the task's workers take from this thread-safe source themselves
+            # the task's workers (or pullers) take from this thread-safe source themselves
+            self._runtime.open_direct()
+            return
         self._fetching = True
         self._poll()
 

@@ -45,17 +45,27 @@ class MessageFailed:
         self.duration_s = duration_s
 
 
+def _supports_direct_mode(source: Any, is_async: bool) -> bool:
+    if source is None or not getattr(source, "thread_safe", False):
+        return False
+    if is_async:
+        return callable(getattr(source, "subscribe", None))
+    return callable(getattr(source, "take", None))
+
+
 class TaskRuntime:
     """Everything one task needs at run time, shared by its actor, workers and runner.
 
     Not an actor itself: its methods say which thread calls them.
 
-    In *direct mode* (a sync handler on a source that declares `thread_safe` and has a
-    blocking `take`, such as MemoryQueue) the workers take and settle deliveries
-    themselves. A hand-off between two threads costs about 20 us here (a SimpleQueue
+    In *direct mode* (a source that declares `thread_safe`, such as MemoryQueue) the
+    sync workers `take` and settle deliveries themselves, and an async task's coroutine
+    pullers `fetch` on the event-loop thread and wait for the source's `subscribe`
+    wakeup. A hand-off between two threads costs about 20 us here (a SimpleQueue
     ping-pong does 25,000 round trips/s), so routing every delivery through the
-    SourceActor capped a concurrency-1 task at 20,000 msgs/s; direct mode does
-    several times that (benchmarks/memory_pipeline.py, sync-c1).
+    SourceActor capped a concurrency-1 task near 20,000 msgs/s; direct mode runs the
+    whole cycle on one thread (benchmarks/memory_pipeline.py: sync-c1 185,000 and
+    async-c1 245,000 msgs/s).
     """
 
     def __init__(
@@ -76,13 +86,10 @@ class TaskRuntime:
         self.emit = tuple(emit)
         self.dead_letter = tuple(dead_letter)
         self.events = events
-        self.direct = (
-            source is not None
-            and not task.is_async
-            and bool(getattr(source, "thread_safe", False))
-            and callable(getattr(source, "take", None))
-        )
-        self.ledger = Ledger(task.concurrency, direct=self.direct)
+        self.direct = _supports_direct_mode(source, task.is_async)
+        self.ledger = Ledger(task.concurrency)
+        # Direct mode: set once the SourceActor has opened the source.
+        self.source_open = threading.Event()
         self.source_ref: Any = None
         self.supervisor_ref: Any = None
         self.actor_ref: Any = None
@@ -92,6 +99,12 @@ class TaskRuntime:
         self.runner: AsyncRunner | None = None
 
     # -- called by the SourceActor (or a direct-mode worker) after a fetch ----------------
+
+    def open_direct(self) -> None:
+        """The source is open: let the workers (or coroutine pullers) take from it."""
+        self.source_open.set()
+        if self.runner is not None:
+            self.loop.call_soon(self.runner.start_pullers)
 
     def fetched(self, batch: list[Any]) -> list[Any]:
         """Emit `fetched` events and route undecodable deliveries to the supervisor;
@@ -224,30 +237,36 @@ class Worker:
                 self._run_untimed(delivery)
 
     def _run_direct(self) -> None:
-        """Take from a thread-safe source while credits allow; settle inline."""
+        """Take from a thread-safe source one delivery at a time; settle inline.
+
+        Each worker holds one credit: when its delivery is settled elsewhere (a failure
+        through the supervisor, a result through a sink actor) it waits for that first.
+        """
         runtime = self.runtime
         ledger = runtime.ledger
-        take = runtime.source.take
-        credits = ledger.credits
+        source = runtime.source
+        take = source.take
         timed = runtime.task.timeout_s is not None
         events = runtime.events
+        settled = threading.Event()
+        while not runtime.source_open.wait(_IDLE_CHECK_S):
+            if ledger.stopping:
+                return
         while not ledger.stopping:
-            if not credits.acquire(timeout=_IDLE_CHECK_S):
-                continue
             try:
                 batch = take(1, _IDLE_CHECK_S)
             except Exception:
-                credits.release()
                 logger.exception("task %r: take() on its source failed", runtime.task.name)
                 continue
-            if not batch or ledger.stopping:
-                for delivery in batch:
-                    runtime.source.release(delivery)
-                credits.release()
+            if not batch:
                 continue
             delivery = batch[0]
+            if ledger.is_stopping():  # stop() may have come while take() waited
+                source.release(delivery)
+                return
             ledger.add(delivery)
             if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
+                ledger.wait_settled(delivery, settled)
                 continue
             if timed:
                 self._run_timed(delivery)
@@ -255,6 +274,7 @@ class Worker:
                     return
             else:
                 self._run_untimed(delivery)
+            ledger.wait_settled(delivery, settled)
 
     def _run_untimed(self, delivery: Any) -> None:
         runtime = self.runtime
@@ -315,14 +335,62 @@ class AsyncRunner:
     def __init__(self, runtime: TaskRuntime) -> None:
         self.runtime = runtime
         self.tasks: set[asyncio.Task[None]] = set()
+        self.wake: asyncio.Event | None = None
+
+    def _track(self, coro: Any) -> None:
+        task = self.runtime.loop.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def start_batch(self, batch: list[Any]) -> None:
         """Runs on the event-loop thread."""
-        loop = self.runtime.loop.loop
         for delivery in batch:
-            task = loop.create_task(self._run(delivery))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._track(self._run(delivery))
+
+    # -- direct mode ---------------------------------------------------------------------
+
+    def start_pullers(self) -> None:
+        """Start one puller per credit; runs on the event-loop thread."""
+        self.wake = asyncio.Event()
+        self.runtime.source.subscribe(self._wake_up)
+        self.runtime.ledger.on_free = self._wake_up
+        for _ in range(self.runtime.task.concurrency):
+            self._track(self._pull())
+
+    def _wake_up(self) -> None:
+        """Called by the source when it has messages and by the ledger when a credit is
+        free, from any thread."""
+        loop = self.runtime.loop
+        if threading.get_ident() == loop.thread.ident:
+            if self.wake is not None:
+                self.wake.set()
+        else:
+            loop.call_soon(self._wake_up)
+
+    async def _pull(self) -> None:
+        """Fetch one delivery at a time while a credit is free and run it inline; one
+        thread hop fewer per message than dispatching from the SourceActor
+        (async-c1: 19,000 -> see benchmarks/README.md)."""
+        runtime = self.runtime
+        ledger = runtime.ledger
+        fetch = runtime.source.fetch
+        wake = self.wake
+        assert wake is not None
+        events = runtime.events
+        while not ledger.stopping:
+            wake.clear()
+            if ledger.free() <= 0:
+                await wake.wait()
+                continue
+            batch = fetch(1)
+            if not batch:
+                await wake.wait()
+                continue
+            delivery = batch[0]
+            ledger.add(delivery)
+            if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
+                continue
+            await self._run(delivery)
 
     async def _run(self, delivery: Any) -> None:
         runtime = self.runtime
