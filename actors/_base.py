@@ -60,8 +60,9 @@ class EngineActor(pykka.ThreadingActor):
 
     @staticmethod
     def _create_actor_inbox() -> Any:
-        # SimpleQueue is implemented in C: a tell+receive round trip costs about 1.5 us
-        # less than with queue.Queue (benchmarks/memory_pipeline.py, sync-c1: +6%).
+        # SimpleQueue is implemented in C. Measured on the actor path (a custom Source ->
+        # sync no-op task -> MemoryQueue, 50,000 messages): concurrency 1 goes from about
+        # 26,000 to 40,000 msgs/s, concurrency 8 from 99,000 to 120,000.
         return queue.SimpleQueue()
 
     def __init__(self) -> None:
