@@ -24,12 +24,12 @@ from ._version import __version__
 
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {
-    "CronSource": "adapters.schedule",
-    "IntervalSource": "adapters.schedule",
     "MySQLConnector": "adapters.mysql",
     "RabbitMQConnector": "adapters.rabbitmq",
     "WebhookSource": "adapters.webhook",
 }
+# Names of the seed page that later releases add.
+_PLANNED = ("CronSource", "IntervalSource")
 
 __all__ = [
     "AppFailed",
@@ -57,15 +57,21 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _PLANNED:
+        raise ImportError(f"onestep.{name} is not implemented in this version of onestep")
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'onestep' has no attribute {name!r}")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise ImportError(
+                f"onestep.{name} is not implemented in this version of onestep"
+            ) from exc
         raise ImportError(
-            f"onestep.{name} is not available yet: {module_name} is not installed "
-            f"({exc.name} is missing)"
+            f"onestep.{name} needs the package {exc.name!r}; install the matching extra, "
+            f"e.g. pip install 'onestep[rabbitmq]' or 'onestep[mysql]'"
         ) from exc
     value = getattr(module, name, None)
     if value is None:

@@ -188,6 +188,11 @@ class OneStepApp:
     def stop(self) -> None:
         """Shut down gracefully: stop fetching, give in-flight work `shutdown_timeout_s`,
         release what is left to its source, close sinks, run shutdown hooks. Idempotent."""
+        if _on_runtime_thread():
+            raise RuntimeError(
+                "app.stop() cannot run on one of the app's own threads (it would wait for "
+                "itself); call ctx.app.request_shutdown() from handlers and hooks"
+            )
         self.request_shutdown()
         with self._lifecycle:
             system = self._system
@@ -330,6 +335,11 @@ class OneStepApp:
                     handler(event)
             except Exception:
                 logger.exception("event handler %s failed on %s", _callable_name(handler), kind)
+
+
+def _on_runtime_thread() -> bool:
+    name = threading.current_thread().name
+    return name.startswith("onestep-") or "Actor-" in name
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
