@@ -36,6 +36,13 @@ class Settle:
         self.error = error
 
 
+class Request:
+    """Base of the messages sent with `ask`: a handler's error goes back to the caller
+    instead of being treated as the actor's own failure."""
+
+    __slots__ = ()
+
+
 class Signal:
     """A payload-free message such as POLL or RESTART; compared by identity."""
 
@@ -49,6 +56,7 @@ class Signal:
 
 
 POLL = Signal("poll")
+TIMED_POLL = Signal("timed-poll")
 RESTART = Signal("restart")
 
 
@@ -78,7 +86,15 @@ class EngineActor(pykka.ThreadingActor):
             return None
         try:
             return handler(message)
+        except Exception as exc:
+            if isinstance(message, Request):
+                raise  # pykka hands it to the caller of ask(); the actor keeps running
+            self.on_crash(exc)
+            return None
         except BaseException as exc:
+            if isinstance(message, Request):
+                # SystemExit and the like would make pykka stop every actor
+                raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
             self.on_crash(exc)
             return None
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._base import EngineActor
+from ._base import EngineActor, Request
 from ._loop import EventLoopThread
 from ._ports import SinkPort
 
 
-class Open:
+class Open(Request):
     __slots__ = ()
 
 
-class Close:
+class Close(Request):
     __slots__ = ()
 
 
@@ -30,6 +30,7 @@ class SinkActor(EngineActor):
         self.sink = sink
         self.label = f"sink {getattr(sink, 'name', type(sink).__name__)!r}"
         self._loop = loop
+        self._opened = False
         self._handlers[PublishJob] = self._on_publish
         self._handlers[Open] = self._on_open
         self._handlers[Close] = self._on_close
@@ -39,12 +40,15 @@ class SinkActor(EngineActor):
         opener = getattr(self.sink, "open", None)
         if opener is not None:
             self._loop.call(opener)
+        self._opened = True
 
     def _on_close(self, _: Close) -> BaseException | None:
-        """Runs on the sink actor's thread; returns the error instead of raising it."""
+        """Runs on the sink actor's thread; returns the error instead of raising it.
+        A sink whose open() failed is not closed."""
         closer = getattr(self.sink, "close", None)
-        if closer is None:
+        if closer is None or not self._opened:
             return None
+        self._opened = False
         try:
             self._loop.call(closer)
         except Exception as exc:

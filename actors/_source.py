@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._base import ACK, FAIL, POLL, RELEASE, RESTART, RETRY, EngineActor, Settle, tell_quietly
+from ._base import (
+    ACK,
+    FAIL,
+    POLL,
+    RELEASE,
+    RESTART,
+    RETRY,
+    TIMED_POLL,
+    EngineActor,
+    Request,
+    Settle,
+    tell_quietly,
+)
 from ._loop import EventLoopThread
 from ._ports import SourcePort
-from ._timer import Timer
+from ._timer import Timer, TimerHandle
 
 if TYPE_CHECKING:
     from ._task import TaskRuntime
@@ -23,19 +36,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger("onestep.actors.source")
 
 
-class StartFetching:
+class StartFetching(Request):
     __slots__ = ()
 
 
-class StopFetching:
+class StopFetching(Request):
     __slots__ = ()
 
 
-class ReleaseAll:
+class ReleaseAll(Request):
     __slots__ = ()
 
 
-class CloseSource:
+class CloseSource(Request):
     __slots__ = ()
 
 
@@ -65,11 +78,16 @@ class SourceActor(EngineActor):
         self._broken = False
         self._opened = False
         self._poll_queued = False
+        self._poll_timer: TimerHandle | None = None
+        self._poll_due = 0.0
+        # A source that keeps time (a schedule) says when to look again.
+        self._poll_delay: Callable[[], float] | None = getattr(source, "poll_delay", None)
         self._wakeable = False
         self._fetch = self._bind_fetch()
         self._handlers.update(
             {
                 POLL: self._on_poll,
+                TIMED_POLL: self._on_timed_poll,
                 RESTART: self._on_restart,
                 Settle: self._on_settle,
                 StartFetching: self._on_start_fetching,
@@ -126,29 +144,45 @@ class SourceActor(EngineActor):
         self._poll_queued = False
         self._poll()
 
-    def _queue_poll(self, delay_s: float = 0.0) -> None:
+    def _on_timed_poll(self, _: Any) -> None:
+        self._poll_timer = None
+        self._poll()
+
+    def _queue_poll(self) -> None:
+        """Poll again as soon as the messages already in the mailbox are handled."""
         if self._poll_queued:
             return
         self._poll_queued = True
-        if delay_s > 0:
-            self._timer.call_later(delay_s, tell_quietly, self.actor_ref, POLL)
-        else:
-            self.actor_ref.tell(POLL)
+        self.actor_ref.tell(POLL)
+
+    def _poll_later(self, delay_s: float) -> None:
+        """Poll again after `delay_s`, unless a timed poll is due sooner already."""
+        due = time.monotonic() + delay_s
+        if self._poll_timer is not None:
+            if self._poll_due <= due:
+                return
+            self._poll_timer.cancel()
+        self._poll_due = due
+        self._poll_timer = self._timer.call_later(delay_s, tell_quietly, self.actor_ref, TIMED_POLL)
 
     def _poll(self) -> None:
         if not self._fetching or self._broken:
             return
         free = self._ledger.free()
-        if free <= 0:
+        poll_delay = self._poll_delay
+        if free <= 0 and poll_delay is None:
             return
         try:
-            batch = self._fetch(free)
+            # a clocked source is polled without credit too (limit 0) to see time pass
+            batch = self._fetch(max(free, 0))
+            if poll_delay is not None:
+                self._poll_later(poll_delay())
         except Exception as exc:
             self._crash(exc)
             return
         if not batch:
-            if not self._wakeable:
-                self._queue_poll(self._idle_poll_s)
+            if not self._wakeable and poll_delay is None:
+                self._poll_later(self._idle_poll_s)
             return
         if type(batch) is not list:
             batch = list(batch)
@@ -174,7 +208,7 @@ class SourceActor(EngineActor):
                 self._loop.call(self.source.retry, delivery, message.delay_s)
                 if message.delay_s:
                     # the retried message becomes due later: look again then
-                    self._timer.call_later(message.delay_s, tell_quietly, self.actor_ref, POLL)
+                    self._poll_later(message.delay_s)
             elif action is FAIL:
                 self._loop.call(self.source.fail, delivery, message.error)
             elif action is RELEASE:

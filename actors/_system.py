@@ -156,6 +156,20 @@ class ActorSystem:
                 name = runtime.task.source_name
                 raise StartupError(f"source {name!r} failed to open: {exc}") from exc
 
+    def report_event(
+        self, task: str, source: str, kind: str, meta: dict[str, Any] | None = None
+    ) -> None:
+        """Send an event that no delivery carries (a schedule's skipped tick, say).
+        Callable from any thread; a no-op without event handlers or before start."""
+        ref = self._events_ref
+        if ref is None:
+            return
+        record = (kind, task, source, 0, time.time(), None, None, dict(meta or {}))
+        try:
+            ref.tell(record)
+        except Exception:
+            logger.debug("event %s dropped: the event actor has stopped", kind)
+
     # -- stop ----------------------------------------------------------------------------
 
     def stop(self, timeout_s: float, after_sinks: Callable[[], None] | None = None) -> int:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, Settle, tell_quietly
+from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, Request, Settle, tell_quietly
 from ._events import EventEmitter
 from ._failure import failure_from, timeout_failure
 from ._ledger import Ledger
@@ -29,6 +29,8 @@ logger = logging.getLogger("onestep.actors.task")
 _STOP = object()
 # How often an idle direct-mode worker looks at the stop flag.
 _IDLE_CHECK_S = 0.1
+# How long stopping a task waits for all its workers together.
+_WORKER_JOIN_S = 0.5
 
 
 class MessageFailed:
@@ -158,6 +160,9 @@ class TaskRuntime:
                 source.ack(delivery)
             elif action is RETRY:
                 source.retry(delivery, delay_s)
+                if delay_s and self.runner is not None:
+                    # an async task's pullers sleep until woken: wake them when it is due
+                    self.timer.call_later(delay_s, self.runner.wake_up)
             elif action is FAIL:
                 source.fail(delivery, error)
             else:
@@ -325,7 +330,7 @@ class CheckDeadline:
         self.worker = worker
 
 
-class StopTask:
+class StopTask(Request):
     __slots__ = ()
 
 
@@ -352,12 +357,12 @@ class AsyncRunner:
     def start_pullers(self) -> None:
         """Start one puller per credit; runs on the event-loop thread."""
         self.wake = asyncio.Event()
-        self.runtime.source.subscribe(self._wake_up)
-        self.runtime.ledger.on_free = self._wake_up
+        self.runtime.source.subscribe(self.wake_up)
+        self.runtime.ledger.on_free = self.wake_up
         for _ in range(self.runtime.task.concurrency):
             self._track(self._pull())
 
-    def _wake_up(self) -> None:
+    def wake_up(self) -> None:
         """Called by the source when it has messages and by the ledger when a credit is
         free, from any thread."""
         loop = self.runtime.loop
@@ -365,7 +370,7 @@ class AsyncRunner:
             if self.wake is not None:
                 self.wake.set()
         else:
-            loop.call_soon(self._wake_up)
+            loop.call_soon(self.wake_up)
 
     async def _pull(self) -> None:
         """Fetch one delivery at a time while a credit is free and run it inline; one
@@ -519,10 +524,13 @@ class TaskActor(EngineActor):
         for worker in self._workers:
             worker.cancelled.set()
             runtime.work.put(_STOP)
-        for worker in self._workers:
-            worker.thread.join(1.0)
         for worker in self._abandoned:
             worker.cancelled.set()
+        # One short budget for all of them: a handler still stuck after the cut-off has
+        # had its delivery released already, and its daemon thread is left to finish.
+        deadline = time.monotonic() + _WORKER_JOIN_S
+        for worker in self._workers:
+            worker.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 async def _cancel(runner: AsyncRunner) -> None:

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 import logging
 import signal
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 
 from actors import ActorSystem, AppFailed, EventRecord
 
+from ._delivery import SourceContext
 from ._events import TaskEvent
 from ._state import InMemoryStateStore, StateStore
 from ._task import TaskSpec, is_async_callable
@@ -167,7 +170,6 @@ class OneStepApp:
         or a startup hook fails."""
         with self._lifecycle:
             self._check_not_running("start")
-            self._shutdown_requested.clear()
             self._failure = None
             system = ActorSystem(
                 list(self._tasks.values()),
@@ -177,6 +179,7 @@ class OneStepApp:
             )
             self._system = system
             try:
+                self._attach_sources(system)
                 system.start(after_sinks=self._run_startup_hooks)
             except BaseException:
                 self._system = None
@@ -184,6 +187,14 @@ class OneStepApp:
             for spec in self._tasks.values():
                 spec.bind(system.route)
         logger.info("app %r started with %d task(s)", self.name, len(self._tasks))
+
+    def _attach_sources(self, system: ActorSystem) -> None:
+        for spec in self._tasks.values():
+            attach = getattr(spec.source, "attach", None)
+            if attach is None:
+                continue
+            report = functools.partial(system.report_event, spec.name, spec.source_name)
+            attach(SourceContext(self, spec.name, report))
 
     def stop(self) -> None:
         """Shut down gracefully: stop fetching, give in-flight work `shutdown_timeout_s`,
@@ -204,10 +215,13 @@ class OneStepApp:
                 for spec in self._tasks.values():
                     spec.bind(None)
                 self._system = None
+                # the request is served: the app can be started again
+                self._shutdown_requested.clear()
         logger.info("app %r stopped (%d unfinished deliveries released)", self.name, released)
 
     def request_shutdown(self) -> None:
-        """Ask a running app to stop. Thread-safe, idempotent, returns at once."""
+        """Ask the app to stop. Thread-safe, idempotent, returns at once. A request made
+        before the app runs is kept: `run()` then starts and stops at once."""
         if self._shutdown_requested.is_set():
             return
         self._shutdown_requested.set()
@@ -245,7 +259,16 @@ class OneStepApp:
         def wake() -> None:
             loop.call_soon_threadsafe(_resolve, requested)
 
-        await asyncio.to_thread(self.start)
+        starting = loop.run_in_executor(None, self.start)
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # start() goes on in its thread: let it finish, then undo it
+            with contextlib.suppress(Exception):
+                await starting
+            if self.running:
+                await asyncio.to_thread(self.stop)
+            raise
         self._shutdown_callbacks.append(wake)
         try:
             if self._shutdown_requested.is_set():

@@ -93,13 +93,10 @@ class MemoryQueue(Source, Sink):
 
     def get(self, timeout: float | None = None) -> Any:
         """Remove and return the next payload, waiting up to `timeout` (`queue.Empty`)."""
-        with self._not_empty:
-            if not self._not_empty.wait_for(self._has_ready, timeout):
-                raise queue.Empty(f"MemoryQueue {self.name!r} is empty")
-            self._move_due()
-            delivery = self._items.popleft()
-            self._not_full.notify()
-        return delivery.payload
+        batch = self._take(1, None if timeout is None else time.monotonic() + timeout)
+        if not batch:
+            raise queue.Empty(f"MemoryQueue {self.name!r} is empty")
+        return batch[0].payload
 
     def drain(self) -> list[Any]:
         """Remove and return every ready payload."""
@@ -117,10 +114,6 @@ class MemoryQueue(Source, Sink):
 
     def empty(self) -> bool:
         return self.qsize() == 0
-
-    def _has_ready(self) -> bool:
-        self._move_due()
-        return bool(self._items)
 
     def _move_due(self) -> None:
         delayed = self._delayed
@@ -153,18 +146,21 @@ class MemoryQueue(Source, Sink):
 
     def take(self, limit: int, timeout: float) -> list[Delivery]:
         """Like `fetch`, but wait up to `timeout` seconds for a message to be ready."""
-        deadline = time.monotonic() + timeout
+        return self._take(limit, time.monotonic() + timeout)
+
+    def _take(self, limit: int, deadline: float | None) -> list[Delivery]:
         with self._not_empty:
             while True:
                 self._move_due()
                 if self._items:
                     break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                wait_s = None if deadline is None else deadline - time.monotonic()
+                if wait_s is not None and wait_s <= 0:
                     return []
-                if self._delayed:
-                    remaining = min(remaining, self._delayed[0][0] - time.monotonic())
-                self._not_empty.wait(max(remaining, 0.0))
+                if self._delayed:  # wake when the next delayed retry falls due
+                    due_in = self._delayed[0][0] - time.monotonic()
+                    wait_s = due_in if wait_s is None else min(wait_s, due_in)
+                self._not_empty.wait(None if wait_s is None else max(wait_s, 0.0))
             items = self._items
             popleft = items.popleft
             batch = [popleft() for _ in range(min(limit, len(items)))]
