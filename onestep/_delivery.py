@@ -6,7 +6,12 @@ thread and a sink only on its SinkActor's thread, so neither needs to be thread-
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ._app import OneStepApp
 
 _REQUIRED_SOURCE_METHODS = ("fetch", "ack", "retry", "fail")
 
@@ -44,6 +49,17 @@ class Delivery:
 
     def __repr__(self) -> str:
         return f"Delivery(payload={self.payload!r}, meta={self.meta!r}, attempts={self.attempts})"
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """Given to a source's optional `attach(context)` when its app starts: the app (for
+    its name and state store), the task it feeds, and `report(kind, meta)` to send a
+    TaskEvent that no delivery carries (a schedule's skipped tick)."""
+
+    app: OneStepApp
+    task: str
+    report: Callable[[str, dict[str, Any]], None]
 
 
 class Source:

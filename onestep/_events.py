@@ -20,6 +20,7 @@ EVENT_KINDS = (
     "failed",
     "dead_lettered",
     "cancelled",
+    "skipped",
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -37,6 +38,18 @@ class StateStore(ABC):
         self.set(key, value)
         return int(value)
 
+    def claim(self, key: str, ttl_s: float, value: Any = True) -> bool:
+        """Set `key` only if it is absent (or its earlier claim expired), atomically, for
+        `ttl_s` seconds; True for the one caller that won. Schedules claim each tick with
+        it so that replicas sharing the store fire it once."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement claim()")
+
+
+def check_ttl(ttl_s: Any) -> float:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0:
+        raise ValueError(f"ttl_s must be a number > 0, got {ttl_s!r}")
+    return float(ttl_s)
+
 
 class InMemoryStateStore(StateStore):
     """A dict behind a lock; values are copied in and out so callers cannot alias them."""
@@ -45,11 +58,14 @@ class InMemoryStateStore(StateStore):
 
     def __init__(self) -> None:
         self._data: dict[str, Any] = {}
+        self._claims: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str, default: Any = None) -> Any:
         with self._lock:
             value = self._data.get(key, _MISSING)
+            if self._claims and key in self._claims and self._claims[key] <= time.monotonic():
+                value = _MISSING  # an expired claim reads as absent
         return default if value is _MISSING else copy.deepcopy(value)
 
     def set(self, key: str, value: Any) -> None:
@@ -60,12 +76,28 @@ class InMemoryStateStore(StateStore):
     def delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
+            self._claims.pop(key, None)
 
     def incr(self, key: str, amount: int = 1) -> int:
         with self._lock:
             value = self._data.get(key, 0) + amount
             self._data[key] = value
         return int(value)
+
+    def claim(self, key: str, ttl_s: float, value: Any = True) -> bool:
+        """Atomic within this process (the store is not shared between processes)."""
+        ttl_s = check_ttl(ttl_s)
+        now = time.monotonic()
+        value = copy.deepcopy(value)
+        with self._lock:
+            expires = self._claims.get(key)
+            if key in self._data and (expires is None or expires > now):
+                return False
+            if len(self._claims) > 1024:
+                self._claims = {k: t for k, t in self._claims.items() if t > now}
+            self._claims[key] = now + ttl_s
+            self._data[key] = value
+            return True
 
     def keys(self, prefix: str = "") -> list[str]:
         with self._lock:
