@@ -14,11 +14,13 @@ from actors import AppFailed, Failure, StartupError
 
 from ._app import OneStepApp
 from ._context import TaskContext
-from ._delivery import Delivery, Sink, Source
+from ._delivery import Delivery, Sink, Source, SourceContext
 from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
 from ._logging import JsonFormatter, configure_logging
 from ._memory import MemoryQueue
 from ._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
+from ._schedule import CronSource, IntervalSource
+from ._sqlite_state import SQLiteStateStore
 from ._state import InMemoryStateStore, StateStore
 from ._version import __version__
 
@@ -29,23 +31,27 @@ _LAZY = {
     "WebhookSource": "adapters.webhook",
 }
 # Names of the seed page that later releases add.
-_PLANNED = ("CronSource", "IntervalSource")
+_PLANNED: tuple[str, ...] = ()
 
 __all__ = [
     "AppFailed",
+    "CronSource",
     "Delivery",
     "ExponentialBackoff",
     "Failure",
     "InMemoryMetrics",
     "InMemoryStateStore",
+    "IntervalSource",
     "JsonFormatter",
     "MaxAttempts",
     "MemoryQueue",
     "NoRetry",
     "OneStepApp",
     "RetryPolicy",
+    "SQLiteStateStore",
     "Sink",
     "Source",
+    "SourceContext",
     "StartupError",
     "StateStore",
     "StructuredEventLogger",

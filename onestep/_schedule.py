@@ -1,0 +1,451 @@
+"""IntervalSource and CronSource: schedules that survive restarts and fire once across replicas.
+
+Both are Sources driven by the SourceActor (every method runs on its thread); they keep
+their last fired tick in the app's state store and claim each tick there before firing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from abc import abstractmethod
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from ._delivery import Delivery, Source, SourceContext
+from ._state import InMemoryStateStore, StateStore
+
+logger = logging.getLogger("onestep.schedule")
+
+OVERLAP_POLICIES = ("skip", "allow", "queue")
+MISFIRE_POLICIES = ("skip", "run_once", "run_all")
+
+#: How many due runs may wait (overlap "queue" or "allow") or be caught up (misfire
+#: "run_all") at most; past that the oldest are dropped and reported as `skipped`.
+MAX_BACKLOG = 100
+#: How often a schedule looks at the clock at least, so that a wall-clock jump is noticed.
+MAX_POLL_S = 1.0
+#: How late a tick may fire and still count as on time rather than missed.
+MAX_GRACE_S = 60.0
+# Past this many missed cron ticks, the newest are found walking backwards instead.
+_MAX_CRON_WALK = 10_000
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_choice(param: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{param} must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+def _zone(timezone: Any) -> tzinfo:
+    if timezone is None:
+        return UTC
+    if isinstance(timezone, tzinfo):
+        return timezone
+    if not isinstance(timezone, str) or not timezone:
+        raise ValueError(f"timezone must be an IANA name such as 'Europe/Berlin', got {timezone!r}")
+    try:
+        return ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"timezone {timezone!r} is not a known IANA time zone") from None
+
+
+class _Run:
+    """A tick waiting to be handed to the task (or a retried run waiting for its delay)."""
+
+    __slots__ = ("delivery", "not_before")
+
+    def __init__(self, delivery: Delivery, not_before: datetime | None = None) -> None:
+        self.delivery = delivery
+        self.not_before = not_before
+
+
+class ScheduleSource(Source):
+    """What IntervalSource and CronSource share: tick bookkeeping, overlap and misfire
+    policies, the durable last tick and the per-tick claim."""
+
+    def __init__(
+        self,
+        *,
+        payload: Any,
+        overlap: str,
+        misfire: str,
+        timezone: Any,
+        clock: Clock | None,
+        name: str | None,
+    ) -> None:
+        self.overlap = _check_choice("overlap", overlap, OVERLAP_POLICIES)
+        self.misfire = _check_choice("misfire", misfire, MISFIRE_POLICIES)
+        self.tz = _zone(timezone)
+        if clock is not None and not callable(clock):
+            raise TypeError(f"clock must be a callable returning an aware datetime, got {clock!r}")
+        self.clock: Clock = clock or system_clock
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.name = name or self._default_name()
+        self.payload = payload
+        self._state: StateStore = InMemoryStateStore()
+        self._key = f"onestep:schedule:{self.name}"
+        self._report: Callable[[str, dict[str, Any]], None] = lambda kind, meta: None
+        self._next: datetime | None = None
+        self._backlog: deque[_Run] = deque()
+        self._in_flight = 0
+        self.skipped = 0
+
+    # -- what a subclass defines ---------------------------------------------------------
+
+    @abstractmethod
+    def _default_name(self) -> str: ...
+
+    @abstractmethod
+    def _first_tick(self, now: datetime) -> datetime:
+        """The first tick when no earlier one is on record."""
+
+    @abstractmethod
+    def _tick_after(self, tick: datetime) -> datetime:
+        """The tick that follows `tick` (both aware, UTC)."""
+
+    def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
+        """The last `keep` ticks from `first` up to `now` (oldest first) and their count."""
+        ticks: deque[datetime] = deque(maxlen=keep)
+        count = 0
+        tick = first
+        while tick <= now:
+            ticks.append(tick)
+            count += 1
+            tick = self._tick_after(tick)
+        return list(ticks), count
+
+    # -- lifecycle (the source actor's thread) -------------------------------------------
+
+    def attach(self, context: SourceContext) -> None:
+        """Called when the app starts: use its state store and its event stream."""
+        self._state = context.app.state
+        self._key = f"onestep:schedule:{context.app.name}:{context.task}:{self.name}"
+        self._report = context.report
+
+    def open(self) -> None:
+        now = self._now()
+        last = self._state.get(self._key + ":last")
+        self._backlog.clear()
+        self._in_flight = 0
+        if last is None:
+            self._next = self._first_tick(now)
+        else:
+            self._next = self._tick_after(datetime.fromisoformat(last).astimezone(UTC))
+
+    def _now(self) -> datetime:
+        now = self.clock()
+        if now.tzinfo is None:
+            raise ValueError(f"schedule {self.name!r}: clock() returned a naive datetime")
+        return now.astimezone(UTC)
+
+    def poll_delay(self) -> float:
+        """Seconds until the runtime should call fetch() again."""
+        if self._next is None:
+            return MAX_POLL_S
+        wait_s = (self._next - self._now()).total_seconds()
+        if self._backlog and self._backlog[0].not_before is not None:
+            retry_s = (self._backlog[0].not_before - self._now()).total_seconds()
+            wait_s = min(wait_s, retry_s)
+        return min(MAX_POLL_S, max(0.0005, wait_s))
+
+    # -- fetching ------------------------------------------------------------------------
+
+    def fetch(self, limit: int) -> list[Delivery]:
+        now = self._now()
+        self._collect(now)
+        out: list[Delivery] = []
+        backlog = self._backlog
+        while backlog and len(out) < limit:
+            if self.overlap != "allow" and self._in_flight:
+                break
+            run = backlog[0]
+            if run.not_before is not None and run.not_before > now:
+                break
+            backlog.popleft()
+            self._in_flight += 1
+            out.append(run.delivery)
+        return out
+
+    def _collect(self, now: datetime) -> None:
+        """Turn the ticks that fell due into runs, applying misfire and overlap."""
+        if self._next is None or self._next > now:
+            return
+        ticks, count = self._due_ticks(self._next, now, MAX_BACKLOG + 1)
+        newest = ticks[-1]
+        self._next = self._tick_after(newest)
+        grace = self._grace_s(newest)
+        on_time = (now - newest).total_seconds() <= grace
+        missed = ticks[:-1] if on_time else ticks
+        missed_count = count - 1 if on_time else count
+        fire: list[tuple[datetime, int]] = []
+        if missed_count:
+            fire.extend(self._misfired(missed, missed_count, on_time))
+        if on_time:
+            fire.append((newest, missed_count if self.misfire == "run_once" else 0))
+        self._state.set(self._key + ":last", newest.isoformat())
+        busy = bool(self._in_flight or self._backlog)
+        for tick, covers in fire:
+            self._fire(tick, covers, busy)
+
+    def _misfired(
+        self, missed: list[datetime], missed_count: int, on_time: bool
+    ) -> list[tuple[datetime, int]]:
+        if self.misfire == "skip":
+            self._skip(missed[-1], "misfire", missed_count)
+            return []
+        if self.misfire == "run_once":
+            return [] if on_time else [(missed[-1], missed_count)]
+        kept = missed[-MAX_BACKLOG:]
+        if missed_count > len(kept):
+            self._skip(kept[0], "misfire-cap", missed_count - len(kept))
+        return [(tick, 0) for tick in kept]
+
+    def _grace_s(self, tick: datetime) -> float:
+        period = (self._tick_after(tick) - tick).total_seconds()
+        return min(MAX_GRACE_S, max(1.0, period / 2))
+
+    def _fire(self, tick: datetime, covers: int, busy: bool) -> None:
+        """Claim the tick in the shared store, then queue its run; with overlap "skip" a
+        tick that fell due while an earlier run was in flight (`busy`) is dropped."""
+        ttl_s = max(60.0, 2 * (self._tick_after(tick) - tick).total_seconds())
+        if not self._state.claim(f"{self._key}:tick:{tick.isoformat()}", ttl_s):
+            return  # another replica fired it
+        if self.overlap == "skip" and busy:
+            self._skip(tick, "overlap", 1)
+            return
+        if len(self._backlog) >= MAX_BACKLOG:
+            dropped = self._backlog.popleft()
+            self._skip(None, "backlog-full", 1, dropped.delivery.meta.get("scheduled_at"))
+        sequence = self._state.incr(self._key + ":sequence")
+        meta: dict[str, Any] = {
+            "schedule": self.name,
+            "scheduled_at": tick.astimezone(self.tz).isoformat(),
+            "sequence": sequence,
+        }
+        if covers:
+            meta["missed"] = covers
+        self._backlog.append(_Run(Delivery(self._make_payload(), meta=meta)))
+
+    def _make_payload(self) -> Any:
+        if callable(self.payload):
+            return self.payload()
+        return copy.deepcopy(self.payload)
+
+    def _skip(
+        self, tick: datetime | None, reason: str, count: int, scheduled_at: str | None = None
+    ) -> None:
+        self.skipped += count
+        when = scheduled_at or (tick.astimezone(self.tz).isoformat() if tick else None)
+        logger.info("schedule %r skipped %d run(s) (%s) at %s", self.name, count, reason, when)
+        self._report(
+            "skipped",
+            {"schedule": self.name, "reason": reason, "count": count, "scheduled_at": when},
+        )
+
+    # -- settling ------------------------------------------------------------------------
+
+    def ack(self, delivery: Delivery) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+
+    def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+
+    def retry(self, delivery: Delivery, delay_s: float | None = None) -> None:
+        """Run the same tick again (after `delay_s`), ahead of newer ticks."""
+        self._in_flight = max(0, self._in_flight - 1)
+        delivery.attempts += 1
+        not_before = self._now() + timedelta(seconds=delay_s) if delay_s else None
+        self._backlog.appendleft(_Run(delivery, not_before))
+
+    def release(self, delivery: Delivery) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+        self._backlog.appendleft(_Run(delivery))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": type(self).__name__,
+            "name": self.name,
+            "overlap": self.overlap,
+            "misfire": self.misfire,
+            "timezone": str(self.tz),
+        }
+
+
+class IntervalSource(ScheduleSource):
+    """Fires every fixed interval of elapsed time, on a grid anchored at its first tick."""
+
+    def __init__(
+        self,
+        interval: timedelta,
+        *,
+        payload: Any = None,
+        immediate: bool = False,
+        overlap: str = "skip",
+        misfire: str = "run_once",
+        timezone: Any = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(interval, timedelta) or interval <= timedelta(0):
+            raise ValueError(f"interval must be a positive duration, got {interval!r}")
+        self.interval = interval
+        self.immediate = bool(immediate)
+        super().__init__(
+            payload=payload,
+            overlap=overlap,
+            misfire=misfire,
+            timezone=timezone,
+            clock=clock,
+            name=name,
+        )
+
+    @classmethod
+    def every(
+        cls,
+        *,
+        days: float = 0,
+        hours: float = 0,
+        minutes: float = 0,
+        seconds: float = 0,
+        payload: Any = None,
+        immediate: bool = False,
+        overlap: str = "skip",
+        misfire: str = "run_once",
+        timezone: Any = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> IntervalSource:
+        """`IntervalSource.every(minutes=5)`: the units add up; their sum must be > 0."""
+        for param, value in (
+            ("days", days),
+            ("hours", hours),
+            ("minutes", minutes),
+            ("seconds", seconds),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{param} must be a number >= 0, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{param} must be finite, got {value!r}")
+        interval = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        if interval <= timedelta(0):
+            raise ValueError(
+                "the interval must be longer than zero: give days, hours, minutes or seconds"
+            )
+        return cls(
+            interval,
+            payload=payload,
+            immediate=immediate,
+            overlap=overlap,
+            misfire=misfire,
+            timezone=timezone,
+            clock=clock,
+            name=name,
+        )
+
+    def _default_name(self) -> str:
+        return f"every-{self.interval}"
+
+    def _first_tick(self, now: datetime) -> datetime:
+        return now if self.immediate else now + self.interval
+
+    def _tick_after(self, tick: datetime) -> datetime:
+        return tick + self.interval
+
+    def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
+        count = int((now - first) / self.interval) + 1  # arithmetic: no walk over downtime
+        start = max(0, count - keep)
+        return [first + self.interval * k for k in range(start, count)], count
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "interval_s": self.interval.total_seconds()}
+
+
+class CronSource(ScheduleSource):
+    """Fires on a cron expression (5 fields, an optional 6th for seconds, or @hourly,
+    @daily, @weekly, @monthly, @yearly) in wall-clock time of `timezone` (UTC default).
+
+    Across DST changes a wall-clock time fires once: a time skipped by spring-forward
+    fires at the same instant it would have had before the change (02:30 in
+    Europe/Berlin on the spring-forward day fires at 03:30 CEST); a time that occurs
+    twice at fall-back fires at its first occurrence only.
+    """
+
+    def __init__(
+        self,
+        expression: str,
+        *,
+        payload: Any = None,
+        overlap: str = "skip",
+        misfire: str = "run_once",
+        timezone: Any = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(expression, str) or not croniter.is_valid(expression.strip()):
+            raise ValueError(f"expression {expression!r} is not a valid cron expression")
+        self.expression = expression.strip()
+        super().__init__(
+            payload=payload,
+            overlap=overlap,
+            misfire=misfire,
+            timezone=timezone,
+            clock=clock,
+            name=name,
+        )
+
+    def _default_name(self) -> str:
+        return f"cron {self.expression}"
+
+    def _tick_after(self, tick: datetime) -> datetime:
+        # Walk wall-clock (naive) times in the zone, then map each to one instant
+        # (fold=0); skip a result that is not later, as happens across spring-forward.
+        wall = tick.astimezone(self.tz).replace(tzinfo=None)
+        it = croniter(self.expression, wall)
+        for _ in range(1000):
+            wall = it.get_next(datetime)
+            instant: datetime = wall.replace(tzinfo=self.tz, fold=0).astimezone(UTC)
+            if instant > tick:
+                return instant
+        raise RuntimeError(f"cron {self.expression!r}: no next tick after {tick.isoformat()}")
+
+    def _first_tick(self, now: datetime) -> datetime:
+        return self._tick_after(now)
+
+    def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
+        ticks: deque[datetime] = deque(maxlen=keep)
+        count = 0
+        tick = first
+        while tick <= now:
+            ticks.append(tick)
+            count += 1
+            if count >= _MAX_CRON_WALK:
+                # a long downtime on a frequent schedule: take the newest ticks backwards
+                return self._newest_ticks(now, keep), count
+            tick = self._tick_after(tick)
+        return list(ticks), count
+
+    def _newest_ticks(self, now: datetime, keep: int) -> list[datetime]:
+        it = croniter(self.expression, now.astimezone(self.tz).replace(tzinfo=None))
+        instants: list[datetime] = []
+        while len(instants) < keep:
+            instant = it.get_prev(datetime).replace(tzinfo=self.tz, fold=0).astimezone(UTC)
+            if not instants or instant < instants[-1]:
+                instants.append(instant)
+        return instants[::-1]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "expression": self.expression}

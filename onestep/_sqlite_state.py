@@ -1,0 +1,138 @@
+"""SQLiteStateStore: the embedded durable state store, safe for several processes on one host.
+
+Used by `ctx.state` and by schedules for their last fired tick and per-tick claims.
+Values are stored as JSON; every call may come from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from typing import Any
+
+from ._state import StateStore, check_ttl
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS onestep_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    expires_at REAL
+)
+"""
+
+
+class SQLiteStateStore(StateStore):
+    """A state store in one SQLite file. Processes on the same host that open the same
+    path share it; `claim` and `incr` are atomic across them (BEGIN IMMEDIATE)."""
+
+    blocking = True
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 10.0) -> None:
+        path = os.fspath(path)
+        if not path:
+            raise ValueError("path must name a file, got an empty string")
+        if path == ":memory:":
+            raise ValueError("path ':memory:' is not shared; use InMemoryStateStore instead")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise ValueError(f"path {path!r}: directory {directory!r} does not exist")
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStateStore({self.path!r})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @staticmethod
+    def _encode(key: str, value: Any) -> str:
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"state value for {key!r} is not JSON-serialisable: {exc}") from exc
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT value FROM onestep_state WHERE key = ? "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (key, time.time()),
+            ).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set(self, key: str, value: Any) -> None:
+        encoded = self._encode(key, value)
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO onestep_state (key, value, expires_at) VALUES (?, ?, NULL) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = NULL",
+                (key, encoded),
+            )
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM onestep_state WHERE key = ?", (key,))
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        with self._lock, _immediate(self._conn):
+            row = self._conn.execute(
+                "SELECT value FROM onestep_state WHERE key = ?", (key,)
+            ).fetchone()
+            value = (0 if row is None else int(json.loads(row[0]))) + amount
+            self._conn.execute(
+                "INSERT INTO onestep_state (key, value, expires_at) VALUES (?, ?, NULL) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = NULL",
+                (key, json.dumps(value)),
+            )
+        return value
+
+    def claim(self, key: str, ttl_s: float, value: Any = True) -> bool:
+        ttl_s = check_ttl(ttl_s)
+        encoded = self._encode(key, value)
+        with self._lock, _immediate(self._conn):
+            now = time.time()
+            self._conn.execute(
+                "DELETE FROM onestep_state WHERE key = ? AND expires_at IS NOT NULL "
+                "AND expires_at <= ?",
+                (key, now),
+            )
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO onestep_state (key, value, expires_at) VALUES (?, ?, ?)",
+                (key, encoded, now + ttl_s),
+            )
+            won = cursor.rowcount == 1
+        return won
+
+    def purge_expired(self) -> int:
+        """Delete expired claims; returns how many."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "DELETE FROM onestep_state WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                (time.time(),),
+            )
+        return cursor.rowcount
+
+
+class _immediate:
+    """A write transaction taken at BEGIN, so concurrent writers queue instead of racing."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
