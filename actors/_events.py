@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from ._base import EngineActor
+from ._base import EngineActor, Request
 from ._ports import EventCallback, Failure
 
 logger = logging.getLogger("onestep.actors.events")
@@ -25,12 +25,22 @@ class EventActor(EngineActor):
         super().__init__()
         self._callback = callback
         self._handlers[tuple] = self._on_record
+        self._handlers[Flush] = self._on_flush
+
+    def _on_flush(self, _: Flush) -> None:
+        return None
 
     def _on_record(self, record: Any) -> None:
         try:
             self._callback(record)
         except Exception:
             logger.exception("event handler failed on %r", record[0])
+
+
+class Flush(Request):
+    """Answered once every event sent before it has been handled (FIFO mailbox)."""
+
+    __slots__ = ()
 
 
 class EventEmitter:

@@ -6,12 +6,13 @@ Called by `onestep.OneStepApp` from the thread that runs or serves the app.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._events import EventActor, EventEmitter
+from ._events import EventActor, EventEmitter, Flush
 from ._loop import EventLoopThread
 from ._ports import EventCallback, SinkPort, TaskPort
 from ._sink import Close, Open, SinkActor, SinkRoute
@@ -184,7 +185,10 @@ class ActorSystem:
         for runtime in self.runtimes:
             if runtime.source_ref is None:
                 continue
-            runtime.ledger.drained.wait(max(0.0, deadline - time.monotonic()))
+            if math.isinf(timeout_s):
+                runtime.ledger.drained.wait()
+            else:
+                runtime.ledger.drained.wait(max(0.0, deadline - time.monotonic()))
         released = self._release_unfinished()
         self._teardown(after_sinks)
         return released
@@ -215,6 +219,8 @@ class ActorSystem:
             if error is not None:
                 logger.warning("a sink failed to close: %s", error)
             ref.stop()
+        if self._events_ref is not None:
+            _ask_quietly(self._events_ref, Flush())  # hooks see every event so far
         if after_sinks is not None:
             try:
                 after_sinks()

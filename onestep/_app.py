@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from actors import ActorSystem, AppFailed, EventRecord
 
+from ._checks import check_number
 from ._delivery import SourceContext
 from ._events import TaskEvent
 from ._state import InMemoryStateStore, StateStore
@@ -46,14 +47,8 @@ class OneStepApp:
             raise TypeError(f"config must be a mapping, got {type(config).__name__}")
         if state is not None and not isinstance(state, StateStore):
             raise TypeError(f"state must be a StateStore, got {type(state).__name__}")
-        if (
-            isinstance(shutdown_timeout_s, bool)
-            or not isinstance(shutdown_timeout_s, int | float)
-            or shutdown_timeout_s < 0
-        ):
-            raise ValueError(
-                f"shutdown_timeout_s must be a number >= 0, got {shutdown_timeout_s!r}"
-            )
+        # inf is allowed: wait for in-flight work however long it takes
+        check_number("shutdown_timeout_s", shutdown_timeout_s, allow_inf=True)
         self.name = name
         self.config: dict[str, Any] = dict(config or {})
         self.state: StateStore = state if state is not None else InMemoryStateStore()

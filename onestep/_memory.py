@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ._checks import check_int
 from ._delivery import Delivery, Sink, Source
 
 
@@ -30,8 +31,7 @@ class MemoryQueue(Source, Sink):
     def __init__(self, name: str, *, maxsize: int = 0) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        if type(maxsize) is not int or maxsize < 0:
-            raise ValueError(f"maxsize must be an int >= 0, got {maxsize!r}")
+        check_int("maxsize", maxsize, minimum=0)
         self.name = name
         self.maxsize = maxsize
         self._items: deque[Delivery] = deque()

@@ -12,6 +12,8 @@ from typing import Any
 
 from actors import Failure
 
+from ._checks import check_int, check_number
+
 
 class RetryPolicy(ABC):
     """Base class: `next_delay` returns seconds to wait before the next attempt, or None."""
@@ -33,24 +35,12 @@ class NoRetry(RetryPolicy):
         return "NoRetry()"
 
 
-def _check_attempts(max_attempts: Any) -> int:
-    if type(max_attempts) is not int or max_attempts < 1:
-        raise ValueError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
-    return max_attempts
-
-
-def _check_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
 class MaxAttempts(RetryPolicy):
     """Run a message at most `max_attempts` times, `delay_s` apart."""
 
     def __init__(self, max_attempts: int = 3, delay_s: float = 0.0) -> None:
-        self.max_attempts = _check_attempts(max_attempts)
-        self.delay_s = _check_seconds("delay_s", delay_s)
+        self.max_attempts = check_int("max_attempts", max_attempts, minimum=1)
+        self.delay_s = check_number("delay_s", delay_s)
 
     def next_delay(self, attempts: int, failure: Failure) -> float | None:
         if attempts >= self.max_attempts:
@@ -78,19 +68,15 @@ class ExponentialBackoff(RetryPolicy):
         multiplier: float = 2.0,
         jitter: float = 0.1,
     ) -> None:
-        self.max_attempts = _check_attempts(max_attempts)
-        self.min_delay_s = _check_seconds("min_delay_s", min_delay_s)
-        self.max_delay_s = _check_seconds("max_delay_s", max_delay_s)
+        self.max_attempts = check_int("max_attempts", max_attempts, minimum=1)
+        self.min_delay_s = check_number("min_delay_s", min_delay_s)
+        self.max_delay_s = check_number("max_delay_s", max_delay_s)
         if self.max_delay_s < self.min_delay_s:
             raise ValueError(
                 f"max_delay_s ({max_delay_s!r}) must be >= min_delay_s ({min_delay_s!r})"
             )
-        if isinstance(multiplier, bool) or not isinstance(multiplier, int | float):
-            raise ValueError(f"multiplier must be a number >= 1, got {multiplier!r}")
-        if multiplier < 1:
-            raise ValueError(f"multiplier must be a number >= 1, got {multiplier!r}")
-        self.multiplier = float(multiplier)
-        jitter = _check_seconds("jitter", jitter)
+        self.multiplier = check_number("multiplier", multiplier, minimum=1)
+        jitter = check_number("jitter", jitter)
         if jitter > 1:
             raise ValueError(f"jitter must be between 0 and 1, got {jitter!r}")
         self.jitter = jitter

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from ._checks import check_number
 from ._delivery import Delivery, Source, SourceContext
 from ._state import InMemoryStateStore, StateStore
 
@@ -33,6 +33,8 @@ MAX_BACKLOG = 100
 MAX_POLL_S = 1.0
 #: How late a tick may fire and still count as on time rather than missed.
 MAX_GRACE_S = 60.0
+# An interval's anchor is kept "for ever" (a claim needs an expiry: a century).
+_ANCHOR_TTL_S = 100 * 365 * 24 * 3600.0
 # Past this many missed cron ticks, the newest are found walking backwards instead.
 _MAX_CRON_WALK = 10_000
 
@@ -117,6 +119,10 @@ class ScheduleSource(Source):
     def _tick_after(self, tick: datetime) -> datetime:
         """The tick that follows `tick` (both aware, UTC)."""
 
+    def _before(self, tick: datetime) -> datetime:
+        """An instant whose `_tick_after` is `tick`."""
+        return tick - timedelta(microseconds=1)
+
     def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
         """The last `keep` ticks from `first` up to `now` (oldest first) and their count."""
         ticks: deque[datetime] = deque(maxlen=keep)
@@ -145,6 +151,28 @@ class ScheduleSource(Source):
             self._next = self._first_tick(now)
         else:
             self._next = self._tick_after(datetime.fromisoformat(last).astimezone(UTC))
+
+    def close(self) -> None:
+        """Hand back the runs that were due but not handed out (a queued backlog, runs
+        released at shutdown): unclaim their ticks and move `last` before the oldest, so
+        the next open() collects them again under the misfire policy."""
+        backlog = list(self._backlog)
+        self._backlog.clear()
+        if not backlog:
+            return
+        ticks = [datetime.fromisoformat(r.delivery.meta["scheduled_at"]) for r in backlog]
+        for tick in ticks:
+            self._state.delete(self._claim_key(tick.astimezone(UTC)))
+        oldest = min(ticks).astimezone(UTC)
+        self._state.set(self._key + ":last", self._before(oldest).isoformat())
+        logger.info(
+            "schedule %r: %d due run(s) not started; they are collected again on restart",
+            self.name,
+            len(backlog),
+        )
+
+    def _claim_key(self, tick: datetime) -> str:
+        return f"{self._key}:tick:{tick.isoformat()}"
 
     def _now(self) -> datetime:
         now = self.clock()
@@ -222,7 +250,7 @@ class ScheduleSource(Source):
         """Claim the tick in the shared store, then queue its run; with overlap "skip" a
         tick that fell due while an earlier run was in flight (`busy`) is dropped."""
         ttl_s = max(60.0, 2 * (self._tick_after(tick) - tick).total_seconds())
-        if not self._state.claim(f"{self._key}:tick:{tick.isoformat()}", ttl_s):
+        if not self._state.claim(self._claim_key(tick), ttl_s):
             return  # another replica fired it
         if self.overlap == "skip" and busy:
             self._skip(tick, "overlap", 1)
@@ -336,10 +364,7 @@ class IntervalSource(ScheduleSource):
             ("minutes", minutes),
             ("seconds", seconds),
         ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"{param} must be a number >= 0, got {value!r}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{param} must be finite, got {value!r}")
+            check_number(param, value)
         interval = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
         if interval <= timedelta(0):
             raise ValueError(
@@ -360,10 +385,20 @@ class IntervalSource(ScheduleSource):
         return f"every-{self.interval}"
 
     def _first_tick(self, now: datetime) -> datetime:
-        return now if self.immediate else now + self.interval
+        # The grid is anchored where the first replica to open put it, so that replicas
+        # started together claim the same tick keys.
+        anchor_key = self._key + ":anchor"
+        if self._state.claim(anchor_key, _ANCHOR_TTL_S, now.isoformat()):
+            anchor = now
+        else:
+            anchor = datetime.fromisoformat(self._state.get(anchor_key)).astimezone(UTC)
+        return anchor if self.immediate else anchor + self.interval
 
     def _tick_after(self, tick: datetime) -> datetime:
         return tick + self.interval
+
+    def _before(self, tick: datetime) -> datetime:
+        return tick - self.interval  # stay on the grid
 
     def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
         count = int((now - first) / self.interval) + 1  # arithmetic: no walk over downtime

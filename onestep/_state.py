@@ -13,6 +13,8 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from ._checks import check_number
+
 _MISSING = object()
 
 
@@ -46,9 +48,7 @@ class StateStore(ABC):
 
 
 def check_ttl(ttl_s: Any) -> float:
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0:
-        raise ValueError(f"ttl_s must be a number > 0, got {ttl_s!r}")
-    return float(ttl_s)
+    return check_number("ttl_s", ttl_s, exclusive=True)
 
 
 class InMemoryStateStore(StateStore):

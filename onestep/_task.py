@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors import Failure, SinkRoute
 
+from ._checks import check_int, check_number
 from ._context import TaskContext
 from ._delivery import Delivery, is_sink, missing_source_methods
 from ._retry import NoRetry, RetryPolicy
@@ -91,15 +92,10 @@ class TaskSpec:
             name = getattr(fn, "__name__", None)
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        if type(concurrency) is not int or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        check_int("concurrency", concurrency, minimum=1)
         timeout_s = _placeholder(timeout_s)
-        if timeout_s is not None and (
-            isinstance(timeout_s, bool)
-            or not isinstance(timeout_s, int | float)
-            or not timeout_s > 0
-        ):
-            raise ValueError(f"timeout_s must be a number > 0 or None, got {timeout_s!r}")
+        if timeout_s is not None:
+            timeout_s = check_number("timeout_s", timeout_s, exclusive=True)
         retry = _placeholder(retry)
         if retry is None:
             retry = NoRetry()

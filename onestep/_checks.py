@@ -1,0 +1,35 @@
+"""Argument checks shared by the public constructors: each error names the parameter.
+
+Called at construction or decoration time, never on the hot path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def check_number(
+    param: str,
+    value: Any,
+    *,
+    minimum: float = 0.0,
+    exclusive: bool = False,
+    allow_inf: bool = False,
+) -> float:
+    """`value` as a float if it is a real number >= `minimum` (> with `exclusive`);
+    NaN is always refused, infinity unless `allow_inf`."""
+    bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{param} must be a number {bound}, got {value!r}")
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{param} must be a finite number {bound}, got {value!r}")
+    if value < minimum or (exclusive and value == minimum):
+        raise ValueError(f"{param} must be a number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_int(param: str, value: Any, *, minimum: int) -> int:
+    if type(value) is not int or value < minimum:
+        raise ValueError(f"{param} must be an int >= {minimum}, got {value!r}")
+    return value
