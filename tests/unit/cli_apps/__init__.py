@@ -1,0 +1,1 @@
+"""Small apps that tests/unit/test_cli.py loads as `onestep run`/`check` targets."""
