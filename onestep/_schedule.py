@@ -35,8 +35,9 @@ MAX_POLL_S = 1.0
 MAX_GRACE_S = 60.0
 # An interval's anchor is kept "for ever" (a claim needs an expiry: a century).
 _ANCHOR_TTL_S = 100 * 365 * 24 * 3600.0
-# Past this many missed cron ticks, the newest are found walking backwards instead.
-_MAX_CRON_WALK = 10_000
+# Past this many missed cron ticks (about 1 s of walking), the newest are found walking
+# backwards instead and the missed count stops there.
+_MAX_CRON_WALK = 50_000
 
 Clock = Callable[[], datetime]
 
@@ -119,10 +120,6 @@ class ScheduleSource(Source):
     def _tick_after(self, tick: datetime) -> datetime:
         """The tick that follows `tick` (both aware, UTC)."""
 
-    def _before(self, tick: datetime) -> datetime:
-        """An instant whose `_tick_after` is `tick`."""
-        return tick - timedelta(microseconds=1)
-
     def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
         """The last `keep` ticks from `first` up to `now` (oldest first) and their count."""
         ticks: deque[datetime] = deque(maxlen=keep)
@@ -151,25 +148,47 @@ class ScheduleSource(Source):
             self._next = self._first_tick(now)
         else:
             self._next = self._tick_after(datetime.fromisoformat(last).astimezone(UTC))
+        self._take_handed_back()
 
     def close(self) -> None:
-        """Hand back the runs that were due but not handed out (a queued backlog, runs
-        released at shutdown): unclaim their ticks and move `last` before the oldest, so
-        the next open() collects them again under the misfire policy."""
+        """Hand back the runs that were due but not started (a queued backlog, runs
+        released at shutdown): they are kept in the state store, and the next open() of
+        this schedule, here or in a replica sharing the store, runs them first."""
         backlog = list(self._backlog)
         self._backlog.clear()
         if not backlog:
             return
-        ticks = [datetime.fromisoformat(r.delivery.meta["scheduled_at"]) for r in backlog]
-        for tick in ticks:
-            self._state.delete(self._claim_key(tick.astimezone(UTC)))
-        oldest = min(ticks).astimezone(UTC)
-        self._state.set(self._key + ":last", self._before(oldest).isoformat())
+        runs = [
+            {
+                "payload": r.delivery.payload,
+                "meta": r.delivery.meta,
+                "attempts": r.delivery.attempts,
+            }
+            for r in backlog
+        ]
+        try:
+            self._state.update(self._key + ":pending", lambda old: [*(old or []), *runs], [])
+        except TypeError:  # a payload the store cannot encode: a fresh one is made on reopen
+            for run in runs:
+                run.pop("payload")
+            self._state.update(self._key + ":pending", lambda old: [*(old or []), *runs], [])
         logger.info(
-            "schedule %r: %d due run(s) not started; they are collected again on restart",
+            "schedule %r: %d due run(s) not started; kept to run after a restart",
             self.name,
-            len(backlog),
+            len(runs),
         )
+
+    def _take_handed_back(self) -> None:
+        """Queue the runs a close() handed back (ours or a replica's), oldest first."""
+        runs = self._state.pop(self._key + ":pending", None)
+        if not runs:
+            return
+        runs.sort(key=lambda run: datetime.fromisoformat(run["meta"]["scheduled_at"]))
+        for run in runs:
+            payload = run["payload"] if "payload" in run else self._make_payload()
+            delivery = Delivery(payload, meta=run["meta"], attempts=run["attempts"])
+            self._backlog.append(_Run(delivery))
+        logger.info("schedule %r: %d handed-back run(s) queued", self.name, len(runs))
 
     def _claim_key(self, tick: datetime) -> str:
         return f"{self._key}:tick:{tick.isoformat()}"
@@ -226,6 +245,7 @@ class ScheduleSource(Source):
             fire.append((newest, missed_count if self.misfire == "run_once" else 0))
         self._state.set(self._key + ":last", newest.isoformat())
         busy = bool(self._in_flight or self._backlog)
+        self._take_handed_back()  # a replica may have handed runs back since
         for tick, covers in fire:
             self._fire(tick, covers, busy)
 
@@ -397,9 +417,6 @@ class IntervalSource(ScheduleSource):
     def _tick_after(self, tick: datetime) -> datetime:
         return tick + self.interval
 
-    def _before(self, tick: datetime) -> datetime:
-        return tick - self.interval  # stay on the grid
-
     def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
         count = int((now - first) / self.interval) + 1  # arithmetic: no walk over downtime
         start = max(0, count - keep)
@@ -448,8 +465,18 @@ class CronSource(ScheduleSource):
     def _tick_after(self, tick: datetime) -> datetime:
         # Walk wall-clock (naive) times in the zone, then map each to one instant
         # (fold=0); skip a result that is not later, as happens across spring-forward.
-        wall = tick.astimezone(self.tz).replace(tzinfo=None)
-        it = croniter(self.expression, wall)
+        # Within three hours after an offset change, also walk from the wall time under
+        # the old offset: a time in the skipped hour maps to an instant after the change.
+        local = tick.astimezone(self.tz)
+        starts = [local.replace(tzinfo=None)]
+        earlier = (tick - timedelta(hours=3)).astimezone(self.tz).utcoffset()
+        if earlier is not None and earlier != local.utcoffset():
+            starts.append((tick + earlier).replace(tzinfo=None))
+        found = [self._next_instant(start, tick) for start in starts]
+        return min(found)
+
+    def _next_instant(self, wall_start: datetime, tick: datetime) -> datetime:
+        it = croniter(self.expression, wall_start)
         for _ in range(1000):
             wall = it.get_next(datetime)
             instant: datetime = wall.replace(tzinfo=self.tz, fold=0).astimezone(UTC)

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ._state import StateStore, check_ttl
@@ -41,13 +42,17 @@ class SQLiteStateStore(StateStore):
             raise ValueError(f"path {path!r}: directory {directory!r} does not exist")
         self.path = path
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            path, timeout=timeout_s, isolation_level=None, check_same_thread=False
-        )
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(_SCHEMA)
+        self._last_purge = time.time()
+        try:
+            self._conn = sqlite3.connect(
+                path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ValueError(f"path {path!r} is not a usable SQLite database: {exc}") from None
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({self.path!r})"
@@ -98,9 +103,40 @@ class SQLiteStateStore(StateStore):
             )
         return value
 
+    def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        with self._lock, _immediate(self._conn):
+            row = self._conn.execute(
+                "SELECT value FROM onestep_state WHERE key = ? "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (key, time.time()),
+            ).fetchone()
+            new = fn(default if row is None else json.loads(row[0]))
+            self._conn.execute(
+                "INSERT INTO onestep_state (key, value, expires_at) VALUES (?, ?, NULL) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, expires_at = NULL",
+                (key, self._encode(key, new)),
+            )
+        return new
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        with self._lock, _immediate(self._conn):
+            row = self._conn.execute(
+                "SELECT value FROM onestep_state WHERE key = ? "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (key, time.time()),
+            ).fetchone()
+            self._conn.execute("DELETE FROM onestep_state WHERE key = ?", (key,))
+        return default if row is None else json.loads(row[0])
+
+    #: How often claim() deletes expired claims, so that the file does not grow by one
+    #: row per schedule tick.
+    PURGE_EVERY_S = 60.0
+
     def claim(self, key: str, ttl_s: float, value: Any = True) -> bool:
         ttl_s = check_ttl(ttl_s)
         encoded = self._encode(key, value)
+        if time.time() - self._last_purge >= self.PURGE_EVERY_S:
+            self.purge_expired()
         with self._lock, _immediate(self._conn):
             now = time.time()
             self._conn.execute(
@@ -118,6 +154,7 @@ class SQLiteStateStore(StateStore):
     def purge_expired(self) -> int:
         """Delete expired claims; returns how many."""
         with self._lock:
+            self._last_purge = time.time()
             cursor = self._conn.execute(
                 "DELETE FROM onestep_state WHERE expires_at IS NOT NULL AND expires_at <= ?",
                 (time.time(),),

@@ -11,6 +11,7 @@ import copy
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 from ._checks import check_number
@@ -40,6 +41,22 @@ class StateStore(ABC):
         self.set(key, value)
         return int(value)
 
+    def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Replace the value of `key` (or `default`) with `fn(value)` and return it. Stores
+        make this atomic; this fallback is not."""
+        value = fn(self.get(key, default))
+        self.set(key, value)
+        return value
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        """Remove `key` and return its value (or `default`). Stores make this atomic; this
+        fallback is not."""
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        self.delete(key)
+        return value
+
     def claim(self, key: str, ttl_s: float, value: Any = True) -> bool:
         """Set `key` only if it is absent (or its earlier claim expired), atomically, for
         `ttl_s` seconds; True for the one caller that won. Schedules claim each tick with
@@ -52,56 +69,104 @@ def check_ttl(ttl_s: Any) -> float:
 
 
 class InMemoryStateStore(StateStore):
-    """A dict behind a lock; values are copied in and out so callers cannot alias them."""
+    """A dict behind a lock; values are copied in and out so callers cannot alias them.
+    Shared by the threads of one process, not between processes."""
 
     blocking = False
 
+    #: How often claim() sweeps out expired claims, so that the store does not grow by
+    #: one key per schedule tick.
+    PURGE_EVERY_S = 60.0
+
     def __init__(self) -> None:
         self._data: dict[str, Any] = {}
-        self._claims: dict[str, float] = {}
+        self._expires: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._last_purge = time.monotonic()
+
+    def _live(self, key: str, now: float) -> Any:
+        """The value of `key`, or _MISSING; forgets it if its claim expired. Lock held."""
+        expires = self._expires.get(key)
+        if expires is not None and expires <= now:
+            del self._expires[key]
+            self._data.pop(key, None)
+            return _MISSING
+        return self._data.get(key, _MISSING)
 
     def get(self, key: str, default: Any = None) -> Any:
         with self._lock:
-            value = self._data.get(key, _MISSING)
-            if self._claims and key in self._claims and self._claims[key] <= time.monotonic():
-                value = _MISSING  # an expired claim reads as absent
+            value = self._live(key, time.monotonic())
         return default if value is _MISSING else copy.deepcopy(value)
 
     def set(self, key: str, value: Any) -> None:
         value = copy.deepcopy(value)
         with self._lock:
             self._data[key] = value
+            self._expires.pop(key, None)
 
     def delete(self, key: str) -> None:
         with self._lock:
             self._data.pop(key, None)
-            self._claims.pop(key, None)
+            self._expires.pop(key, None)
 
     def incr(self, key: str, amount: int = 1) -> int:
         with self._lock:
-            value = self._data.get(key, 0) + amount
+            value = self._live(key, time.monotonic())
+            value = (0 if value is _MISSING else value) + amount
             self._data[key] = value
+            self._expires.pop(key, None)
         return int(value)
 
+    def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        with self._lock:
+            value = self._live(key, time.monotonic())
+            new = fn(copy.deepcopy(default if value is _MISSING else value))
+            self._data[key] = copy.deepcopy(new)
+            self._expires.pop(key, None)
+        return new
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            value = self._live(key, time.monotonic())
+            self._data.pop(key, None)
+            self._expires.pop(key, None)
+        return default if value is _MISSING else value
+
     def claim(self, key: str, ttl_s: float, value: Any = True) -> bool:
-        """Atomic within this process (the store is not shared between processes)."""
+        """Atomic within this process."""
         ttl_s = check_ttl(ttl_s)
-        now = time.monotonic()
         value = copy.deepcopy(value)
         with self._lock:
-            expires = self._claims.get(key)
-            if key in self._data and (expires is None or expires > now):
+            now = time.monotonic()
+            if now - self._last_purge >= self.PURGE_EVERY_S:
+                self._purge(now)
+            if self._live(key, now) is not _MISSING:
                 return False
-            if len(self._claims) > 1024:
-                self._claims = {k: t for k, t in self._claims.items() if t > now}
-            self._claims[key] = now + ttl_s
             self._data[key] = value
+            self._expires[key] = now + ttl_s
             return True
+
+    def _purge(self, now: float) -> None:
+        self._last_purge = now
+        for key in [k for k, t in self._expires.items() if t <= now]:
+            del self._expires[key]
+            self._data.pop(key, None)
+
+    def purge_expired(self) -> int:
+        """Delete expired claims now; returns how many."""
+        with self._lock:
+            before = len(self._data)
+            self._purge(time.monotonic())
+            return before - len(self._data)
 
     def keys(self, prefix: str = "") -> list[str]:
         with self._lock:
-            return sorted(k for k in self._data if k.startswith(prefix))
+            now = time.monotonic()
+            return sorted(
+                k
+                for k in list(self._data)
+                if k.startswith(prefix) and self._live(k, now) is not _MISSING
+            )
 
 
 def _check_key(key: Any) -> str:
