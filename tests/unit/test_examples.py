@@ -50,10 +50,13 @@ def run_example(request):
 
 
 def test_every_example_is_tested_and_documented():
-    tested = {"quickstart", "retry_dead_letter", "timeout", "state", "events"}
+    # schedules.py is run by tests/unit/test_schedule.py
+    tested = {"quickstart", "retry_dead_letter", "timeout", "state", "events", "schedules"}
     found = {path.stem for path in EXAMPLES.glob("*.py")}
     assert found == tested
+    readme = (REPO / "README.md").read_text()
     for stem in found:
+        assert f"`{stem}.py`" in readme, f"README does not list examples/{stem}.py"
         source = (EXAMPLES / f"{stem}.py").read_text()
         assert source.startswith('"""'), f"{stem}.py has no module docstring"
         assert f"onestep run examples/{stem}.py" in source
