@@ -31,7 +31,7 @@ from ._ports import SourcePort
 from ._timer import Timer, TimerHandle
 
 if TYPE_CHECKING:
-    from ._task import TaskRuntime
+    from ._runtime import TaskRuntime
 
 logger = logging.getLogger("onestep.actors.source")
 

@@ -15,8 +15,8 @@ from typing import Any
 from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, tell_quietly
 from ._failure import HandlerFailed, failure_from
 from ._ports import Failure
+from ._runtime import MessageFailed, TaskRuntime
 from ._sink import PublishJob
-from ._task import MessageFailed, TaskRuntime
 from ._timer import Timer
 
 logger = logging.getLogger("onestep.actors.supervisor")

@@ -15,10 +15,11 @@ from typing import Any
 from ._events import EventActor, EventEmitter, Flush
 from ._loop import EventLoopThread
 from ._ports import EventCallback, SinkPort, TaskPort
+from ._runtime import TaskRuntime
 from ._sink import Close, Open, SinkActor, SinkRoute
 from ._source import CloseSource, ReleaseAll, SourceActor, StartFetching, StopFetching
 from ._supervisor import RestartPolicy, Supervisor
-from ._task import StopTask, TaskActor, TaskRuntime
+from ._task import StopTask, TaskActor
 from ._timer import Timer
 
 logger = logging.getLogger("onestep.actors.system")

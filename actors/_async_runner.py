@@ -1,0 +1,116 @@
+"""AsyncRunner: runs an async task's deliveries as coroutines on the shared event loop.
+
+Every method runs on the event-loop thread unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._failure import failure_from, timeout_failure
+
+if TYPE_CHECKING:
+    from ._runtime import TaskRuntime
+
+
+class AsyncRunner:
+    """Runs an async handler's deliveries as tasks on the shared event loop."""
+
+    def __init__(self, runtime: TaskRuntime) -> None:
+        self.runtime = runtime
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.wake: asyncio.Event | None = None
+
+    def _track(self, coro: Any) -> None:
+        task = self.runtime.loop.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def start_batch(self, batch: list[Any]) -> None:
+        """Runs on the event-loop thread."""
+        for delivery in batch:
+            self._track(self._run(delivery))
+
+    # -- direct mode ---------------------------------------------------------------------
+
+    def start_pullers(self) -> None:
+        """Start one puller per credit; runs on the event-loop thread."""
+        self.wake = asyncio.Event()
+        self.runtime.source.subscribe(self.wake_up)
+        self.runtime.ledger.on_free = self.wake_up
+        for _ in range(self.runtime.task.concurrency):
+            self._track(self._pull())
+
+    def wake_up(self) -> None:
+        """Called by the source when it has messages and by the ledger when a credit is
+        free, from any thread."""
+        loop = self.runtime.loop
+        if threading.get_ident() == loop.thread.ident:
+            if self.wake is not None:
+                self.wake.set()
+        else:
+            loop.call_soon(self.wake_up)
+
+    async def _pull(self) -> None:
+        """Fetch one delivery at a time while a credit is free and run it inline; one
+        thread hop fewer per message than dispatching from the SourceActor
+        (async-c1: 19,000 -> see benchmarks/README.md)."""
+        runtime = self.runtime
+        ledger = runtime.ledger
+        fetch = runtime.source.fetch
+        wake = self.wake
+        assert wake is not None
+        events = runtime.events
+        while not ledger.stopping:
+            wake.clear()
+            if ledger.free() <= 0:
+                await wake.wait()
+                continue
+            batch = fetch(1)
+            if not batch:
+                await wake.wait()
+                continue
+            delivery = batch[0]
+            ledger.add(delivery)
+            if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
+                continue
+            await self._run(delivery)
+
+    async def _run(self, delivery: Any) -> None:
+        runtime = self.runtime
+        if runtime.cutoff:
+            return
+        timeout_s = runtime.task.timeout_s
+        runtime.started(delivery)
+        start = time.monotonic()
+        try:
+            if timeout_s is None:
+                result = await runtime.task.invoke_async(delivery, None)
+            else:
+                scope = asyncio.timeout(timeout_s)
+                try:
+                    async with scope:
+                        result = await runtime.task.invoke_async(delivery, start + timeout_s)
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    runtime.failed(delivery, timeout_failure(timeout_s), timeout_s)
+                    return
+        except asyncio.CancelledError:
+            if self.runtime.cutoff:
+                return  # shutdown released it back to its source
+            cancelled = asyncio.CancelledError("handler was cancelled")
+            runtime.failed(delivery, failure_from(cancelled), None)
+            return
+        except BaseException as exc:  # SystemExit too: it fails this message only
+            runtime.failed(delivery, failure_from(exc), time.monotonic() - start)
+            return
+        runtime.succeeded(delivery, result, time.monotonic() - start)
+
+    def cancel_all(self) -> None:
+        """Runs on the event-loop thread at the shutdown cut-off."""
+        for task in list(self.tasks):
+            task.cancel()

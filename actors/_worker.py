@@ -1,0 +1,153 @@
+"""Worker: a thread of a task that runs its sync handler, one delivery at a time.
+
+Started and replaced by the TaskActor; in direct mode a worker also takes its deliveries
+from the source and settles them itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._base import tell_quietly
+from ._failure import failure_from
+
+if TYPE_CHECKING:
+    from ._runtime import TaskRuntime
+
+logger = logging.getLogger("onestep.actors.task")
+
+# Put on the work queue once per worker to stop it.
+STOP_WORKER = object()
+# How often an idle direct-mode worker looks at the stop flag.
+_IDLE_CHECK_S = 0.1
+
+
+class Worker:
+    """One thread running a sync handler, one delivery at a time."""
+
+    def __init__(self, runtime: TaskRuntime, index: int) -> None:
+        self.runtime = runtime
+        self.cancelled = threading.Event()
+        self.lock = threading.Lock()
+        self.current: Any = None
+        self.deadline = 0.0
+        self.watched = False
+        self.abandoned = False
+        self.thread = threading.Thread(
+            target=self._run, name=f"onestep-{runtime.task.name}-worker-{index}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        """The worker loop; runs on this worker's thread."""
+        if self.runtime.direct:
+            self._run_direct()
+            return
+        runtime = self.runtime
+        work = runtime.work
+        timed = runtime.task.timeout_s is not None
+        while True:
+            delivery = work.get()
+            if delivery is STOP_WORKER:
+                return
+            if runtime.cutoff:
+                continue
+            if timed:
+                self._run_timed(delivery)
+                if self.abandoned:
+                    return
+            else:
+                self._run_untimed(delivery)
+
+    def _run_direct(self) -> None:
+        """Take from a thread-safe source one delivery at a time; settle inline.
+
+        Each worker holds one credit: when its delivery is settled elsewhere (a failure
+        through the supervisor, a result through a sink actor) it waits for that first.
+        """
+        runtime = self.runtime
+        ledger = runtime.ledger
+        source = runtime.source
+        take = source.take
+        timed = runtime.task.timeout_s is not None
+        events = runtime.events
+        settled = threading.Event()
+        while not runtime.source_open.wait(_IDLE_CHECK_S):
+            if ledger.stopping:
+                return
+        while not ledger.stopping:
+            try:
+                batch = take(1, _IDLE_CHECK_S)
+            except Exception:
+                logger.exception("task %r: take() on its source failed", runtime.task.name)
+                continue
+            if not batch:
+                continue
+            delivery = batch[0]
+            if ledger.is_stopping():  # stop() may have come while take() waited
+                source.release(delivery)
+                return
+            ledger.add(delivery)
+            if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
+                ledger.wait_settled(delivery, settled)
+                continue
+            if timed:
+                self._run_timed(delivery)
+                if self.abandoned:
+                    return
+            else:
+                self._run_untimed(delivery)
+            ledger.wait_settled(delivery, settled)
+
+    def _run_untimed(self, delivery: Any) -> None:
+        runtime = self.runtime
+        runtime.started(delivery)
+        start = time.monotonic()
+        try:
+            result = runtime.task.invoke(delivery, self.cancelled, None)
+        except BaseException as exc:  # SystemExit too: it fails this message only
+            runtime.failed(delivery, failure_from(exc), time.monotonic() - start)
+            return
+        runtime.succeeded(delivery, result, time.monotonic() - start)
+
+    def _run_timed(self, delivery: Any) -> None:
+        runtime = self.runtime
+        timeout_s = runtime.task.timeout_s
+        assert timeout_s is not None
+        runtime.started(delivery)
+        start = time.monotonic()
+        deadline = start + timeout_s
+        with self.lock:
+            self.current = delivery
+            self.deadline = deadline
+            self.cancelled.clear()
+            if not self.watched:
+                self.watched = True
+                runtime.timer.call_later(
+                    timeout_s, tell_quietly, runtime.actor_ref, CheckDeadline(self)
+                )
+        try:
+            result = runtime.task.invoke(delivery, self.cancelled, deadline)
+            failure = None
+        except BaseException as exc:
+            failure = failure_from(exc)
+        with self.lock:
+            if self.abandoned:
+                return  # the TaskActor failed this delivery as a timeout already
+            self.current = None
+        if failure is not None:
+            runtime.failed(delivery, failure, time.monotonic() - start)
+        else:
+            runtime.succeeded(delivery, result, time.monotonic() - start)
+
+
+class CheckDeadline:
+    __slots__ = ("worker",)
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
