@@ -32,16 +32,26 @@ class Failure:
 
 @runtime_checkable
 class DeliveryPort(Protocol):
-    """What the engine reads from a delivery: its attempt count and a decode error."""
+    """What the engine reads from a delivery: its attempt count, a decode error, and an
+    optional `reply(result, failure)` callable that is called once the message
+    succeeded (after its results were accepted) or failed for good (request-reply)."""
 
     attempts: int
     error: BaseException | None
+    reply: Any
 
 
 class SourcePort(Protocol):
     """A message source. Every method runs on the owning SourceActor's thread.
 
     Methods may return awaitables; the actor then waits for them on the event loop.
+    Optional members: `flush()` (called once the actor's mailbox is empty after
+    settling, and before close: a source may buffer acks and write them in one batch),
+    `poll_delay()` (a clocked source: seconds until it should be fetched again; it is
+    also fetched with limit 0 while the task has no credit), `subscribe(wakeup)` (the
+    source calls `wakeup()` from any thread when it has messages after an empty fetch),
+    `poll_interval_s` (idle polling period otherwise), `thread_safe` with `take` (direct
+    mode, see TaskRuntime).
     """
 
     name: str
@@ -58,7 +68,9 @@ class SourcePort(Protocol):
 class SinkPort(Protocol):
     """A message sink. Every method runs on the owning SinkActor's thread, except
     `offer`, which a sink may define to accept a message from any thread without
-    blocking (it returns False when it would block)."""
+    blocking (it returns False when it would block). A sink may also define
+    `publish_batch(items)` (a list of (body, meta), all-or-nothing) and `max_batch`:
+    the SinkActor then hands it every job waiting in its mailbox at once."""
 
     name: str
 

@@ -177,6 +177,9 @@ class TaskRuntime:
             self.settle(delivery, ACK)
             if self.events is not None:
                 self.events.emit("succeeded", delivery, duration_s)
+            reply = getattr(delivery, "reply", None)
+            if reply is not None:
+                reply(result, None)
             return
         PublishJob(result, None, self.emit, self._published, (delivery, duration_s)).advance()
 
@@ -189,6 +192,15 @@ class TaskRuntime:
         self.settle(delivery, ACK)
         if self.events is not None:
             self.events.emit("succeeded", delivery, duration_s)
+        reply = getattr(delivery, "reply", None)
+        if reply is not None:
+            reply(job.body, None)
+
+    def gave_up(self, delivery: Any, failure: Failure) -> None:
+        """The message failed for good: answer a waiting requester. Any thread."""
+        reply = getattr(delivery, "reply", None)
+        if reply is not None:
+            reply(None, failure)
 
     def failed(self, delivery: Any, failure: Failure, duration_s: float | None) -> None:
         if self.cutoff and failure.kind != "decode":

@@ -31,6 +31,12 @@ class SinkActor(EngineActor):
         self.label = f"sink {getattr(sink, 'name', type(sink).__name__)!r}"
         self._loop = loop
         self._opened = False
+        # A sink with publish_batch(items) gets consecutive jobs in one call (one
+        # transaction, one round of confirms): while more jobs wait in the mailbox the
+        # batch grows, up to the sink's max_batch; then it is published.
+        self._publish_batch = getattr(sink, "publish_batch", None)
+        self._max_batch = int(getattr(sink, "max_batch", 500))
+        self._batch: list[PublishJob] = []
         self._handlers[PublishJob] = self._on_publish
         self._handlers[Open] = self._on_open
         self._handlers[Close] = self._on_close
@@ -55,8 +61,18 @@ class SinkActor(EngineActor):
             return exc
         return None
 
+    def on_receive(self, message: Any) -> Any:
+        if self._batch and not isinstance(message, PublishJob):
+            self._flush_batch()  # keep the order: jobs before a later Close
+        return super().on_receive(message)
+
     def _on_publish(self, job: PublishJob) -> None:
         """Runs on the sink actor's thread: publish, then pass the job on."""
+        if self._publish_batch is not None:
+            self._batch.append(job)
+            if len(self._batch) >= self._max_batch or self.actor_inbox.empty():
+                self._flush_batch()
+            return
         try:
             self._loop.call(self.sink.publish, job.body, job.meta)
         except Exception as exc:
@@ -64,6 +80,20 @@ class SinkActor(EngineActor):
             return
         job.index += 1
         job.advance()
+
+    def _flush_batch(self) -> None:
+        """Publish the gathered jobs in one call; all of them fail if it raises."""
+        jobs, self._batch = self._batch, []
+        assert self._publish_batch is not None
+        try:
+            self._loop.call(self._publish_batch, [(job.body, job.meta) for job in jobs])
+        except Exception as exc:
+            for job in jobs:
+                job.finish(exc)
+            return
+        for job in jobs:
+            job.index += 1
+            job.advance()
 
 
 class SinkRoute:

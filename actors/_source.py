@@ -83,6 +83,8 @@ class SourceActor(EngineActor):
         # A source that keeps time (a schedule) says when to look again.
         self._poll_delay: Callable[[], float] | None = getattr(source, "poll_delay", None)
         self._wakeable = False
+        self._flush: Callable[[], Any] | None = getattr(source, "flush", None)
+        self._unflushed = False
         self._fetch = self._bind_fetch()
         self._handlers.update(
             {
@@ -142,6 +144,7 @@ class SourceActor(EngineActor):
 
     def _on_poll(self, _: Any) -> None:
         self._poll_queued = False
+        self._flush_settled()
         self._poll()
 
     def _on_timed_poll(self, _: Any) -> None:
@@ -215,12 +218,25 @@ class SourceActor(EngineActor):
                 self._loop.call(self.source.release, delivery)
         except Exception as exc:
             self._crash(exc)
-        if not self._fetching:
+        self._unflushed = True
+        if not self.actor_inbox.empty():
+            if self._fetching:
+                self._queue_poll()
             return
-        if self.actor_inbox.empty():
+        self._flush_settled()
+        if self._fetching:
             self._poll()
-        else:
-            self._queue_poll()
+
+    def _flush_settled(self) -> None:
+        """Let a source that buffers its acks write them (one batch per empty mailbox)."""
+        if not self._unflushed:
+            return
+        self._unflushed = False
+        if self._flush is not None and not self._broken:
+            try:
+                self._loop.call(self._flush)
+            except Exception as exc:
+                self._crash(exc)
 
     # -- failure and restart -------------------------------------------------------------
 
@@ -247,6 +263,9 @@ class SourceActor(EngineActor):
             return
         self._broken = False
         logger.info("%s restarted", self.label)
+        from ._supervisor import ActorRecovered
+
+        self._supervisor.tell(ActorRecovered(self.label))
         self._poll()
 
     # -- shutdown ------------------------------------------------------------------------
@@ -264,6 +283,8 @@ class SourceActor(EngineActor):
             except Exception:
                 logger.exception("%s could not release a delivery", self.label)
             self._runtime.cancelled(delivery)
+        self._unflushed = True
+        self._flush_settled()
         return len(released)
 
     def _close_quietly(self) -> BaseException | None:
@@ -282,4 +303,5 @@ class SourceActor(EngineActor):
 
     def _on_close(self, _: CloseSource) -> BaseException | None:
         self._fetching = False
+        self._flush_settled()
         return self._close_quietly()

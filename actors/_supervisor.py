@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, tell_quietly
+from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, Request, tell_quietly
 from ._failure import HandlerFailed, failure_from
 from ._ports import Failure
 from ._runtime import MessageFailed, TaskRuntime
@@ -31,6 +31,21 @@ class ActorFailed:
         self.ref = ref
         self.label = label
         self.error = error
+
+
+class ActorRecovered:
+    """Tells the Supervisor that a restarted actor works again."""
+
+    __slots__ = ("label",)
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+
+class Health(Request):
+    """Asks the Supervisor which actors are down: {label: last error}."""
+
+    __slots__ = ()
 
 
 class RestartPolicy:
@@ -70,6 +85,9 @@ class Supervisor(EngineActor):
         self._history: dict[str, deque[float]] = {}
         self._handlers[MessageFailed] = self._on_message_failed
         self._handlers[ActorFailed] = self._on_actor_failed
+        self._handlers[ActorRecovered] = self._on_actor_recovered
+        self._handlers[Health] = self._on_health
+        self._down: dict[str, str] = {}
         self.restarts = 0
 
     # -- message failures ----------------------------------------------------------------
@@ -123,6 +141,7 @@ class Supervisor(EngineActor):
             events.emit("dead_lettered", delivery, duration_s, failure)
             events.emit("failed", delivery, duration_s, failure)
         runtime.settle(delivery, ACK)
+        runtime.gave_up(delivery, failure)
 
     @staticmethod
     def _give_up(runtime: TaskRuntime, delivery: Any, failure: Failure, duration: Any) -> None:
@@ -136,11 +155,19 @@ class Supervisor(EngineActor):
             failure.message,
         )
         runtime.settle(delivery, FAIL, error=HandlerFailed(failure))
+        runtime.gave_up(delivery, failure)
 
     # -- actor failures ------------------------------------------------------------------
 
+    def _on_actor_recovered(self, message: ActorRecovered) -> None:
+        self._down.pop(message.label, None)
+
+    def _on_health(self, _: Health) -> dict[str, str]:
+        return dict(self._down)
+
     def _on_actor_failed(self, message: ActorFailed) -> None:
         """Restart the actor after a backoff, or stop the app if it fails too often."""
+        self._down[message.label] = f"{type(message.error).__name__}: {message.error}"
         policy = self._policy
         now = time.monotonic()
         history = self._history.setdefault(message.label, deque())

@@ -18,7 +18,7 @@ from ._ports import EventCallback, SinkPort, TaskPort
 from ._runtime import TaskRuntime
 from ._sink import Close, Open, SinkActor, SinkRoute
 from ._source import CloseSource, ReleaseAll, SourceActor, StartFetching, StopFetching
-from ._supervisor import RestartPolicy, Supervisor
+from ._supervisor import Health, RestartPolicy, Supervisor
 from ._task import StopTask, TaskActor
 from ._timer import Timer
 
@@ -157,6 +157,16 @@ class ActorSystem:
             except Exception as exc:
                 name = runtime.task.source_name
                 raise StartupError(f"source {name!r} failed to open: {exc}") from exc
+
+    def health(self) -> dict[str, str]:
+        """The actors that failed and are not working again: {label: last error}."""
+        if self.supervisor_ref is None or self._stopped.is_set():
+            return {}
+        try:
+            result: dict[str, str] = self.supervisor_ref.ask(Health(), timeout=5.0)
+        except Exception as exc:
+            return {"supervisor": f"{type(exc).__name__}: {exc}"}
+        return result
 
     def report_event(
         self, task: str, source: str, kind: str, meta: dict[str, Any] | None = None

@@ -226,6 +226,15 @@ class OneStepApp:
     def wait_for_shutdown_request(self, timeout: float | None = None) -> bool:
         return self._shutdown_requested.wait(timeout)
 
+    def health(self) -> dict[str, Any]:
+        """`{"status": "ok" | "degraded" | "stopped", "problems": {actor: last error}}`;
+        degraded while a failed actor (a lost connection) is being restarted."""
+        system = self._system
+        if system is None:
+            return {"status": "stopped", "problems": {}}
+        problems = system.health()
+        return {"status": "degraded" if problems else "ok", "problems": problems}
+
     @property
     def failure(self) -> BaseException | None:
         """Why the app stopped on its own, if an actor failed past its restart limit."""

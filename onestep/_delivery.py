@@ -22,12 +22,14 @@ class Delivery:
     `attempts` counts earlier executions of this message. `handle` is whatever the
     source needs to settle it (a delivery tag, a row id). `error` is set by a source
     that could not decode the message: the runtime dead-letters it with kind `decode`
-    without calling the handler. `task` is the name of the task handling it.
+    without calling the handler. `task` is the name of the task handling it. `reply`,
+    set by a request-reply source, is called with `(result, None)` after success or
+    `(None, failure)` once the message failed for good.
     """
 
     # __slots__ halves the size of a Delivery (56 vs 104 bytes plus a dict) and makes
     # creating one about 25% faster; MemoryQueue makes one per put.
-    __slots__ = ("attempts", "error", "handle", "meta", "payload", "task")
+    __slots__ = ("attempts", "error", "handle", "meta", "payload", "reply", "task")
 
     def __init__(
         self,
@@ -46,6 +48,9 @@ class Delivery:
         self.handle = handle
         self.error = error
         self.task: str | None = None
+        # Set by a request-reply source: called with (result, None) once the message
+        # succeeded, or (None, failure) once it failed for good.
+        self.reply: Any = None
 
     def __repr__(self) -> str:
         return f"Delivery(payload={self.payload!r}, meta={self.meta!r}, attempts={self.attempts})"
@@ -117,7 +122,12 @@ class Source:
 
 class Sink:
     """Where a task's results go. Subclasses implement `publish(body, meta=None)` (sync or
-    async) and optionally `open()`/`close()`; all run on the sink's actor thread."""
+    async) and optionally `open()`/`close()`; all run on the sink's actor thread.
+
+    A sink that writes faster in batches may implement `publish_batch(items)` instead
+    (a list of `(body, meta)`, all accepted or all failed) and set `max_batch`: results
+    that wait for the sink are then handed over together.
+    """
 
     @property
     def name(self) -> str:
@@ -151,5 +161,8 @@ def missing_source_methods(source: Any) -> list[str]:
 
 
 def is_sink(obj: Any) -> bool:
+    """True for an object that implements `publish` or `publish_batch`."""
     publish = getattr(type(obj), "publish", None)
-    return callable(publish) and publish is not Sink.publish
+    if callable(publish) and publish is not Sink.publish:
+        return True
+    return callable(getattr(type(obj), "publish_batch", None))

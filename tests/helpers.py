@@ -1,0 +1,56 @@
+"""Helpers shared by the test suites: running an app for the length of a block, and a
+plain list-backed Source that goes through the SourceActor (not MemoryQueue's direct
+mode)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from onestep import Delivery, OneStepApp, Source
+
+
+@contextlib.contextmanager
+def running(app: OneStepApp) -> Iterator[OneStepApp]:
+    """Run `app` on its background actors for the duration of the block."""
+    app.start()
+    try:
+        yield app
+    finally:
+        app.stop()
+
+
+class ListSource(Source):
+    """An in-memory source that is not thread-safe, so the runtime drives it through its
+    SourceActor; it records what was acked, retried and failed."""
+
+    poll_interval_s = 0.005
+
+    def __init__(self, items: Iterable[Any] = (), name: str = "list") -> None:
+        self.name = name
+        self.items: deque[Delivery] = deque(Delivery(item) for item in items)
+        self.acked: list[Any] = []
+        self.failed: list[Any] = []
+        self.lock = threading.Lock()
+
+    def put(self, item: Any) -> None:
+        with self.lock:
+            self.items.append(Delivery(item))
+
+    def fetch(self, limit: int) -> list[Delivery]:
+        with self.lock:
+            return [self.items.popleft() for _ in range(min(limit, len(self.items)))]
+
+    def ack(self, delivery: Delivery) -> None:
+        self.acked.append(delivery.payload)
+
+    def retry(self, delivery: Delivery, delay_s: float | None = None) -> None:
+        delivery.attempts += 1
+        with self.lock:
+            self.items.append(delivery)
+
+    def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
+        self.failed.append(delivery.payload)
