@@ -3,13 +3,11 @@ StructuredEventLogger."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,18 +22,9 @@ from onestep import (
     StructuredEventLogger,
     TaskEvent,
 )
+from tests.helpers import running
 
 TIMEOUT = 5.0
-
-
-@contextlib.contextmanager
-def running(app: OneStepApp) -> Iterator[OneStepApp]:
-    """Run `app` on its background actors for the duration of the block."""
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 class ListSource(Source):

@@ -4,11 +4,9 @@ delayed retries, and handlers raising SystemExit."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,19 +21,10 @@ from onestep import (
     OneStepApp,
     Source,
 )
+from tests.helpers import running
 
 TIMEOUT = 5.0
 ERROR = Failure("error", "ValueError", "boom", "")
-
-
-@contextlib.contextmanager
-def running(app: OneStepApp) -> Iterator[OneStepApp]:
-    """Run `app` on its background actors for the duration of the block."""
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 class ListSource(Source):

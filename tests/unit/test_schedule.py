@@ -8,14 +8,12 @@ nothing waits for real time. Only the tests marked "real app" run actors.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +37,7 @@ from onestep import (
     TaskEvent,
 )
 from onestep._schedule import MAX_BACKLOG, MAX_POLL_S, ScheduleSource
+from tests.helpers import running
 
 TIMEOUT = 5.0
 T0 = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)  # a Thursday
@@ -119,15 +118,6 @@ def drain(source: ScheduleSource, limit: int = 10) -> list[Delivery]:
             runs.append(delivery)
             source.ack(delivery)
     return runs
-
-
-@contextlib.contextmanager
-def running(app: OneStepApp) -> Iterator[OneStepApp]:
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 # -- interval ticks ------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from onestep import (
     OneStepApp,
     TaskContext,
 )
+from tests.helpers import running
 
 TIMEOUT_S = 10.0
 
@@ -230,15 +230,6 @@ class Settled:
             self.settled += 1
             if self.settled >= self.count:
                 self.done.set()
-
-
-@contextmanager
-def running(app: OneStepApp):
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 def run_until_settled(app: OneStepApp, task: str, inputs: list[Any], queue: MemoryQueue):

@@ -4,29 +4,18 @@ the shutdown cut-off, request_shutdown, run() on a thread and `await serve()`.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from onestep import Delivery, MemoryQueue, OneStepApp, Sink, Source, StartupError
+from tests.helpers import running
 
 TIMEOUT = 5.0
-
-
-@contextlib.contextmanager
-def running(app: OneStepApp) -> Iterator[OneStepApp]:
-    """Run `app` on its background actors for the duration of the block."""
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 def collect_events(app: OneStepApp) -> queue.Queue[Any]:

@@ -31,6 +31,7 @@ from onestep import (
     SQLiteStateStore,
     StateStore,
 )
+from tests.helpers import running
 
 TIMEOUT = 5.0
 
@@ -73,15 +74,6 @@ def store(request, db) -> Iterator[StateStore]:
     sqlite_store = SQLiteStateStore(db)
     yield sqlite_store
     sqlite_store.close()
-
-
-@contextlib.contextmanager
-def running(app: OneStepApp) -> Iterator[OneStepApp]:
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 def count_rows(path: Any, like: str = "%") -> int:

@@ -3,28 +3,17 @@ scoped to "<app>:<task>:", and the in-memory store."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import queue
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from onestep import InMemoryStateStore, MemoryQueue, OneStepApp, StateStore
+from tests.helpers import running
 
 TIMEOUT = 5.0
-
-
-@contextlib.contextmanager
-def running(app: OneStepApp) -> Iterator[OneStepApp]:
-    """Run `app` on its background actors for the duration of the block."""
-    app.start()
-    try:
-        yield app
-    finally:
-        app.stop()
 
 
 def test_a_counter_from_sync_and_async_handlers_with_scoped_keys():
