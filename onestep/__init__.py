@@ -14,12 +14,13 @@ from actors import AppFailed, Failure, StartupError
 
 from ._app import OneStepApp
 from ._context import TaskContext
+from ._cron import CronSource
 from ._delivery import Delivery, Sink, Source, SourceContext
 from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
+from ._interval import IntervalSource
 from ._logging import JsonFormatter, configure_logging
 from ._memory import MemoryQueue
 from ._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
-from ._schedule import CronSource, IntervalSource
 from ._sqlite_state import SQLiteStateStore
 from ._state import InMemoryStateStore, StateStore
 from ._version import __version__

@@ -1,7 +1,9 @@
-"""IntervalSource and CronSource: schedules that survive restarts and fire once across replicas.
+"""ScheduleSource: what IntervalSource and CronSource share, so that schedules survive
+restarts and fire once across replicas.
 
-Both are Sources driven by the SourceActor (every method runs on its thread); they keep
-their last fired tick in the app's state store and claim each tick there before firing.
+Schedules are Sources driven by the SourceActor (every method runs on its thread); they
+keep their last fired tick in the app's state store and claim each tick there before
+firing it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
-from ._checks import check_number
 from ._delivery import Delivery, Source, SourceContext
 from ._state import InMemoryStateStore, StateStore
 
@@ -33,11 +32,6 @@ MAX_BACKLOG = 100
 MAX_POLL_S = 1.0
 #: How late a tick may fire and still count as on time rather than missed.
 MAX_GRACE_S = 60.0
-# An interval's anchor is kept "for ever" (a claim needs an expiry: a century).
-_ANCHOR_TTL_S = 100 * 365 * 24 * 3600.0
-# Past this many missed cron ticks (about 1 s of walking), the newest are found walking
-# backwards instead and the missed count stops there.
-_MAX_CRON_WALK = 50_000
 
 Clock = Callable[[], datetime]
 
@@ -331,183 +325,3 @@ class ScheduleSource(Source):
             "misfire": self.misfire,
             "timezone": str(self.tz),
         }
-
-
-class IntervalSource(ScheduleSource):
-    """Fires every fixed interval of elapsed time, on a grid anchored at its first tick."""
-
-    def __init__(
-        self,
-        interval: timedelta,
-        *,
-        payload: Any = None,
-        immediate: bool = False,
-        overlap: str = "skip",
-        misfire: str = "run_once",
-        timezone: Any = None,
-        clock: Clock | None = None,
-        name: str | None = None,
-    ) -> None:
-        if not isinstance(interval, timedelta) or interval <= timedelta(0):
-            raise ValueError(f"interval must be a positive duration, got {interval!r}")
-        self.interval = interval
-        self.immediate = bool(immediate)
-        super().__init__(
-            payload=payload,
-            overlap=overlap,
-            misfire=misfire,
-            timezone=timezone,
-            clock=clock,
-            name=name,
-        )
-
-    @classmethod
-    def every(
-        cls,
-        *,
-        days: float = 0,
-        hours: float = 0,
-        minutes: float = 0,
-        seconds: float = 0,
-        payload: Any = None,
-        immediate: bool = False,
-        overlap: str = "skip",
-        misfire: str = "run_once",
-        timezone: Any = None,
-        clock: Clock | None = None,
-        name: str | None = None,
-    ) -> IntervalSource:
-        """`IntervalSource.every(minutes=5)`: the units add up; their sum must be > 0."""
-        for param, value in (
-            ("days", days),
-            ("hours", hours),
-            ("minutes", minutes),
-            ("seconds", seconds),
-        ):
-            check_number(param, value)
-        interval = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-        if interval <= timedelta(0):
-            raise ValueError(
-                "the interval must be longer than zero: give days, hours, minutes or seconds"
-            )
-        return cls(
-            interval,
-            payload=payload,
-            immediate=immediate,
-            overlap=overlap,
-            misfire=misfire,
-            timezone=timezone,
-            clock=clock,
-            name=name,
-        )
-
-    def _default_name(self) -> str:
-        return f"every-{self.interval}"
-
-    def _first_tick(self, now: datetime) -> datetime:
-        # The grid is anchored where the first replica to open put it, so that replicas
-        # started together claim the same tick keys.
-        anchor_key = self._key + ":anchor"
-        if self._state.claim(anchor_key, _ANCHOR_TTL_S, now.isoformat()):
-            anchor = now
-        else:
-            anchor = datetime.fromisoformat(self._state.get(anchor_key)).astimezone(UTC)
-        return anchor if self.immediate else anchor + self.interval
-
-    def _tick_after(self, tick: datetime) -> datetime:
-        return tick + self.interval
-
-    def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
-        count = int((now - first) / self.interval) + 1  # arithmetic: no walk over downtime
-        start = max(0, count - keep)
-        return [first + self.interval * k for k in range(start, count)], count
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "interval_s": self.interval.total_seconds()}
-
-
-class CronSource(ScheduleSource):
-    """Fires on a cron expression (5 fields, an optional 6th for seconds, or @hourly,
-    @daily, @weekly, @monthly, @yearly) in wall-clock time of `timezone` (UTC default).
-
-    Across DST changes a wall-clock time fires once: a time skipped by spring-forward
-    fires at the same instant it would have had before the change (02:30 in
-    Europe/Berlin on the spring-forward day fires at 03:30 CEST); a time that occurs
-    twice at fall-back fires at its first occurrence only.
-    """
-
-    def __init__(
-        self,
-        expression: str,
-        *,
-        payload: Any = None,
-        overlap: str = "skip",
-        misfire: str = "run_once",
-        timezone: Any = None,
-        clock: Clock | None = None,
-        name: str | None = None,
-    ) -> None:
-        if not isinstance(expression, str) or not croniter.is_valid(expression.strip()):
-            raise ValueError(f"expression {expression!r} is not a valid cron expression")
-        self.expression = expression.strip()
-        super().__init__(
-            payload=payload,
-            overlap=overlap,
-            misfire=misfire,
-            timezone=timezone,
-            clock=clock,
-            name=name,
-        )
-
-    def _default_name(self) -> str:
-        return f"cron {self.expression}"
-
-    def _tick_after(self, tick: datetime) -> datetime:
-        # Walk wall-clock (naive) times in the zone, then map each to one instant
-        # (fold=0); skip a result that is not later, as happens across spring-forward.
-        # Within three hours after an offset change, also walk from the wall time under
-        # the old offset: a time in the skipped hour maps to an instant after the change.
-        local = tick.astimezone(self.tz)
-        starts = [local.replace(tzinfo=None)]
-        earlier = (tick - timedelta(hours=3)).astimezone(self.tz).utcoffset()
-        if earlier is not None and earlier != local.utcoffset():
-            starts.append((tick + earlier).replace(tzinfo=None))
-        found = [self._next_instant(start, tick) for start in starts]
-        return min(found)
-
-    def _next_instant(self, wall_start: datetime, tick: datetime) -> datetime:
-        it = croniter(self.expression, wall_start)
-        for _ in range(1000):
-            wall = it.get_next(datetime)
-            instant: datetime = wall.replace(tzinfo=self.tz, fold=0).astimezone(UTC)
-            if instant > tick:
-                return instant
-        raise RuntimeError(f"cron {self.expression!r}: no next tick after {tick.isoformat()}")
-
-    def _first_tick(self, now: datetime) -> datetime:
-        return self._tick_after(now)
-
-    def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
-        ticks: deque[datetime] = deque(maxlen=keep)
-        count = 0
-        tick = first
-        while tick <= now:
-            ticks.append(tick)
-            count += 1
-            if count >= _MAX_CRON_WALK:
-                # a long downtime on a frequent schedule: take the newest ticks backwards
-                return self._newest_ticks(now, keep), count
-            tick = self._tick_after(tick)
-        return list(ticks), count
-
-    def _newest_ticks(self, now: datetime, keep: int) -> list[datetime]:
-        it = croniter(self.expression, now.astimezone(self.tz).replace(tzinfo=None))
-        instants: list[datetime] = []
-        while len(instants) < keep:
-            instant = it.get_prev(datetime).replace(tzinfo=self.tz, fold=0).astimezone(UTC)
-            if not instants or instant < instants[-1]:
-                instants.append(instant)
-        return instants[::-1]
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "expression": self.expression}
