@@ -219,6 +219,7 @@ class ActorSystem:
         self._stopped.set()
         for runtime in self.runtimes:
             runtime.cutoff = True
+            runtime.ledger.stop()  # direct-mode workers stop taking, even after a failed start
         for ref in reversed(self._source_refs):
             _ask_quietly(ref, CloseSource())
             ref.stop()

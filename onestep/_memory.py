@@ -67,14 +67,30 @@ class MemoryQueue(Source, Sink):
     def offer(self, body: Any, meta: dict[str, Any] | None = None) -> bool:
         """Append without blocking; False if the queue is full. The runtime uses it to
         publish from any thread without a trip through the sink actor."""
+        return self.offer_delivery(Delivery(body, meta=meta))
+
+    def offer_delivery(self, delivery: Delivery) -> bool:
+        """Append a ready-made Delivery (one carrying a `reply`, say) without blocking;
+        False if the queue is full."""
         with self._lock:
             if self.maxsize and len(self._items) >= self.maxsize:
                 return False
-            self._items.append(Delivery(body, meta=meta))
+            self._items.append(delivery)
             wake = self._take_wakeup()
         if wake is not None:
             wake()
         return True
+
+    def remove_if(self, predicate: Callable[[Delivery], bool]) -> int:
+        """Remove the waiting deliveries for which `predicate` is true; returns how many."""
+        with self._lock:
+            kept = [delivery for delivery in self._items if not predicate(delivery)]
+            removed = len(self._items) - len(kept)
+            self._items.clear()
+            self._items.extend(kept)
+            if removed and self.maxsize:
+                self._not_full.notify(removed)
+        return removed
 
     async def publish(self, body: Any, meta: dict[str, Any] | None = None) -> None:
         """Append from async code; waits (off the event loop) while the queue is full."""
