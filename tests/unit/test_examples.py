@@ -50,8 +50,17 @@ def run_example(request):
 
 
 def test_every_example_is_tested_and_documented():
-    # schedules.py is run by tests/unit/test_schedule.py
-    tested = {"quickstart", "retry_dead_letter", "timeout", "state", "events", "schedules"}
+    # the others run in tests/unit/test_schedule.py and test_webhook.py
+    tested = {
+        "quickstart",
+        "retry_dead_letter",
+        "timeout",
+        "state",
+        "events",
+        "schedules",
+        "webhook_standalone",
+        "webhook_in_falcon_app",
+    }
     found = {path.stem for path in EXAMPLES.glob("*.py")}
     assert found == tested
     readme = (REPO / "README.md").read_text()

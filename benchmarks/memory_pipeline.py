@@ -1,0 +1,193 @@
+"""Throughput and peak memory of MemoryQueue -> no-op task -> MemoryQueue.
+
+Run from the repository root:
+
+    python benchmarks/memory_pipeline.py                 # all cases, 100,000 messages
+    python benchmarks/memory_pipeline.py --repeat 3      # best of 3
+    python benchmarks/memory_pipeline.py --json          # one JSON object per case
+    python benchmarks/memory_pipeline.py --case sync-c1 --messages 20000
+
+Cases: `sync-c1`, `sync-c8`, `async-c1`, `async-c8` (a `def` or `async def` handler that
+returns its item, with concurrency 1 or 8). Beside every case the same run measures a raw
+baseline: one thread doing `queue.Queue.get` -> no-op call -> `queue.Queue.put` over the
+same number of preloaded messages. Each side of each case runs in its own fresh child
+process, so the peak RSS (`ru_maxrss`) is that side's alone.
+
+How a onestep child measures: it preloads the input MemoryQueue with N int payloads
+(preloading keeps a producer thread out of the measurement), starts the app, and waits
+on an Event that the output queue sets when it accepts the N-th message. The rate is
+(N - 1) / (time of the N-th output - time of the first output): steady-state processing,
+without actor start-up or shutdown. The output queue is a MemoryQueue subclass whose
+`offer` also counts (one `next()` on an itertools.count and a compare per message). The
+baseline is timed the same way, from its first `put` to its N-th.
+
+It never asserts anything: it only reports (DESIGN.md section 6). See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import (
+    CountingEvent,
+    add_common_args,
+    emit_child_result,
+    peak_rss_mb,
+    print_results,
+    run_cases,
+)
+
+CASES = ("sync-c1", "sync-c8", "async-c1", "async-c8")
+DEFAULT_MESSAGES = 100_000
+
+
+def parse_case(case: str) -> tuple[bool, int]:
+    """'async-c8' -> (True, 8)."""
+    kind, _, concurrency = case.partition("-c")
+    if kind not in ("sync", "async") or not concurrency.isdigit() or int(concurrency) < 1:
+        raise ValueError(f"bad case {case!r}: expected sync-cN or async-cN")
+    return kind == "async", int(concurrency)
+
+
+# -- children --------------------------------------------------------------------------
+
+
+def measure_onestep(case: str, messages: int, wait_s: float) -> dict[str, Any]:
+    """Runs in a fresh child process: the onestep pipeline."""
+    from onestep import MemoryQueue, OneStepApp
+
+    is_async, concurrency = parse_case(case)
+    counter = CountingEvent(messages)
+    hit = counter.hit
+
+    class CountingQueue(MemoryQueue):
+        """The output queue: counts what the runtime publishes to it (the runtime
+        calls `offer`; `publish`, the sink actor's path, calls `offer` too)."""
+
+        def offer(self, body: Any, meta: dict[str, Any] | None = None) -> bool:
+            accepted = MemoryQueue.offer(self, body, meta)
+            if accepted:
+                hit()
+            return accepted
+
+    source = MemoryQueue("bench-in")
+    sink = CountingQueue("bench-out")
+    for i in range(messages):
+        source.put(i)
+    rss_preloaded = peak_rss_mb()
+
+    app = OneStepApp("bench", shutdown_timeout_s=5.0)
+    if is_async:
+
+        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop")
+        async def noop_async(ctx: Any, item: Any) -> Any:
+            return item
+
+    else:
+
+        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop")
+        def noop(ctx: Any, item: Any) -> Any:
+            return item
+
+    app.start()
+    try:
+        finished = counter.done.wait(wait_s)
+    finally:
+        app.stop()
+    if not finished:
+        return {"error": f"only {sink.qsize()} of {messages} messages arrived in {wait_s:g} s"}
+    return {
+        "rate": counter.rate(),
+        "delivered": sink.qsize(),
+        "rss_preloaded_mb": round(rss_preloaded, 1),
+    }
+
+
+def measure_baseline(case: str, messages: int, wait_s: float) -> dict[str, Any]:
+    """Runs in a fresh child process: one thread, queue.Queue -> no-op -> queue.Queue."""
+    import queue
+    import threading
+    import time
+
+    source: queue.Queue[Any] = queue.Queue()
+    sink: queue.Queue[Any] = queue.Queue()
+    for i in range(messages):
+        source.put(i)
+    rss_preloaded = peak_rss_mb()
+    times: list[float] = []
+
+    def noop(item: Any) -> Any:
+        return item
+
+    def run() -> None:
+        get, put, clock = source.get, sink.put, time.perf_counter
+        put(noop(get()))
+        first = clock()
+        for _ in range(messages - 1):
+            put(noop(get()))
+        times.extend((first, clock()))
+
+    thread = threading.Thread(target=run, name="baseline", daemon=True)
+    thread.start()
+    thread.join(wait_s)
+    if not times:
+        return {"error": f"baseline did not finish in {wait_s:g} s"}
+    first, last = times
+    return {
+        "rate": (messages - 1) / (last - first),
+        "delivered": sink.qsize(),
+        "rss_preloaded_mb": round(rss_preloaded, 1),
+    }
+
+
+# -- parent ----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="MemoryQueue -> no-op task -> MemoryQueue: onestep against a raw "
+        "queue.Queue baseline; each side of each case in its own child process."
+    )
+    add_common_args(parser, messages=DEFAULT_MESSAGES)
+    args = parser.parse_args(argv)
+    if args.messages < 2:
+        parser.error("--messages must be at least 2")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+
+    if args.child:
+        kind, case = args.child
+        measure = measure_onestep if kind == "onestep" else measure_baseline
+        emit_child_result(**measure(case, args.messages, args.timeout))
+        return 0
+
+    cases = args.cases or list(CASES)
+    for case in cases:
+        try:
+            parse_case(case)
+        except ValueError as exc:
+            parser.error(str(exc))
+    results = run_cases(
+        os.path.abspath(__file__),
+        cases,
+        repeat=args.repeat,
+        child_args=["--messages", str(args.messages), "--timeout", str(args.timeout)],
+        # a child gets a little longer than its own wait, to start and to stop
+        timeout_s=args.timeout + 60.0,
+        baseline_case=lambda case: "raw-1-thread",
+    )
+    title = (
+        f"MemoryQueue -> no-op -> MemoryQueue, {args.messages:,} messages, "
+        f"best of {args.repeat}, Python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)"
+    )
+    print_results(results, as_json=args.json, title=title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
