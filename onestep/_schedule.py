@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +33,8 @@ MAX_BACKLOG = 100
 MAX_POLL_S = 1.0
 #: How late a tick may fire and still count as on time rather than missed.
 MAX_GRACE_S = 60.0
+#: How often a running schedule looks for runs a replica handed back at its shutdown.
+HANDBACK_CHECK_S = 60.0
 
 Clock = Callable[[], datetime]
 
@@ -99,6 +102,7 @@ class ScheduleSource(Source):
         self._next: datetime | None = None
         self._backlog: deque[_Run] = deque()
         self._in_flight = 0
+        self._next_handback_check = 0.0
         self.skipped = 0
 
     # -- what a subclass defines ---------------------------------------------------------
@@ -135,7 +139,7 @@ class ScheduleSource(Source):
 
     def open(self) -> None:
         now = self._now()
-        last = self._state.get(self._key + ":last")
+        last = (self._state.get(self._key + ":progress") or {}).get("last")
         self._backlog.clear()
         self._in_flight = 0
         if last is None:
@@ -174,6 +178,7 @@ class ScheduleSource(Source):
 
     def _take_handed_back(self) -> None:
         """Queue the runs a close() handed back (ours or a replica's), oldest first."""
+        self._next_handback_check = time.monotonic() + HANDBACK_CHECK_S
         runs = self._state.pop(self._key + ":pending", None)
         if not runs:
             return
@@ -237,11 +242,27 @@ class ScheduleSource(Source):
             fire.extend(self._misfired(missed, missed_count, on_time))
         if on_time:
             fire.append((newest, missed_count if self.misfire == "run_once" else 0))
-        self._state.set(self._key + ":last", newest.isoformat())
         busy = bool(self._in_flight or self._backlog)
-        self._take_handed_back()  # a replica may have handed runs back since
-        for tick, covers in fire:
-            self._fire(tick, covers, busy)
+        if time.monotonic() >= self._next_handback_check:
+            self._take_handed_back()  # a replica may have handed runs back since
+        runs = [(tick, covers) for tick, covers in fire if self._admit(tick, busy)]
+        first = self._advance(newest, len(runs))
+        for offset, (tick, covers) in enumerate(runs):
+            self._queue_run(tick, covers, first + offset)
+
+    def _advance(self, newest: datetime, fired: int) -> int:
+        """Record `newest` as the last tick seen and take `fired` sequence numbers, in one
+        atomic update of the store (each round trip on the firing path adds latency
+        when another thread holds the GIL); returns the first number taken."""
+
+        def advance(progress: dict[str, Any]) -> dict[str, Any]:
+            last = progress.get("last")
+            if last is None or datetime.fromisoformat(last) < newest:
+                last = newest.isoformat()
+            return {"last": last, "sequence": progress.get("sequence", 0) + fired}
+
+        progress = self._state.update(self._key + ":progress", advance, {})
+        return int(progress["sequence"]) - fired + 1
 
     def _misfired(
         self, missed: list[datetime], missed_count: int, on_time: bool
@@ -260,19 +281,21 @@ class ScheduleSource(Source):
         period = (self._tick_after(tick) - tick).total_seconds()
         return min(MAX_GRACE_S, max(1.0, period / 2))
 
-    def _fire(self, tick: datetime, covers: int, busy: bool) -> None:
-        """Claim the tick in the shared store, then queue its run; with overlap "skip" a
-        tick that fell due while an earlier run was in flight (`busy`) is dropped."""
+    def _admit(self, tick: datetime, busy: bool) -> bool:
+        """Claim the tick in the shared store; with overlap "skip" drop a tick that fell
+        due while an earlier run was in flight (`busy`)."""
         ttl_s = max(60.0, 2 * (self._tick_after(tick) - tick).total_seconds())
         if not self._state.claim(self._claim_key(tick), ttl_s):
-            return  # another replica fired it
+            return False  # another replica fired it
         if self.overlap == "skip" and busy:
             self._skip(tick, "overlap", 1)
-            return
+            return False
+        return True
+
+    def _queue_run(self, tick: datetime, covers: int, sequence: int) -> None:
         if len(self._backlog) >= MAX_BACKLOG:
             dropped = self._backlog.popleft()
             self._skip(None, "backlog-full", 1, dropped.delivery.meta.get("scheduled_at"))
-        sequence = self._state.incr(self._key + ":sequence")
         meta: dict[str, Any] = {
             "schedule": self.name,
             "scheduled_at": tick.astimezone(self.tz).isoformat(),

@@ -137,16 +137,15 @@ class SQLiteStateStore(StateStore):
         encoded = self._encode(key, value)
         if time.time() - self._last_purge >= self.PURGE_EVERY_S:
             self.purge_expired()
-        with self._lock, _immediate(self._conn):
-            now = time.time()
-            self._conn.execute(
-                "DELETE FROM onestep_state WHERE key = ? AND expires_at IS NOT NULL "
-                "AND expires_at <= ?",
-                (key, now),
-            )
+        now = time.time()
+        # One statement, atomic on its own: insert, or take over an expired claim.
+        with self._lock:
             cursor = self._conn.execute(
-                "INSERT OR IGNORE INTO onestep_state (key, value, expires_at) VALUES (?, ?, ?)",
-                (key, encoded, now + ttl_s),
+                "INSERT INTO onestep_state (key, value, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+                "expires_at = excluded.expires_at "
+                "WHERE onestep_state.expires_at IS NOT NULL AND onestep_state.expires_at <= ?",
+                (key, encoded, now + ttl_s, now),
             )
             won = cursor.rowcount == 1
         return won
