@@ -50,7 +50,8 @@ def run_example(request):
 
 
 def test_every_example_is_tested_and_documented():
-    # the others run in tests/unit/test_schedule.py and test_webhook.py
+    # the others run in tests/unit/test_schedule.py, test_webhook.py and
+    # tests/integration/test_mysql.py
     tested = {
         "quickstart",
         "retry_dead_letter",
@@ -60,6 +61,7 @@ def test_every_example_is_tested_and_documented():
         "schedules",
         "webhook_standalone",
         "webhook_in_falcon_app",
+        "mysql_jobs",
     }
     found = {path.stem for path in EXAMPLES.glob("*.py")}
     assert found == tested
