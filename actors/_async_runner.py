@@ -23,6 +23,7 @@ class AsyncRunner:
         self.runtime = runtime
         self.tasks: set[asyncio.Task[None]] = set()
         self.wake: asyncio.Event | None = None
+        self._wake_scheduled = False
 
     def _track(self, coro: Any) -> None:
         task = self.runtime.loop.loop.create_task(coro)
@@ -49,9 +50,13 @@ class AsyncRunner:
         free, from any thread."""
         loop = self.runtime.loop
         if threading.get_ident() == loop.thread.ident:
+            self._wake_scheduled = False
             if self.wake is not None:
                 self.wake.set()
-        else:
+        elif not self._wake_scheduled:
+            # one call_soon_threadsafe (a write to the loop's self-pipe) per loop turn,
+            # not one per settled message
+            self._wake_scheduled = True
             loop.call_soon(self.wake_up)
 
     async def _pull(self) -> None:

@@ -103,7 +103,7 @@ class ActorSystem:
         if route is None:
             ref = SinkActor.start(sink, self.loop)
             self._sink_refs.append(ref)
-            route = SinkRoute(sink, ref)
+            route = SinkRoute(sink, ref, self.loop)
             self._routes[id(sink)] = route
             try:
                 ref.ask(Open())
