@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, TypeVar
 
-from actors import ActorSystem, AppFailed, EventRecord
+from actors import ActorSystem, AppFailed, EventRecord, RestartPolicy
 
-from ._checks import check_number
+from ._checks import check_int, check_number
 from ._delivery import SourceContext
 from ._events import TaskEvent
 from ._state import InMemoryStateStore, StateStore
@@ -40,6 +40,8 @@ class OneStepApp:
         config: Mapping[str, Any] | None = None,
         state: StateStore | None = None,
         shutdown_timeout_s: float = 30.0,
+        max_restarts: int = 5,
+        restart_window_s: float = 60.0,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -49,6 +51,12 @@ class OneStepApp:
             raise TypeError(f"state must be a StateStore, got {type(state).__name__}")
         # inf is allowed: wait for in-flight work however long it takes
         check_number("shutdown_timeout_s", shutdown_timeout_s, allow_inf=True)
+        # An actor (a source whose connection broke) is restarted with backoff at most
+        # max_restarts times within restart_window_s; past that the app stops.
+        self.restarts = RestartPolicy(
+            check_int("max_restarts", max_restarts, minimum=0),
+            check_number("restart_window_s", restart_window_s, exclusive=True),
+        )
         self.name = name
         self.config: dict[str, Any] = dict(config or {})
         self.state: StateStore = state if state is not None else InMemoryStateStore()
@@ -171,17 +179,27 @@ class OneStepApp:
                 sources=lambda task: task.source,  # type: ignore[attr-defined]
                 on_event=self._deliver_event if self._event_handlers else None,
                 on_fatal=self._fatal,
+                restarts=self.restarts,
             )
             self._system = system
             try:
                 self._attach_sources(system)
-                system.start(after_sinks=self._run_startup_hooks)
+                system.start(after_sinks=self._sinks_open)
             except BaseException:
+                for spec in self._tasks.values():
+                    spec.bind(None)
                 self._system = None
                 raise
-            for spec in self._tasks.values():
-                spec.bind(system.route)
         logger.info("app %r started with %d task(s)", self.name, len(self._tasks))
+
+    def _sinks_open(self) -> None:
+        """Runs on the thread that called start(), before any task or source starts:
+        ctx.emit works from the first message on."""
+        system = self._system
+        assert system is not None
+        for spec in self._tasks.values():
+            spec.bind(system.route)
+        self._run_startup_hooks()
 
     def _attach_sources(self, system: ActorSystem) -> None:
         for spec in self._tasks.values():

@@ -57,4 +57,6 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # pykka logs every error returned to an ask() caller at INFO with a traceback; onestep
     # reports those errors itself, so keep pykka quiet unless debugging.
-    logging.getLogger("pykka").setLevel("DEBUG" if level.upper() == "DEBUG" else "WARNING")
+    # pika logs every connection step at INFO.
+    for noisy in ("pykka", "pika"):
+        logging.getLogger(noisy).setLevel("DEBUG" if level.upper() == "DEBUG" else "WARNING")

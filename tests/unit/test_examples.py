@@ -51,7 +51,7 @@ def run_example(request):
 
 def test_every_example_is_tested_and_documented():
     # the others run in tests/unit/test_schedule.py, test_webhook.py and
-    # tests/integration/test_mysql.py
+    # tests/integration/test_mysql.py and test_rabbitmq.py
     tested = {
         "quickstart",
         "retry_dead_letter",
@@ -62,6 +62,7 @@ def test_every_example_is_tested_and_documented():
         "webhook_standalone",
         "webhook_in_falcon_app",
         "mysql_jobs",
+        "rabbitmq_pipeline",
     }
     found = {path.stem for path in EXAMPLES.glob("*.py")}
     assert found == tested
