@@ -37,7 +37,7 @@ from mysql_support import (
     wait_until,
 )
 
-import adapters.mysql
+import adapters.mysql._state
 import onestep._state
 from onestep import (
     MaxAttempts,
@@ -472,7 +472,7 @@ def fake_time(monkeypatch) -> Any:
     fake = _contract.FakeTime()
     namespace = SimpleNamespace(time=fake.time, monotonic=fake.monotonic)
     monkeypatch.setattr(onestep._state, "time", namespace)
-    monkeypatch.setattr(adapters.mysql, "time", namespace)
+    monkeypatch.setattr(adapters.mysql._state, "time", namespace)
     return fake
 
 

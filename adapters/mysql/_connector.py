@@ -1,0 +1,188 @@
+"""MySQLConnector: the settings of one MySQL/MariaDB database and the factory of its
+queues, sinks and state stores; built by users, its connections made on any thread."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pymysql
+import pymysql.err
+
+from onestep._checks import check_int, check_number
+
+from ._connection import parse_url
+from ._pool import Pool
+from ._queue import QueueColumns, TableQueue
+from ._sink import TableSink
+from ._state import MySQLStateStore
+
+# pymysql error codes of a refused login or an unknown database: retrying cannot help.
+_ACCESS_DENIED = {1044, 1045, 1049}
+
+
+class MySQLConnector:
+    """Connection settings for one MySQL/MariaDB database, and the factory of its queues,
+    sinks and state stores.
+
+    `url` is `mysql://user[:password]@host[:port]/database`; user and password may be
+    URL-encoded (`p%40ss` for `p@ss`). The password is kept out of repr, logs and errors.
+    `pool_size` is how many idle connections the producer side (`put`) and the state
+    store keep; `connect_timeout_s` bounds a connection attempt (and, after a lost
+    connection, how long a source keeps trying to reconnect in one restart).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        connect_timeout_s: float = 10,
+        name: str | None = None,
+    ) -> None:
+        self.host, self.port, self.user, self._password, self.database = parse_url(url)
+        self.pool_size = check_int("pool_size", pool_size, minimum=1)
+        self.connect_timeout_s = check_number(
+            "connect_timeout_s", connect_timeout_s, exclusive=True
+        )
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        self.name = name or f"mysql:{self.host}:{self.port}/{self.database}"
+        self._pool = Pool(self)
+
+    @property
+    def url(self) -> str:
+        """The URL with the password masked."""
+        secret = ":***" if self._password else ""
+        return f"mysql://{self.user}{secret}@{self.host}:{self.port}/{self.database}"
+
+    def __repr__(self) -> str:
+        return f"MySQLConnector({self.url!r})"
+
+    def describe_target(self) -> str:
+        return (
+            f"MySQL server {self.host}:{self.port}, database {self.database!r}, user {self.user!r}"
+        )
+
+    def connect(self, *, autocommit: bool = True) -> Any:
+        """A new pymysql connection on the calling thread; ConnectionError naming host,
+        port, database and user (never the password) if it cannot be made."""
+        try:
+            conn = pymysql.connect(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self._password,
+                database=self.database,
+                charset="utf8mb4",
+                autocommit=autocommit,
+                connect_timeout=self.connect_timeout_s,
+                read_timeout=max(30.0, self.connect_timeout_s),
+                write_timeout=max(30.0, self.connect_timeout_s),
+            )
+        except pymysql.err.MySQLError as exc:
+            reason = exc.args[1] if len(exc.args) > 1 else str(exc)
+            reason = str(reason).replace(self._password, "***") if self._password else reason
+            raise ConnectionError(f"cannot connect to {self.describe_target()}: {reason}") from None
+        with conn.cursor() as cursor:
+            # Claims lock only the rows they return (no gap locks), so workers do not
+            # block each other's inserts.
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", ())
+        return conn
+
+    def connect_retrying(self, deadline_s: float) -> Any:
+        """Connect, retrying with backoff while the server is unreachable, for up to
+        `deadline_s` seconds; wrong credentials fail at once."""
+        deadline = time.monotonic() + deadline_s
+        delay = 0.05
+        while True:
+            try:
+                return self.connect()
+            except ConnectionError as exc:
+                code = getattr(exc.__context__, "args", (None,))[0]
+                if code in _ACCESS_DENIED or time.monotonic() + delay > deadline:
+                    raise
+            threading.Event().wait(delay)  # on the source actor's thread, between attempts
+            delay = min(delay * 2, 1.0)
+
+    @contextlib.contextmanager
+    def pooled(self) -> Iterator[Any]:
+        """A connection from the small shared pool (any thread), for one operation."""
+        with self._pool.connection() as conn:
+            yield conn
+
+    def run_pooled(self, operation: Callable[[Any], Any]) -> Any:
+        """Run `operation(conn)` on a pooled connection; if a pooled connection turns out
+        to be dead (the server restarted) it is retried once on a fresh one."""
+        return self._pool.run(operation)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._pool.close()
+
+    def table_queue(
+        self,
+        table: str,
+        *,
+        batch_size: int = 100,
+        poll_interval_s: float = 0.5,
+        lease_s: float = 60,
+        auto_create: bool = True,
+        delete_on_ack: bool = False,
+        name: str | None = None,
+        id_column: str = "id",
+        payload_column: str = "payload",
+        status_column: str = "status",
+        attempts_column: str = "attempts",
+        available_at_column: str = "available_at",
+        leased_until_column: str = "leased_until",
+        last_error_column: str | None = "last_error",
+    ) -> TableQueue:
+        """A Source over a table of jobs; see TableQueue."""
+        return TableQueue(
+            self,
+            table,
+            batch_size=batch_size,
+            poll_interval_s=poll_interval_s,
+            lease_s=lease_s,
+            auto_create=auto_create,
+            delete_on_ack=delete_on_ack,
+            name=name,
+            columns=QueueColumns(
+                id=id_column,
+                payload=payload_column,
+                status=status_column,
+                attempts=attempts_column,
+                available_at=available_at_column,
+                leased_until=leased_until_column,
+                last_error=last_error_column,
+            ),
+        )
+
+    def table_sink(
+        self,
+        table: str,
+        *,
+        mode: str = "insert",
+        keys: Sequence[str] = (),
+        batch_size: int = 500,
+        auto_create: bool = False,
+        name: str | None = None,
+    ) -> TableSink:
+        """A Sink that inserts or upserts returned dicts; see TableSink."""
+        return TableSink(
+            self,
+            table,
+            mode=mode,
+            keys=keys,
+            batch_size=batch_size,
+            auto_create=auto_create,
+            name=name,
+        )
+
+    def state_store(self, table: str = "onestep_state") -> MySQLStateStore:
+        """A StateStore in `table` (created if missing), shared by every process."""
+        return MySQLStateStore(self, table)
