@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._failure import failure_from, timeout_failure
@@ -22,7 +23,7 @@ class AsyncRunner:
     def __init__(self, runtime: TaskRuntime) -> None:
         self.runtime = runtime
         self.tasks: set[asyncio.Task[None]] = set()
-        self.wake: asyncio.Event | None = None
+        self._parked: deque[asyncio.Future[None]] = deque()
         self._wake_scheduled = False
 
     def _track(self, coro: Any) -> None:
@@ -39,7 +40,6 @@ class AsyncRunner:
 
     def start_pullers(self) -> None:
         """Start one puller per credit; runs on the event-loop thread."""
-        self.wake = asyncio.Event()
         self.runtime.source.subscribe(self.wake_up)
         self.runtime.ledger.on_free = self.wake_up
         for _ in range(self.runtime.task.concurrency):
@@ -47,36 +47,46 @@ class AsyncRunner:
 
     def wake_up(self) -> None:
         """Called by the source when it has messages and by the ledger when a credit is
-        free, from any thread."""
+        free, from any thread: wakes as many parked pullers as there are free credits
+        (at least one), not all of them (with 500 pullers, waking all cost more than
+        the handlers: benchmarks/mysql.py sink case)."""
         loop = self.runtime.loop
-        if threading.get_ident() == loop.thread.ident:
-            self._wake_scheduled = False
-            if self.wake is not None:
-                self.wake.set()
-        elif not self._wake_scheduled:
-            # one call_soon_threadsafe (a write to the loop's self-pipe) per loop turn,
-            # not one per settled message
-            self._wake_scheduled = True
-            loop.call_soon(self.wake_up)
+        if threading.get_ident() != loop.thread.ident:
+            if not self._wake_scheduled:
+                # one call_soon_threadsafe (a write to the loop's self-pipe) per loop
+                # turn, not one per settled message
+                self._wake_scheduled = True
+                loop.call_soon(self.wake_up)
+            return
+        self._wake_scheduled = False
+        parked = self._parked
+        for _ in range(min(len(parked), max(1, self.runtime.ledger.free()))):
+            waiter = parked.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _park(self) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = self.runtime.loop.loop.create_future()
+        self._parked.append(waiter)
+        return waiter
 
     async def _pull(self) -> None:
         """Fetch one delivery at a time while a credit is free and run it inline; one
-        thread hop fewer per message than dispatching from the SourceActor
-        (async-c1: 19,000 -> see benchmarks/README.md)."""
+        thread hop fewer per message than dispatching from the SourceActor (async-c1:
+        19,000 -> 250,000 msgs/s, benchmarks/memory_pipeline.py)."""
         runtime = self.runtime
         ledger = runtime.ledger
         fetch = runtime.source.fetch
-        wake = self.wake
-        assert wake is not None
         events = runtime.events
         while not ledger.stopping:
-            wake.clear()
+            # checks and parking happen in one step of the loop: a wake_up that comes
+            # later finds this puller parked
             if ledger.free() <= 0:
-                await wake.wait()
+                await self._park()
                 continue
             batch = fetch(1)
             if not batch:
-                await wake.wait()
+                await self._park()
                 continue
             delivery = batch[0]
             ledger.add(delivery)
