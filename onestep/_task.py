@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from ._app import OneStepApp
 
 
+_PLAIN_RESULTS = frozenset({type(None), int, float, str, bytes, bool, dict, list, tuple})
+
+
 def _placeholder(value: Any) -> Any:
     # The seed page writes `source=...`: an Ellipsis stands for "not given" like None.
     return None if value is Ellipsis else value
@@ -136,7 +139,8 @@ class TaskSpec:
         """Runs on a worker thread of the task."""
         delivery.task = self.name
         result = self.fn(TaskContext(self, delivery, cancelled, deadline), delivery.payload)
-        if inspect.isawaitable(result):
+        # the common results skip inspect.isawaitable (3% of a no-op message's cost)
+        if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()
             raise TypeError(
