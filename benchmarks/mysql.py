@@ -10,7 +10,7 @@ Cases:
   -> a no-op async task (concurrency 100). Baseline: one pymysql connection claiming 100
   rows per transaction with `SELECT ... FOR UPDATE SKIP LOCKED`, decoding the JSON,
   calling a no-op and marking them done with one UPDATE per batch.
-- `sink`: 20,000 ints preloaded in a MemoryQueue -> a task returning a dict ->
+- `sink`: 20,000 ints preloaded in a MemoryQueue -> a task (concurrency 1000) returning a dict ->
   `table_sink` (batch_size 500). Baseline: pymysql `executemany` of 500 rows per
   transaction.
 
@@ -171,8 +171,9 @@ def onestep_sink(url: str, messages: int, wait_s: float) -> dict[str, Any]:
             source.put(n)
         app = OneStepApp("bench", shutdown_timeout_s=5.0)
 
-        # results in flight (and so the sink's batches) are bounded by the credits
-        @app.task(source=source, emit=sink, concurrency=500, name="to_row")
+        # results in flight (and so the sink's batches) are bounded by the credits: two
+        # batches' worth lets the task produce one while the sink writes the other
+        @app.task(source=source, emit=sink, concurrency=1000, name="to_row")
         async def to_row(ctx: Any, n: Any) -> Any:
             return {"n": n, "label": f"item-{n}", "score": n * 0.5}
 
