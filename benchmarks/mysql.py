@@ -10,8 +10,8 @@ Cases:
   -> a no-op async task (concurrency 100). Baseline: one pymysql connection claiming 100
   rows per transaction with `SELECT ... FOR UPDATE SKIP LOCKED`, decoding the JSON,
   calling a no-op and marking them done with one UPDATE per batch.
-- `sink`: 20,000 ints preloaded in a MemoryQueue -> a task (concurrency 1000) returning a dict ->
-  `table_sink` (batch_size 500). Baseline: pymysql `executemany` of 500 rows per
+- `sink`: 20,000 ints preloaded in a MemoryQueue -> an async task (concurrency 1000)
+  returning a dict -> `table_sink` (batch_size 500). Baseline: pymysql `executemany` of 500 rows per
   transaction.
 
 The onestep rate is (N - 1) / (time of the N-th handled row - time of the first), as in
