@@ -67,7 +67,31 @@ class SourceContext:
     report: Callable[[str, dict[str, Any]], None]
 
 
-class Source:
+class Endpoint:
+    """What sources and sinks share: a name (the class name unless set), and `open()` /
+    `close()`, which run on the owning actor's thread (no-ops here)."""
+
+    @property
+    def name(self) -> str:
+        return self.__dict__.get("_name") or type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.__dict__["_name"] = value
+
+    def open(self) -> Any:
+        """Connect; runs on the owning actor's thread, before the first fetch or publish."""
+        return None
+
+    def close(self) -> Any:
+        """Disconnect; runs on the owning actor's thread at shutdown or restart."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "name": self.name}
+
+
+class Source(Endpoint):
     """Where a task's messages come from.
 
     Subclasses implement `fetch()` (returning a list of Delivery; it may take a `limit`
@@ -79,22 +103,6 @@ class Source:
 
     #: How long the runtime waits before fetching again after an empty fetch.
     poll_interval_s: ClassVar[float] = 0.05
-
-    @property
-    def name(self) -> str:
-        return self.__dict__.get("_name") or type(self).__name__
-
-    @name.setter
-    def name(self, value: str) -> None:
-        self.__dict__["_name"] = value
-
-    def open(self) -> Any:
-        """Connect; runs on the source actor's thread before the first fetch."""
-        return None
-
-    def close(self) -> Any:
-        """Disconnect; runs on the source actor's thread at shutdown or restart."""
-        return None
 
     def fetch(self, limit: int) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement fetch()")
@@ -116,11 +124,8 @@ class Source:
         """
         return self.retry(delivery, None)
 
-    def describe(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "name": self.name}
 
-
-class Sink:
+class Sink(Endpoint):
     """Where a task's results go. Subclasses implement `publish(body, meta=None)` (sync or
     async) and optionally `open()`/`close()`; all run on the sink's actor thread.
 
@@ -129,25 +134,8 @@ class Sink:
     that wait for the sink are then handed over together.
     """
 
-    @property
-    def name(self) -> str:
-        return self.__dict__.get("_name") or type(self).__name__
-
-    @name.setter
-    def name(self, value: str) -> None:
-        self.__dict__["_name"] = value
-
-    def open(self) -> Any:
-        return None
-
-    def close(self) -> Any:
-        return None
-
     def publish(self, body: Any, meta: dict[str, Any] | None = None) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement publish()")
-
-    def describe(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "name": self.name}
 
 
 def missing_source_methods(source: Any) -> list[str]:

@@ -118,16 +118,9 @@ class ScheduleSource(Source):
     def _tick_after(self, tick: datetime) -> datetime:
         """The tick that follows `tick` (both aware, UTC)."""
 
+    @abstractmethod
     def _due_ticks(self, first: datetime, now: datetime, keep: int) -> tuple[list[datetime], int]:
         """The last `keep` ticks from `first` up to `now` (oldest first) and their count."""
-        ticks: deque[datetime] = deque(maxlen=keep)
-        count = 0
-        tick = first
-        while tick <= now:
-            ticks.append(tick)
-            count += 1
-            tick = self._tick_after(tick)
-        return list(ticks), count
 
     # -- lifecycle (the source actor's thread) -------------------------------------------
 
