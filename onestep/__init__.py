@@ -31,8 +31,6 @@ _LAZY = {
     "RabbitMQConnector": "adapters.rabbitmq",
     "WebhookSource": "adapters.webhook",
 }
-# Names of the seed page that later releases add.
-_PLANNED: tuple[str, ...] = ()
 
 __all__ = [
     "AppFailed",
@@ -64,25 +62,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _PLANNED:
-        raise ImportError(f"onestep.{name} is not implemented in this version of onestep")
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'onestep' has no attribute {name!r}")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            raise ImportError(
-                f"onestep.{name} is not implemented in this version of onestep"
-            ) from exc
         raise ImportError(
             f"onestep.{name} needs the package {exc.name!r}; install the matching extra, "
             f"e.g. pip install 'onestep[rabbitmq]' or 'onestep[mysql]'"
         ) from exc
-    value = getattr(module, name, None)
-    if value is None:
-        raise ImportError(f"onestep.{name} is not implemented in this version")
+    value = getattr(module, name)
     globals()[name] = value
     return value
 
