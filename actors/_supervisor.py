@@ -49,14 +49,16 @@ class Health(Request):
 
 
 class RestartPolicy:
-    """At most `max_restarts` restarts of one actor within `window_s`, with backoff."""
+    """At most `max_restarts` restarts of one actor within `window_s`, with backoff. The
+    default backoff (0.5, 1, 2, 4, 8 s) rides out a broker or database restart of about
+    15 s before the app gives up."""
 
     def __init__(
         self,
         max_restarts: int = 5,
         window_s: float = 60.0,
-        min_backoff_s: float = 0.1,
-        max_backoff_s: float = 5.0,
+        min_backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
     ) -> None:
         self.max_restarts = max_restarts
         self.window_s = window_s

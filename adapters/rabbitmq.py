@@ -386,9 +386,10 @@ class RabbitMQQueue(Source, Sink):
 
     def open(self) -> None:
         """Connect and declare the topology; runs on the opening actor's thread (the
-        source's or the sink's). A thread that opened before is being restarted by the
-        supervisor: it keeps trying to reconnect for up to `max(30 s, connect_timeout_s)`
-        so a broker restart does not use up the actor's restarts."""
+        source's or the sink's). One attempt after close(): a source actor restarted by
+        the supervisor retries with the supervisor's backoff (no actor sleeps). A sink
+        whose connection broke mid-publish reopens without close() and keeps trying for
+        up to `max(30 s, connect_timeout_s)`, holding its results back meanwhile."""
         thread = threading.current_thread()
         with self._links_lock:
             old = self._links.get(thread)
@@ -437,7 +438,7 @@ class RabbitMQQueue(Source, Sink):
         requeues whatever it delivered and nobody acked. Runs on the closing actor's
         thread."""
         with self._links_lock:
-            link = self._links.get(threading.current_thread())
+            link = self._links.pop(threading.current_thread(), None)
         if link is not None:
             self._close_link(link)
 
