@@ -4,8 +4,6 @@ queues, sinks and state stores; built by users, its connections made on any thre
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -21,7 +19,6 @@ from ._sink import TableSink
 from ._state import MySQLStateStore
 
 # pymysql error codes of a refused login or an unknown database: retrying cannot help.
-_ACCESS_DENIED = {1044, 1045, 1049}
 
 
 class MySQLConnector:
@@ -92,21 +89,6 @@ class MySQLConnector:
             # block each other's inserts.
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", ())
         return conn
-
-    def connect_retrying(self, deadline_s: float) -> Any:
-        """Connect, retrying with backoff while the server is unreachable, for up to
-        `deadline_s` seconds; wrong credentials fail at once."""
-        deadline = time.monotonic() + deadline_s
-        delay = 0.05
-        while True:
-            try:
-                return self.connect()
-            except ConnectionError as exc:
-                code = getattr(exc.__context__, "args", (None,))[0]
-                if code in _ACCESS_DENIED or time.monotonic() + delay > deadline:
-                    raise
-            threading.Event().wait(delay)  # on the source actor's thread, between attempts
-            delay = min(delay * 2, 1.0)
 
     @contextlib.contextmanager
     def pooled(self) -> Iterator[Any]:

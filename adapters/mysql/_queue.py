@@ -124,7 +124,6 @@ class TableQueue(Source):
         self._expired_check_every_s = min(1.0, self.lease_s / 2)
         self._last_expired_check = 0.0
         self._conn: Any = None
-        self._opened_before = False
         self._acks: list[int] = []
         self._retries: dict[int, list[int]] = {}  # delay in microseconds -> ids
         self._releases: list[int] = []
@@ -226,13 +225,10 @@ class TableQueue(Source):
     def open(self) -> None:
         """Connect and create the table if needed; runs on the source actor's thread.
 
-        The first open fails fast (app.start() raises StartupError); a reopen after a
-        lost connection keeps trying for `connect_timeout_s`, then writes the settlements
-        buffered while the connection was down."""
-        if self._opened_before:
-            conn = self.connector.connect_retrying(self.connector.connect_timeout_s)
-        else:
-            conn = self.connector.connect()
+        One attempt: the first open fails fast (app.start() raises StartupError); after a
+        lost connection the supervisor reopens with its backoff (no actor sleeps here),
+        and the reopen writes the settlements buffered while the connection was down."""
+        conn = self.connector.connect()
         try:
             _check_server_supports_skip_locked(conn, self.connector.describe_target())
             self.ensure_table(conn)
@@ -240,7 +236,6 @@ class TableQueue(Source):
             close_quietly(conn)
             raise
         self._conn = conn
-        self._opened_before = True
         self.flush()
 
     def close(self) -> None:
