@@ -1,0 +1,115 @@
+"""RabbitMQConnector: one broker URL (its password kept out of messages) and the factory of
+its queues; built by users, its connections made on the thread that uses each queue."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pika
+
+from onestep._checks import check_number
+
+from ._publisher import CONFIRM_TIMEOUT_S
+from ._queue import RabbitMQQueue
+
+
+def _safe_url(url: str) -> str:
+    """`url` with its password replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+class RabbitMQConnector:
+    """Where queues live: one broker URL (`amqp://user:password@host:port/vhost`).
+
+    It holds no connection itself: each queue connects on the thread that uses it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        heartbeat_s: float = 30,
+        connect_timeout_s: float = 10,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"url must be a non-empty amqp:// or amqps:// URL, got {url!r}")
+        safe = _safe_url(url)
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ValueError(f"url must start with amqp:// or amqps://, got {safe!r}")
+        heartbeat = check_number("heartbeat_s", heartbeat_s)
+        connect_timeout = check_number("connect_timeout_s", connect_timeout_s, exclusive=True)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        try:
+            params = pika.URLParameters(url)
+        except Exception as exc:
+            raise ValueError(
+                f"url is not a valid AMQP URL ({type(exc).__name__}): {safe!r}"
+            ) from None
+        params.heartbeat = round(heartbeat)
+        params.socket_timeout = connect_timeout
+        params.stack_timeout = connect_timeout
+        params.blocked_connection_timeout = CONFIRM_TIMEOUT_S
+        params.connection_attempts = 1
+        self._params = params
+        self._password = unquote(urlsplit(url).password or "")
+        self.heartbeat_s = heartbeat
+        self.connect_timeout_s = connect_timeout
+        self.url = safe
+        self.where = (
+            f"{params.host}:{params.port} vhost {params.virtual_host!r} "
+            f"as user {params.credentials.username!r}"
+        )
+        self.name = name or f"rabbitmq://{params.host}:{params.port}"
+
+    def __repr__(self) -> str:
+        return f"RabbitMQConnector({self.url!r}, name={self.name!r})"
+
+    def queue(
+        self,
+        name: str,
+        *,
+        exchange: str | None = None,
+        exchange_type: str = "direct",
+        routing_key: str | None = None,
+        durable: bool = True,
+        prefetch: int = 100,
+        arguments: Mapping[str, Any] | None = None,
+        publisher_confirms: bool = True,
+        persistent: bool = True,
+    ) -> RabbitMQQueue:
+        """A queue that is both a Source and a Sink (declared when it opens)."""
+        return RabbitMQQueue(
+            self,
+            name,
+            exchange=exchange,
+            exchange_type=exchange_type,
+            routing_key=routing_key,
+            durable=durable,
+            prefetch=prefetch,
+            arguments=arguments,
+            publisher_confirms=publisher_confirms,
+            persistent=persistent,
+        )
+
+    def connect(self) -> Any:
+        """A new BlockingConnection, or ConnectionError naming the broker and user (never
+        the password). Runs on the calling thread, which then owns the connection."""
+        try:
+            return pika.BlockingConnection(self._params)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            if self._password:
+                detail = detail.replace(self._password, "***")
+            raise ConnectionError(f"cannot connect to RabbitMQ at {self.where}: {detail}") from None

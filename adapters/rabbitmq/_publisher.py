@@ -1,0 +1,94 @@
+"""The publishing channel that awaits publisher confirms per batch; made by RabbitMQQueue
+on the sink actor's thread (results) or the source actor's thread (retries)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pika
+
+#: How long a publish waits for the broker's confirms before it gives up.
+CONFIRM_TIMEOUT_S = 60.0
+
+
+def _noop() -> None:
+    return None
+
+
+class _Publisher:
+    """A channel in confirm mode whose confirms are awaited per batch, not per message.
+
+    pika's BlockingChannel.confirm_delivery() waits for each message's confirm inside
+    basic_publish (one round trip per message). Instead the underlying channel
+    (`BlockingChannel._impl`, pika's asynchronous Channel) is put in confirm mode with
+    our own callback, a batch is written without waiting, and process_data_events runs
+    until every confirm of the batch arrived.
+    """
+
+    def __init__(self, connection: Any, confirms: bool) -> None:
+        self._connection = connection
+        self._channel = connection.channel()
+        self._impl = self._channel._impl
+        self._confirms = confirms
+        self._published = 0  # the broker numbers confirms 1, 2, ... per channel
+        self._unconfirmed: set[int] = set()
+        self._nacked = 0
+        self._returned = 0
+        self._ready = False
+        self._impl.add_on_return_callback(self._on_return)
+        if confirms:
+            self._impl.confirm_delivery(self._on_confirm, callback=self._on_select_ok)
+            self._wait(lambda: self._ready, "Confirm.Select")
+
+    def _on_select_ok(self, _: Any) -> None:
+        self._ready = True
+        self._connection.call_later(0, _noop)  # ends the wait in process_data_events
+
+    def _on_return(self, *_: Any) -> None:
+        self._returned += 1
+
+    def _on_confirm(self, frame: Any) -> None:
+        """Runs inside process_data_events for each Basic.Ack or Basic.Nack."""
+        method = frame.method
+        tag = method.delivery_tag
+        if isinstance(method, pika.spec.Basic.Nack):
+            self._nacked += 1
+        unconfirmed = self._unconfirmed
+        if method.multiple:
+            self._unconfirmed = {t for t in unconfirmed if t > tag}
+        else:
+            unconfirmed.discard(tag)
+        if not self._unconfirmed:
+            self._connection.call_later(0, _noop)
+
+    def _wait(self, done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + CONFIRM_TIMEOUT_S
+        process = self._connection.process_data_events
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"RabbitMQ did not answer {what} in {CONFIRM_TIMEOUT_S:g} s")
+            process(time_limit=remaining)
+
+    def publish(self, messages: Iterable[tuple[str, str, bytes, Any]]) -> None:
+        """Publish (exchange, routing_key, body, properties) messages and wait until the
+        broker confirmed all of them; raise if any was nacked or returned unroutable."""
+        self._nacked = self._returned = 0
+        publish = self._impl.basic_publish
+        first = self._published + 1
+        for exchange, routing_key, body, properties in messages:
+            publish(exchange, routing_key, body, properties, mandatory=True)
+            self._published += 1
+        count = self._published - first + 1
+        if self._confirms:
+            self._unconfirmed.update(range(first, self._published + 1))
+            self._wait(lambda: not self._unconfirmed, "publisher confirms")
+        else:
+            self._connection.process_data_events(time_limit=0)  # write them out
+        if self._nacked or self._returned:
+            raise RuntimeError(
+                f"RabbitMQ refused {self._nacked} and returned {self._returned} "
+                f"(unroutable) of {count} published message(s)"
+            )

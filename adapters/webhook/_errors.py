@@ -1,0 +1,52 @@
+"""The falcon errors a webhook answers with when a request cannot be queued or handled
+(503 queue full, 413, 500); raised by WebhookSource on a server thread."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+import falcon
+
+if TYPE_CHECKING:
+    from ._source import WebhookSource
+
+logger = logging.getLogger("onestep.webhook")
+
+# Seconds a client is told to wait: a full queue drains fast, a restart takes longer.
+_RETRY_AFTER_FULL_S = 1
+_RETRY_AFTER_STOPPED_S = 5
+
+
+def _queue_full(source: WebhookSource) -> falcon.HTTPError:
+    return falcon.HTTPServiceUnavailable(
+        title="Queue full",
+        description=f"{source.path} has {source.maxsize} requests waiting; retry later",
+        retry_after=_RETRY_AFTER_FULL_S,
+    )
+
+
+def _too_large(limit: int) -> falcon.HTTPError:
+    error: falcon.HTTPError = falcon.HTTPContentTooLarge(
+        title="Payload too large", description=f"the body must be at most {limit} bytes"
+    )
+    return error
+
+
+def _handler_failed(
+    source: WebhookSource, request_id: str, failure: dict[str, str]
+) -> falcon.HTTPError:
+    error_id = uuid.uuid4().hex[:8]
+    logger.error(
+        "webhook %s request %s failed (error id %s): %s: %s",
+        source.path,
+        request_id,
+        error_id,
+        failure.get("exception_type"),
+        failure.get("message"),
+        extra={"error_id": error_id, "failure": failure},
+    )
+    return falcon.HTTPInternalServerError(
+        title="Handler failed", description=f"error id {error_id}"
+    )

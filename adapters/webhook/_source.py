@@ -1,0 +1,267 @@
+"""WebhookSource: the bounded in-memory queue that a webhook path's requests are put on;
+built by users, opened and closed by the runtime, its requests handled on server threads."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import falcon
+
+from onestep import Delivery, MemoryQueue, OneStepApp, SourceContext
+from onestep._checks import check_int, check_number
+
+from ._auth import BearerToken, HmacSignature
+from ._body import _parse_body
+from ._errors import _RETRY_AFTER_STOPPED_S, _handler_failed, _queue_full, _too_large
+from ._resource import WebhookResource
+from ._server import _acquire_server, _release_server, _SharedServer
+
+_HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+_RESPOND_MODES = ("accepted", "result")
+# Request ids: a per-process random prefix and a counter; uuid4 per request costs a
+# urandom syscall and is not needed for uniqueness.
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ids = itertools.count(1)
+
+
+class _Reply:
+    """Where respond="result" waits: the runtime calls it once, from a worker thread,
+    the event-loop thread or a sink actor's thread."""
+
+    __slots__ = ("abandoned", "done", "failure", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.failure: Any = None
+        self.abandoned = False
+
+    def __call__(self, result: Any, failure: Any) -> None:
+        self.result = result
+        self.failure = failure
+        self.done.set()
+
+
+class WebhookSource(MemoryQueue):
+    """A bounded in-memory queue that HTTP requests to `path` are put on.
+
+    `respond="accepted"` answers 202 once the request is queued; `respond="result"`
+    waits up to `reply_timeout_s` for the handler and answers 200 with its return value.
+    Sources with the same `host` and `port` share one server (`port=0`: a free port,
+    shared by the port-0 sources open at the same time); `url` is set once open.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        methods: Iterable[str] = ("POST",),
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        auth: BearerToken | HmacSignature | None = None,
+        max_body_bytes: int = 1_048_576,
+        queue_maxsize: int = 1000,
+        respond: str = "accepted",
+        reply_timeout_s: float = 30.0,
+        name: str | None = None,
+        serve: bool = True,
+    ) -> None:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"path must be a string starting with '/', got {path!r}")
+        if isinstance(methods, str):
+            raise ValueError(f"methods must be a sequence of HTTP methods, got {methods!r}")
+        checked = tuple(dict.fromkeys(str(m).upper() for m in methods))
+        if not checked or not set(checked) <= _HTTP_METHODS:
+            raise ValueError(f"methods must be some of {sorted(_HTTP_METHODS)}, got {methods!r}")
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"host must be a non-empty string, got {host!r}")
+        if type(port) is not int or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
+        if auth is not None and not callable(getattr(auth, "check", None)):
+            raise ValueError(f"auth must be BearerToken, HmacSignature or None, got {auth!r}")
+        check_int("max_body_bytes", max_body_bytes, minimum=1)
+        check_int("queue_maxsize", queue_maxsize, minimum=1)
+        if respond not in _RESPOND_MODES:
+            raise ValueError(f"respond must be 'accepted' or 'result', got {respond!r}")
+        reply_timeout = check_number("reply_timeout_s", reply_timeout_s, exclusive=True)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        if not isinstance(serve, bool):
+            raise ValueError(f"serve must be a bool, got {serve!r}")
+        super().__init__(name or f"webhook:{path}", maxsize=queue_maxsize)
+        self.path = path
+        self.methods = checked
+        self.host = host
+        self.port = port
+        self.auth = auth
+        self.max_body_bytes = max_body_bytes
+        self.respond = respond
+        self.reply_timeout_s = reply_timeout
+        #: False once mounted in a host app (`falcon_resource`, `mount`, the middleware):
+        #: open() then starts no server of its own.
+        self.serve = serve
+        #: `http://host:port/path` while a standalone server serves this source.
+        self.url: str | None = None
+        self._app: OneStepApp | None = None
+        self._accepting = False
+        self._server: _SharedServer | None = None
+        self._waiting: dict[int, _Reply] = {}
+        self._waiting_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"WebhookSource({self.path!r}, methods={self.methods!r}, respond={self.respond!r})"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": "WebhookSource",
+            "name": self.name,
+            "path": self.path,
+            "methods": list(self.methods),
+            "address": f"{self.host}:{self.port}" if self.serve else "embedded",
+            "respond": self.respond,
+            "queue_maxsize": self.maxsize,
+        }
+
+    def falcon_resource(self) -> WebhookResource:
+        """A falcon resource for `falcon_app.add_route(source.path, ...)`; the source
+        then starts no server of its own. Call it before the onestep app starts."""
+        self.serve = False
+        return WebhookResource([self])
+
+    # -- lifecycle: the source actor's thread --------------------------------------------
+
+    def attach(self, context: SourceContext) -> None:
+        """Called by the app at start: requests are refused once it is shutting down."""
+        self._app = context.app
+
+    def open(self) -> None:
+        """Start accepting; a standalone source joins (or starts) its server."""
+        if self.serve:
+            self._server = _acquire_server(self)
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            self.url = f"http://{host}:{self._server.port}{self.path}"
+        self._accepting = True
+
+    def close(self) -> None:
+        """Stop accepting and leave the server (the last source stops it once in-flight
+        requests are answered). Queued requests stay queued for the next start, except
+        respond="result" ones: their clients are answered 503 now."""
+        self._accepting = False
+        self._abandon_waiting()
+        server, self._server = self._server, None
+        if server is not None:
+            _release_server(self, server)
+        self.url = None
+
+    def _abandon_waiting(self) -> None:
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, {}
+        if not waiting:
+            return
+        self.remove_if(lambda delivery: id(delivery.reply) in waiting)
+        for reply in waiting.values():
+            reply.abandoned = True
+            reply.done.set()
+
+    # -- requests: a server thread (waitress, or the host app's) --------------------------
+
+    def handle(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Answer one request; the falcon responder for each of `methods`."""
+        self._check_accepting()
+        auth = self.auth
+        if auth is not None and not auth.needs_body:
+            self._authenticate(auth, req, b"")
+        body = self._read_body(req)
+        if auth is not None and auth.needs_body:
+            self._authenticate(auth, req, body)
+        payload = {
+            "body": _parse_body(req.content_type, body),
+            "headers": req.headers_lower,
+            "query": dict(req.params),
+            "method": req.method,
+            "path": req.path,
+            "client": req.remote_addr,
+            "received_at": time.time(),
+        }
+        request_id = f"{_ID_PREFIX}-{next(_ids)}"
+        if self.respond == "accepted":
+            if not self.offer(payload, {"webhook_id": request_id}):
+                raise _queue_full(self)
+            resp.status = falcon.HTTP_202
+            resp.content_type = falcon.MEDIA_JSON
+            resp.text = f'{{"accepted": true, "id": "{request_id}"}}'
+            return
+        self._respond_with_result(payload, request_id, resp)
+
+    def _check_accepting(self) -> None:
+        app = self._app
+        if not self._accepting or (app is not None and app.wait_for_shutdown_request(0)):
+            raise falcon.HTTPServiceUnavailable(
+                title="Not accepting requests",
+                description=f"{self.path} is not running or is shutting down",
+                retry_after=_RETRY_AFTER_STOPPED_S,
+            )
+
+    def _authenticate(
+        self, auth: BearerToken | HmacSignature, req: falcon.Request, body: bytes
+    ) -> None:
+        if not auth.check(req.headers, body):
+            raise falcon.HTTPUnauthorized(
+                title="Unauthorized",
+                description="missing or invalid credentials",
+                challenges=[auth.challenge],
+            )
+
+    def _read_body(self, req: falcon.Request) -> bytes:
+        limit = self.max_body_bytes
+        length = req.content_length
+        if length is not None and length > limit:
+            raise _too_large(limit)
+        # Without a length (a chunked body) read the raw stream: bounded_stream would
+        # read nothing. Either way at most limit + 1 bytes are read.
+        stream = req.stream if length is None else req.bounded_stream
+        body: bytes = stream.read(limit + 1)
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+
+    def _respond_with_result(self, payload: Any, request_id: str, resp: falcon.Response) -> None:
+        reply = _Reply()
+        delivery = Delivery(payload, meta={"webhook_id": request_id})
+        delivery.reply = reply
+        with self._waiting_lock:
+            self._waiting[id(reply)] = reply
+        try:
+            if not self.offer_delivery(delivery):
+                raise _queue_full(self)
+            if not reply.done.wait(self.reply_timeout_s):
+                raise falcon.HTTPGatewayTimeout(
+                    title="Handler timed out",
+                    description=f"no result within {self.reply_timeout_s:g} s; "
+                    f"request {request_id} is still queued or running",
+                )
+        finally:
+            with self._waiting_lock:
+                self._waiting.pop(id(reply), None)
+        if reply.abandoned:
+            raise falcon.HTTPServiceUnavailable(
+                title="Shutting down",
+                description="the app stopped before the request was handled",
+                retry_after=_RETRY_AFTER_STOPPED_S,
+            )
+        if reply.failure is not None:
+            raise _handler_failed(self, request_id, reply.failure.as_dict())
+        try:
+            text = json.dumps(reply.result)
+        except (TypeError, ValueError) as exc:
+            failure = {"kind": "error", "exception_type": type(exc).__name__, "message": str(exc)}
+            raise _handler_failed(self, request_id, failure) from None
+        resp.status = falcon.HTTP_200
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = text
