@@ -59,7 +59,9 @@ def request(method, path, body=None):
 
 
 def demo():
-    """Runs on its own thread once the app has started."""
+    """Runs on its own thread: waits until the webhook accepts requests (it opens after
+    the startup hooks), calls the API, then stops the app."""
+    events.ready.wait(10)
     request("GET", "/health")
     request("POST", "/events", {"type": "signup", "user": "ann"})
     request("POST", "/events", {"type": "login", "user": "ann"})

@@ -56,9 +56,8 @@ def post(url, body, token=None):
 
 def demo():
     """Runs on its own thread: waits for the server, posts, then stops the app."""
-    deadline = time.monotonic() + 10
-    while (orders.url is None or quotes.url is None) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    orders.ready.wait(10)
+    quotes.ready.wait(10)
     for order in ({"qty": 2, "price": 5}, {"qty": 1, "price": 7}):
         print(f"client: POST /orders -> {post(orders.url, order, TOKEN)}", flush=True)
     print(f"client: POST /orders without a token -> {post(orders.url, {})}", flush=True)

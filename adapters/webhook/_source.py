@@ -110,6 +110,8 @@ class WebhookSource(MemoryQueue):
         self.url: str | None = None
         self._app: OneStepApp | None = None
         self._accepting = False
+        #: Set while the source accepts requests (from open() to close()).
+        self.ready = threading.Event()
         self._server: _SharedServer | None = None
         self._waiting: dict[int, _Reply] = {}
         self._waiting_lock = threading.Lock()
@@ -147,12 +149,14 @@ class WebhookSource(MemoryQueue):
             host = f"[{self.host}]" if ":" in self.host else self.host
             self.url = f"http://{host}:{self._server.port}{self.path}"
         self._accepting = True
+        self.ready.set()
 
     def close(self) -> None:
         """Stop accepting and leave the server (the last source stops it once in-flight
         requests are answered). Queued requests stay queued for the next start, except
         respond="result" ones: their clients are answered 503 now."""
         self._accepting = False
+        self.ready.clear()
         self._abandon_waiting()
         server, self._server = self._server, None
         if server is not None:
