@@ -60,7 +60,7 @@ class TaskRuntime:
     wakeup. A hand-off between two threads costs about 20 us here (a SimpleQueue
     ping-pong does 25,000 round trips/s), so routing every delivery through the
     SourceActor capped a concurrency-1 task near 20,000 msgs/s; direct mode runs the
-    whole cycle on one thread (benchmarks/memory_pipeline.py: sync-c1 185,000 and
+    whole cycle on one thread (benchmarks/memory_pipeline.py: sync-c1 230,000 and
     async-c1 245,000 msgs/s).
     """
 
