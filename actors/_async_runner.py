@@ -89,7 +89,9 @@ class AsyncRunner:
                 await self._park()
                 continue
             delivery = batch[0]
-            ledger.add(delivery)
+            if not ledger.add(delivery):  # stop() came while we fetched it
+                runtime.source.release(delivery)
+                return
             if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
                 continue
             await self._run(delivery)

@@ -36,9 +36,17 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._unsettled)
 
-    def add(self, delivery: Any) -> None:
+    def add(self, delivery: Any) -> bool:
+        """Record a fetched delivery before its handler runs. False after stop(): the
+        caller gives the delivery back to its source instead of running it. (A direct
+        worker or puller preempted between its take/fetch and this call would otherwise
+        add it after stop() had seen the ledger empty, so that release_all missed it
+        and the delivery was lost, or released while its handler ran.)"""
         with self._lock:
+            if self.stopping:
+                return False
             self._unsettled[id(delivery)] = delivery
+        return True
 
     def remove(self, delivery: Any) -> bool:
         """Forget a settled delivery; False if it was released or settled already."""

@@ -89,10 +89,9 @@ class Worker:
             if not batch:
                 continue
             delivery = batch[0]
-            if ledger.is_stopping():  # stop() may have come while take() waited
+            if not ledger.add(delivery):  # stop() came while take() waited
                 source.release(delivery)
                 return
-            ledger.add(delivery)
             if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
                 ledger.wait_settled(delivery, settled)
                 continue
