@@ -80,6 +80,9 @@ class TaskRuntime:
         self.loop = loop
         self.timer = timer
         self.emit = tuple(emit)
+        # One emit sink that accepts inline (MemoryQueue.offer): succeeded() publishes
+        # without a PublishJob and its callbacks (sync-c1 +20%).
+        self.single_offer = self.emit[0].offer if len(self.emit) == 1 else None
         self.dead_letter = tuple(dead_letter)
         self.events = events
         self.direct = _supports_direct_mode(source, task.is_async)
@@ -174,13 +177,18 @@ class TaskRuntime:
         if self.cutoff:
             return  # the SourceActor already released this delivery at shutdown
         if result is None or not self.emit:
-            self.settle(delivery, ACK)
-            if self.events is not None:
-                self.events.emit("succeeded", delivery, duration_s)
-            reply = getattr(delivery, "reply", None)
-            if reply is not None:
-                reply(result, None)
+            self._done(delivery, result, duration_s)
             return
+        offer = self.single_offer
+        if offer is not None:
+            try:
+                accepted = offer(result, None)
+            except Exception as exc:
+                self.failed(delivery, failure_from(exc), duration_s)
+                return
+            if accepted:
+                self._done(delivery, result, duration_s)
+                return
         PublishJob(result, None, self.emit, self._published, (delivery, duration_s)).advance()
 
     def _published(self, job: PublishJob, error: BaseException | None) -> None:
@@ -189,12 +197,17 @@ class TaskRuntime:
         if error is not None:
             self.failed(delivery, failure_from(error), duration_s)
             return
+        self._done(delivery, job.body, duration_s)
+
+    def _done(self, delivery: Any, result: Any, duration_s: float) -> None:
+        """The message succeeded and its results were accepted: ack it, report it, and
+        answer a waiting requester."""
         self.settle(delivery, ACK)
         if self.events is not None:
             self.events.emit("succeeded", delivery, duration_s)
         reply = getattr(delivery, "reply", None)
         if reply is not None:
-            reply(job.body, None)
+            reply(result, None)
 
     def gave_up(self, delivery: Any, failure: Failure) -> None:
         """The message failed for good: answer a waiting requester. Any thread."""

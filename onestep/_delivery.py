@@ -29,7 +29,7 @@ class Delivery:
 
     # __slots__ halves the size of a Delivery (56 vs 104 bytes plus a dict) and makes
     # creating one about 25% faster; MemoryQueue makes one per put.
-    __slots__ = ("attempts", "error", "handle", "meta", "payload", "reply", "task")
+    __slots__ = ("_meta", "attempts", "error", "handle", "payload", "reply", "task")
 
     def __init__(
         self,
@@ -43,7 +43,9 @@ class Delivery:
         if type(attempts) is not int or attempts < 0:
             raise ValueError(f"attempts must be a non-negative int, got {attempts!r}")
         self.payload = payload
-        self.meta: dict[str, Any] = {} if meta is None else meta
+        # The meta dict is made on first read: most messages never carry any, and an
+        # empty dict is 64 bytes a queued message (100,000 preloaded: -6 MB peak RSS).
+        self._meta = meta
         self.attempts = attempts
         self.handle = handle
         self.error = error
@@ -51,6 +53,17 @@ class Delivery:
         # Set by a request-reply source: called with (result, None) once the message
         # succeeded, or (None, failure) once it failed for good.
         self.reply: Any = None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self._meta
+        if meta is None:
+            meta = self._meta = {}
+        return meta
+
+    @meta.setter
+    def meta(self, value: dict[str, Any]) -> None:
+        self._meta = value
 
     def __repr__(self) -> str:
         return f"Delivery(payload={self.payload!r}, meta={self.meta!r}, attempts={self.attempts})"
