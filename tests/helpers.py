@@ -29,16 +29,16 @@ class ListSource(Source):
 
     poll_interval_s = 0.005
 
-    def __init__(self, items: Iterable[Any] = (), name: str = "list") -> None:
+    def __init__(self, name: str = "list", items: Iterable[Any] = ()) -> None:
         self.name = name
         self.items: deque[Delivery] = deque(Delivery(item) for item in items)
         self.acked: list[Any] = []
         self.failed: list[Any] = []
         self.lock = threading.Lock()
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any, meta: dict[str, Any] | None = None) -> None:
         with self.lock:
-            self.items.append(Delivery(item))
+            self.items.append(Delivery(item, meta=meta))
 
     def fetch(self, limit: int) -> list[Delivery]:
         with self.lock:

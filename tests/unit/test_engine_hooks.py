@@ -91,7 +91,7 @@ def test_a_failing_batch_fails_every_message_in_it():
             raise ConnectionError("broker gone")
 
     app = OneStepApp("batching")
-    source = ListSource(range(5))
+    source = ListSource(items=range(5))
     dead = MemoryQueue("dead")
 
     @app.task(source=source, emit=BrokenBatchSink(), dead_letter=dead)
@@ -108,7 +108,7 @@ class BufferingSource(ListSource):
     """Buffers acks and writes them in flush(), as a broker source acks `multiple`."""
 
     def __init__(self, items: Any) -> None:
-        super().__init__(items, name="buffering")
+        super().__init__("buffering", items)
         self.pending: list[Any] = []
         self.flushes: list[list[Any]] = []
         self.flushed = queue.Queue[int]()
@@ -154,7 +154,7 @@ def test_reply_is_called_with_the_result_after_success_and_with_the_failure_at_t
             return batch
 
     app = OneStepApp("reply")
-    source = ReplySource([1, -1])
+    source = ReplySource(items=[1, -1])
 
     @app.task(source=source, retry=MaxAttempts(2))
     def double(ctx, item):
@@ -171,7 +171,7 @@ def test_reply_is_called_with_the_result_after_success_and_with_the_failure_at_t
 def test_health_is_degraded_while_a_source_is_down_and_ok_after_it_recovers():
     class FlakySource(ListSource):
         def __init__(self) -> None:
-            super().__init__([], name="flaky")
+            super().__init__("flaky")
             self.fail_next = threading.Event()
             self.down = threading.Event()
             self.reopened = threading.Event()

@@ -7,54 +7,21 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import pytest
 
 from onestep import (
-    Delivery,
     InMemoryMetrics,
     MaxAttempts,
     MemoryQueue,
     OneStepApp,
-    Source,
     StructuredEventLogger,
     TaskEvent,
 )
-from tests.helpers import running
+from tests.helpers import ListSource, running
 
 TIMEOUT = 5.0
-
-
-class ListSource(Source):
-    """A custom source that is not thread-safe: the runtime drives it from its actor."""
-
-    poll_interval_s = 0.01
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self._pending: deque[Delivery] = deque()
-
-    def put(self, payload: Any, meta: dict[str, Any] | None = None) -> None:
-        with self._lock:
-            self._pending.append(Delivery(payload, meta=meta))
-
-    def fetch(self, limit: int) -> list[Delivery]:
-        with self._lock:
-            return [self._pending.popleft() for _ in range(min(limit, len(self._pending)))]
-
-    def ack(self, delivery: Delivery) -> None:
-        pass
-
-    def retry(self, delivery: Delivery, delay_s: float | None = None) -> None:
-        delivery.attempts += 1
-        with self._lock:
-            self._pending.append(delivery)
-
-    def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
-        pass
 
 
 def make_source(source_kind: str) -> Any:

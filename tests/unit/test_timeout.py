@@ -7,45 +7,14 @@ import asyncio
 import queue
 import threading
 import time
-from collections import deque
 from typing import Any
 
 import pytest
 
-from onestep import Delivery, MemoryQueue, OneStepApp, Source
-from tests.helpers import running
+from onestep import MemoryQueue, OneStepApp
+from tests.helpers import ListSource, running
 
 TIMEOUT = 5.0
-
-
-class ListSource(Source):
-    """A custom source that is not thread-safe: the runtime drives it from its actor."""
-
-    poll_interval_s = 0.01
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self._pending: deque[Delivery] = deque()
-
-    def put(self, payload: Any) -> None:
-        with self._lock:
-            self._pending.append(Delivery(payload))
-
-    def fetch(self, limit: int) -> list[Delivery]:
-        with self._lock:
-            return [self._pending.popleft() for _ in range(min(limit, len(self._pending)))]
-
-    def ack(self, delivery: Delivery) -> None:
-        pass
-
-    def retry(self, delivery: Delivery, delay_s: float | None = None) -> None:
-        delivery.attempts += 1
-        with self._lock:
-            self._pending.append(delivery)
-
-    def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
-        pass
 
 
 @pytest.mark.parametrize("source_kind", ["memory", "custom"])
