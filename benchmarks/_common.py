@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,32 @@ def add_common_args(parser: argparse.ArgumentParser, *, messages: int) -> None:
     )
     # Internal: what a child process measures.
     parser.add_argument("--child", nargs=2, metavar=("KIND", "CASE"), help=argparse.SUPPRESS)
+
+
+def parse_common_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    cases: Sequence[str],
+    check_case: Callable[[str], Any] | None = None,
+) -> argparse.Namespace:
+    """Parse, check `--messages` and `--repeat`, and check each `--case` (with
+    `check_case`, which raises ValueError, or against `cases`); `args.cases` defaults to
+    every case."""
+    args = parser.parse_args(argv)
+    if args.messages < 2:
+        parser.error("--messages must be at least 2")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    args.cases = args.cases or list(cases)
+    for case in args.cases:
+        if check_case is not None:
+            try:
+                check_case(case)
+            except ValueError as exc:
+                parser.error(str(exc))
+        elif case not in cases:
+            parser.error(f"unknown case {case!r}; choose from {', '.join(cases)}")
+    return args
 
 
 def run_child(

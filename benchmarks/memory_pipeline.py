@@ -37,6 +37,7 @@ from _common import (
     CountingEvent,
     add_common_args,
     emit_child_result,
+    parse_common_args,
     peak_rss_mb,
     print_results,
     run_cases,
@@ -154,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "queue.Queue baseline; each side of each case in its own child process."
     )
     add_common_args(parser, messages=DEFAULT_MESSAGES)
-    args = parser.parse_args(argv)
-    if args.messages < 2:
-        parser.error("--messages must be at least 2")
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    args = parse_common_args(parser, argv, CASES, check_case=parse_case)
 
     if args.child:
         kind, case = args.child
@@ -166,15 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         emit_child_result(**measure(case, args.messages, args.timeout))
         return 0
 
-    cases = args.cases or list(CASES)
-    for case in cases:
-        try:
-            parse_case(case)
-        except ValueError as exc:
-            parser.error(str(exc))
     results = run_cases(
         os.path.abspath(__file__),
-        cases,
+        args.cases,
         repeat=args.repeat,
         child_args=["--messages", str(args.messages), "--timeout", str(args.timeout)],
         # a child gets a little longer than its own wait, to start and to stop

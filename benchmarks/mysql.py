@@ -32,7 +32,14 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import CountingEvent, add_common_args, emit_child_result, print_results, run_cases
+from _common import (
+    CountingEvent,
+    add_common_args,
+    emit_child_result,
+    parse_common_args,
+    print_results,
+    run_cases,
+)
 
 CASES = ("queue", "sink")
 DEFAULT_MESSAGES = 20_000
@@ -226,20 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_common_args(parser, messages=DEFAULT_MESSAGES)
     parser.add_argument("--url", default=DEFAULT_URL, help=f"server (default {DEFAULT_URL})")
-    args = parser.parse_args(argv)
-    if args.messages < 2:
-        parser.error("--messages must be at least 2")
+    args = parse_common_args(parser, argv, CASES)
     if args.child:
         kind, case = args.child
         emit_child_result(**MEASURES[(kind, case)](args.url, args.messages, args.timeout))
         return 0
-    cases = args.cases or list(CASES)
-    for case in cases:
-        if case not in CASES:
-            parser.error(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     results = run_cases(
         os.path.abspath(__file__),
-        cases,
+        args.cases,
         repeat=args.repeat,
         child_args=[
             "--messages",

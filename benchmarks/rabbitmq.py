@@ -34,7 +34,14 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import CountingEvent, add_common_args, emit_child_result, print_results, run_cases
+from _common import (
+    CountingEvent,
+    add_common_args,
+    emit_child_result,
+    parse_common_args,
+    print_results,
+    run_cases,
+)
 
 URL = os.environ.get("ONESTEP_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 CASES = ("consume", "pipeline")
@@ -166,21 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         "RabbitMQ -> task -> RabbitMQ pipeline; each side in its own child process."
     )
     add_common_args(parser, messages=DEFAULT_MESSAGES)
-    args = parser.parse_args(argv)
-    if args.messages < 2:
-        parser.error("--messages must be at least 2")
+    args = parse_common_args(parser, argv, CASES)
     if args.child:
         kind, case = args.child
         measure = measure_onestep if kind == "onestep" else measure_baseline
         emit_child_result(**measure(case, args.messages, args.timeout))
         return 0
-    cases = args.cases or list(CASES)
-    for case in cases:
-        if case not in CASES:
-            parser.error(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     results = run_cases(
         os.path.abspath(__file__),
-        cases,
+        args.cases,
         repeat=args.repeat,
         child_args=["--messages", str(args.messages), "--timeout", str(args.timeout)],
         timeout_s=args.timeout + 60.0,

@@ -37,7 +37,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _common import add_common_args, emit_child_result, print_results, run_cases  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_args,
+    emit_child_result,
+    parse_common_args,
+    print_results,
+    run_cases,
+)
 
 CASES = ("accepted", "result")
 DEFAULT_MESSAGES = 20_000
@@ -183,7 +189,7 @@ def main() -> None:
         "--max-seconds", type=float, default=60.0, help="stop a load after this long"
     )
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_common_args(parser, None, CASES)
     if args.load:
         port, path, total, clients, max_seconds = args.load
         print(json.dumps(load(int(port), path, int(total), int(clients), float(max_seconds))))
@@ -196,7 +202,7 @@ def main() -> None:
         measure = measure_onestep if kind == "onestep" else measure_baseline
         emit_child_result(**measure(case, args))
         return
-    cases = args.cases or list(CASES)
+    cases = args.cases
     child_args = [
         "--messages",
         str(args.messages),
