@@ -30,9 +30,6 @@ class Ledger:
         """Credits free for the next fetch."""
         return self.concurrency - len(self._unsettled)
 
-    def is_stopping(self) -> bool:
-        return self.stopping
-
     def __len__(self) -> int:
         return len(self._unsettled)
 

@@ -36,14 +36,12 @@ class ActorSystem:
         self,
         tasks: Sequence[TaskPort],
         *,
-        sources: Callable[[TaskPort], Any],
         on_event: EventCallback | None,
         on_fatal: Callable[[BaseException], None],
         restarts: RestartPolicy | None = None,
         idle_poll_s: float = 0.05,
     ) -> None:
         self._tasks = list(tasks)
-        self._source_of = sources
         self._on_event = on_event
         self._on_fatal = on_fatal
         self._restarts = restarts
@@ -124,7 +122,7 @@ class ActorSystem:
                 events = EventEmitter(self._events_ref, task.name, task.source_name)
             runtime = TaskRuntime(
                 task,
-                self._source_of(task),
+                task.source,
                 loop=self.loop,
                 timer=self.timer,
                 emit=[self._routes[id(sink)] for sink in task.emit],

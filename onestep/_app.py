@@ -176,7 +176,6 @@ class OneStepApp:
             self._failure = None
             system = ActorSystem(
                 list(self._tasks.values()),
-                sources=lambda task: task.source,  # type: ignore[attr-defined]
                 on_event=self._deliver_event if self._event_handlers else None,
                 on_fatal=self._fatal,
                 restarts=self.restarts,
