@@ -136,12 +136,13 @@ def test_broker_restart_mid_stream_loses_nothing_and_the_worker_recovers(
         rabbitmqctl("start_app")
     rabbit.connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     rabbit.channel = rabbit.connection.channel()
+    # The results queue holds MESSAGES messages once the backlog is through; with the
+    # duplicates of a restart, a few originals may still be in flight at that point.
     wait_for(rabbit, results, MESSAGES, 45)
-    # Every message has a result; the worker may still be finishing duplicates.
     assert worker.poll() is None, "the worker died instead of reconnecting"
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err[-2000:]
     counts = report("broker restart", drain_ids(rabbit, results))
-    assert set(counts) == set(range(MESSAGES))
-    assert rabbit.count(jobs) == 0
+    left = drain_ids(rabbit, jobs)  # released by the SIGTERM drain: back in the queue
+    assert set(counts) | set(left) == set(range(MESSAGES))
