@@ -4,7 +4,7 @@ It imports only pykka and the standard library; `onestep` drives it through the
 protocols in `actors._ports`.
 """
 
-from ._failure import HandlerFailed, failure_from, timeout_failure
+from ._failure import EncodeError, HandlerFailed, failure_from, timeout_failure
 from ._loop import EventLoopThread
 from ._ports import EventRecord, Failure, RetryPort, SinkPort, SourcePort, TaskPort
 from ._sink import PublishJob, SinkRoute
@@ -15,6 +15,7 @@ from ._timer import Timer
 __all__ = [
     "ActorSystem",
     "AppFailed",
+    "EncodeError",
     "EventLoopThread",
     "EventRecord",
     "Failure",

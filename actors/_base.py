@@ -58,6 +58,7 @@ class Signal:
 POLL = Signal("poll")
 TIMED_POLL = Signal("timed-poll")
 RESTART = Signal("restart")
+KEEPALIVE = Signal("keepalive")
 
 
 class EngineActor(pykka.ThreadingActor):

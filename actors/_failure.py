@@ -11,7 +11,21 @@ import traceback
 from ._ports import Failure
 
 
-def failure_from(exc: BaseException, kind: str = "error") -> Failure:
+class EncodeError(ValueError):
+    """A result (or a message body) that a sink cannot encode, such as a JSON body holding
+    an object or NaN. It fails only the message it belongs to, with kind `encode`, and is
+    never retried: the same result would not encode the next time either."""
+
+
+#: Failure kinds the supervisor never retries: the same bytes or result fail again.
+NOT_RETRIED = frozenset({"decode", "encode"})
+
+
+def failure_from(exc: BaseException, kind: str | None = None) -> Failure:
+    """The Failure of `exc`; its kind is `kind`, else `encode` for an EncodeError, else
+    `error`."""
+    if kind is None:
+        kind = "encode" if isinstance(exc, EncodeError) else "error"
     return Failure(
         kind=kind,
         exception_type=type(exc).__name__,

@@ -14,7 +14,9 @@ from typing import Any, Protocol, runtime_checkable
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why a message failed: `kind` is `error`, `timeout` or `decode`."""
+    """Why a message failed: `kind` is `error` (the handler raised), `timeout`, `decode`
+    (the source could not decode the message) or `encode` (a sink could not encode the
+    result)."""
 
     kind: str
     exception_type: str
@@ -45,6 +47,7 @@ class SourcePort(Protocol):
     """A message source. Every method runs on the owning SourceActor's thread.
 
     Methods may return awaitables; the actor then waits for them on the event loop.
+    A source may define `keepalive()` and `keepalive_interval_s` (see SinkPort).
     Optional members: `flush()` (called once the actor's mailbox is empty after
     settling, and before close: a source may buffer acks and write them in one batch),
     `poll_delay()` (a clocked source: seconds until it should be fetched again; it is
@@ -68,9 +71,21 @@ class SourcePort(Protocol):
 class SinkPort(Protocol):
     """A message sink. Every method runs on the owning SinkActor's thread, except
     `offer`, which a sink may define to accept a message from any thread without
-    blocking (it returns False when it would block). A sink may also define
-    `publish_batch(items)` (a list of (body, meta), all-or-nothing) and `max_batch`:
-    the SinkActor then hands it every job waiting in its mailbox at once."""
+    blocking (it returns False when it would block).
+
+    A sink may also define `publish_batch(items)` and `max_batch`: the SinkActor then
+    hands it every job waiting in its mailbox at once, as a list of (body, meta). If it
+    raises, every item fails (each message's retry policy applies). It may instead
+    return a mapping `{index: exception}` of the items it did not publish (encode each
+    item before sending anything, and report the ones that cannot be encoded with
+    `EncodeError`): those fail alone and the rest count as published.
+
+    Sources and sinks that hold a connection may define `keepalive()` and
+    `keepalive_interval_s` (seconds, > 0): the owning actor calls `keepalive()` on its
+    own thread that often while the endpoint is open (answering broker heartbeats,
+    renewing leases) however long the handlers run. It must not block for long; if it
+    raises, a source's actor fails (and is restarted by the supervisor), a sink's error
+    is logged."""
 
     name: str
 

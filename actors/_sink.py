@@ -6,13 +6,18 @@ a sink's non-blocking `offer`), and calls its `done` callback once all have acce
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._base import EngineActor, Request
+from ._base import KEEPALIVE, EngineActor, Request
+from ._keepalive import Keepalive
 from ._loop import EventLoopThread
 from ._ports import SinkPort
+from ._timer import Timer
+
+logger = logging.getLogger("onestep.actors.sink")
 
 
 class Open(Request):
@@ -26,12 +31,13 @@ class Close(Request):
 class SinkActor(EngineActor):
     """Owns one sink object: every call into it runs on this actor's thread."""
 
-    def __init__(self, sink: SinkPort, loop: EventLoopThread) -> None:
+    def __init__(self, sink: SinkPort, loop: EventLoopThread, timer: Timer) -> None:
         super().__init__()
         self.sink = sink
         self.label = f"sink {getattr(sink, 'name', type(sink).__name__)!r}"
         self._loop = loop
         self._opened = False
+        self._keepalive = Keepalive(sink, timer)
         # A sink with publish_batch(items) gets consecutive jobs in one call (one
         # transaction, one round of confirms): while more jobs wait in the mailbox the
         # batch grows, up to the sink's max_batch; then it is published.
@@ -42,6 +48,7 @@ class SinkActor(EngineActor):
         self._handlers[JobBatch] = self._on_job_batch
         self._handlers[Open] = self._on_open
         self._handlers[Close] = self._on_close
+        self._handlers[KEEPALIVE] = self._on_keepalive
 
     def _on_open(self, _: Open) -> None:
         """Runs on the sink actor's thread; errors go back to the caller of `ask`."""
@@ -49,10 +56,26 @@ class SinkActor(EngineActor):
         if opener is not None:
             self._loop.call(opener)
         self._opened = True
+        self._keepalive.start(self.actor_ref)
+
+    def _on_keepalive(self, _: Any) -> None:
+        """Let the open sink keep its connection alive between publishes; runs on this
+        actor's thread every `keepalive_interval_s`. A failure is logged: the next
+        publish reconnects or fails its messages."""
+        keepalive = self._keepalive
+        if not keepalive.running:
+            return
+        if keepalive.call is not None:
+            try:
+                self._loop.call(keepalive.call)
+            except Exception as exc:
+                logger.warning("%s: keepalive failed: %s: %s", self.label, type(exc).__name__, exc)
+        keepalive.schedule()
 
     def _on_close(self, _: Close) -> BaseException | None:
         """Runs on the sink actor's thread; returns the error instead of raising it.
         A sink whose open() failed is not closed."""
+        self._keepalive.stop()
         closer = getattr(self.sink, "close", None)
         if closer is None or not self._opened:
             return None
@@ -93,16 +116,21 @@ class SinkActor(EngineActor):
             self._flush_batch()
 
     def _flush_batch(self) -> None:
-        """Publish the gathered jobs in one call; all of them fail if it raises."""
+        """Publish the gathered jobs in one call. All of them fail if it raises; the items
+        it reports as refused (`{index: error}`, such as a body it cannot encode) fail
+        alone and the others go on."""
         jobs, self._batch = self._batch, []
         assert self._publish_batch is not None
         try:
-            self._loop.call(self._publish_batch, [(job.body, job.meta) for job in jobs])
+            refused = self._loop.call(self._publish_batch, [(job.body, job.meta) for job in jobs])
         except Exception as exc:
             for job in jobs:
                 job.finish(exc)
             return
-        for job in jobs:
+        for index, job in enumerate(jobs):
+            if refused and index in refused:
+                job.finish(refused[index])
+                continue
             job.index += 1
             job.advance()
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._base import (
     ACK,
     FAIL,
+    KEEPALIVE,
     POLL,
     RELEASE,
     RESTART,
@@ -26,6 +27,7 @@ from ._base import (
     Settle,
     tell_quietly,
 )
+from ._keepalive import Keepalive
 from ._loop import EventLoopThread
 from ._ports import SourcePort
 from ._timer import Timer, TimerHandle
@@ -86,9 +88,11 @@ class SourceActor(EngineActor):
         self._flush: Callable[[], Any] | None = getattr(source, "flush", None)
         self._unflushed = False
         self._fetch = self._bind_fetch()
+        self._keepalive = Keepalive(source, timer)
         self._handlers.update(
             {
                 POLL: self._on_poll,
+                KEEPALIVE: self._on_keepalive,
                 TIMED_POLL: self._on_timed_poll,
                 RESTART: self._on_restart,
                 Settle: self._on_settle,
@@ -121,6 +125,7 @@ class SourceActor(EngineActor):
         if opener is not None:
             self._loop.call(opener)
         self._opened = True
+        self._keepalive.start(self.actor_ref)
         subscribe = getattr(self.source, "subscribe", None)
         if subscribe is not None and not self._runtime.direct:
             self._wakeable = True
@@ -139,6 +144,19 @@ class SourceActor(EngineActor):
             return
         self._fetching = True
         self._poll()
+
+    def _on_keepalive(self, _: Any) -> None:
+        """Let the open source keep its connection or leases alive; runs on this actor's
+        thread, every `keepalive_interval_s`, however long the task's handlers run."""
+        keepalive = self._keepalive
+        if not keepalive.running:
+            return  # closed since the timer fired
+        if not self._broken and keepalive.call is not None:
+            try:
+                self._loop.call(keepalive.call)
+            except Exception as exc:
+                self._crash(exc)
+        keepalive.schedule()
 
     # -- fetching ------------------------------------------------------------------------
 
@@ -291,6 +309,7 @@ class SourceActor(EngineActor):
         if not self._opened:
             return None
         self._opened = False
+        self._keepalive.stop()
         closer = getattr(self.source, "close", None)
         if closer is None:
             return None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, Request, tell_quietly
-from ._failure import HandlerFailed, failure_from
+from ._failure import NOT_RETRIED, HandlerFailed, failure_from
 from ._ports import Failure
 from ._runtime import MessageFailed, TaskRuntime
 from ._sink import PublishJob
@@ -118,8 +118,8 @@ class Supervisor(EngineActor):
 
     @staticmethod
     def _next_delay(runtime: TaskRuntime, delivery: Any, failure: Failure) -> float | None:
-        if failure.kind == "decode":
-            return None  # the same bytes will never decode: no retry
+        if failure.kind in NOT_RETRIED:
+            return None  # the same bytes never decode, the same result never encodes
         try:
             return runtime.task.retry.next_delay(delivery.attempts + 1, failure)
         except Exception:

@@ -99,7 +99,7 @@ class ActorSystem:
     def _start_route(self, sink: SinkPort) -> SinkRoute:
         route = self._routes.get(id(sink))
         if route is None:
-            ref = SinkActor.start(sink, self.loop)
+            ref = SinkActor.start(sink, self.loop, self.timer)
             self._sink_refs.append(ref)
             route = SinkRoute(sink, ref, self.loop)
             self._routes[id(sink)] = route

@@ -33,3 +33,18 @@ def check_int(param: str, value: Any, *, minimum: int) -> int:
     if type(value) is not int or value < minimum:
         raise ValueError(f"{param} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+#: The longest delay or timeout onestep accepts anywhere (`delay_s`, `timeout_s`, retry
+#: delays, leases): 30 days. Longer ones are refused where they are given, naming the
+#: parameter, instead of overflowing a timer or a timestamp later.
+MAX_DELAY_S = 30 * 86_400.0
+
+
+def check_delay(param: str, value: Any, *, exclusive: bool = False) -> float:
+    """`value` as a float if it is a number from 0 (above 0 with `exclusive`) to
+    MAX_DELAY_S (30 days); ValueError naming `param` and the bound otherwise."""
+    delay = check_number(param, value, exclusive=exclusive)
+    if delay > MAX_DELAY_S:
+        raise ValueError(f"{param} must be at most {MAX_DELAY_S:g} s (30 days), got {value!r}")
+    return delay

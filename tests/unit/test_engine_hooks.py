@@ -1,5 +1,6 @@
-"""The engine's optional hooks for connectors: batched sinks (`publish_batch`), sources
-that buffer acks (`flush`), request-reply (`Delivery.reply`) and app health."""
+"""The engine's optional hooks for connectors: batched sinks (`publish_batch`, refusing
+single items), sources that buffer acks (`flush`), `keepalive`, request-reply
+(`Delivery.reply`) and app health."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import queue
 import threading
 from typing import Any
 
-from actors import EventLoopThread
+from actors import EncodeError, EventLoopThread, Timer
 from actors._sink import PublishJob, SinkActor, SinkRoute
 from onestep import Delivery, MaxAttempts, MemoryQueue, OneStepApp, Sink
 from tests.helpers import ListSource, running
@@ -43,8 +44,10 @@ class BatchSink(Sink):
 def test_jobs_waiting_in_the_sink_actors_mailbox_go_out_in_one_batch():
     loop = EventLoopThread()
     loop.start()
+    timer = Timer()
+    timer.start()
     sink = BatchSink(hold_first=True)
-    ref = SinkActor.start(sink, loop)
+    ref = SinkActor.start(sink, loop, timer)
     route = SinkRoute(sink, ref)
     done: queue.Queue[tuple[Any, Any]] = queue.Queue()
     try:
@@ -60,6 +63,7 @@ def test_jobs_waiting_in_the_sink_actors_mailbox_go_out_in_one_batch():
         results = [done.get(timeout=TIMEOUT) for _ in range(10)]
     finally:
         ref.stop()
+        timer.stop()
         loop.stop()
     assert sorted(results) == [(n, None) for n in range(10)]
     assert sink.batches == [[0], list(range(1, 10))]
@@ -102,6 +106,138 @@ def test_a_failing_batch_fails_every_message_in_it():
         letters = [dead.get(timeout=TIMEOUT) for _ in range(5)]
     assert sorted(letter["payload"] for letter in letters) == [0, 1, 2, 3, 4]
     assert {letter["failure"]["exception_type"] for letter in letters} == {"ConnectionError"}
+
+
+def test_a_batch_item_the_sink_refuses_fails_alone_with_kind_encode():
+    class PickySink(Sink):
+        max_batch = 1000
+
+        def __init__(self) -> None:
+            self.published: list[Any] = []
+            self.done = threading.Event()
+
+        def publish_batch(self, items: list[tuple[Any, Any]]) -> dict[int, Exception]:
+            refused: dict[int, Exception] = {}
+            for index, (body, _) in enumerate(items):
+                if body == 13:
+                    refused[index] = EncodeError("13 cannot be encoded")
+                else:
+                    self.published.append(body)
+            if len(self.published) == 49:
+                self.done.set()
+            return refused
+
+    app = OneStepApp("picky")
+    source = ListSource(items=range(50))
+    sink = PickySink()
+    dead = MemoryQueue("dead")
+
+    @app.task(source=source, emit=sink, dead_letter=dead, retry=MaxAttempts(3), concurrency=10)
+    def passthrough(ctx, item):
+        return item
+
+    with running(app):
+        letter = dead.get(timeout=TIMEOUT)
+        assert sink.done.wait(TIMEOUT)
+    assert letter["payload"] == 13
+    assert letter["failure"]["kind"] == "encode"
+    assert letter["failure"]["exception_type"] == "EncodeError"
+    assert sorted(sink.published) == [n for n in range(50) if n != 13]
+    assert dead.empty()  # an encode failure is not retried
+
+
+class KeepaliveSource(ListSource):
+    """Counts keepalive() calls and the threads they ran on."""
+
+    keepalive_interval_s = 0.01
+
+    def __init__(self) -> None:
+        super().__init__("keepalive", items=["slow"])
+        self.threads: set[str] = set()
+        self.calls = 0
+        self.enough = threading.Event()
+        self.fetch_threads: set[str] = set()
+
+    def fetch(self, limit: int) -> list[Delivery]:
+        self.fetch_threads.add(threading.current_thread().name)
+        return super().fetch(limit)
+
+    def keepalive(self) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.calls += 1
+        if self.calls >= 5:
+            self.enough.set()
+
+
+class KeepaliveSink(Sink):
+    keepalive_interval_s = 0.01
+
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+        self.publish_threads: set[str] = set()
+        self.enough = threading.Event()
+        self.calls = 0
+
+    def publish(self, body: Any, meta: dict[str, Any] | None = None) -> None:
+        self.publish_threads.add(threading.current_thread().name)
+
+    def keepalive(self) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.calls += 1
+        if self.calls >= 5:
+            self.enough.set()
+
+
+def test_keepalive_runs_on_the_owning_actors_threads_while_a_handler_is_busy():
+    app = OneStepApp("keepalive")
+    source = KeepaliveSource()
+    sink = KeepaliveSink()
+    release = threading.Event()
+    finished = threading.Event()
+
+    @app.task(source=source, emit=sink)
+    def slow(ctx, item):
+        release.wait(TIMEOUT)  # the only credit is taken: the source is not fetched
+        finished.set()
+        return item
+
+    with running(app):
+        assert source.enough.wait(TIMEOUT)
+        assert sink.enough.wait(TIMEOUT)
+        release.set()
+        assert finished.wait(TIMEOUT)
+    calls = source.calls
+    assert source.threads == source.fetch_threads  # the source actor's own thread
+    assert len(sink.threads) == 1 and "Sink" in next(iter(sink.threads))
+    assert sink.publish_threads <= sink.threads
+    assert source.calls == calls  # no keepalive once closed
+
+
+def test_a_failing_keepalive_restarts_the_source():
+    class FailingKeepalive(KeepaliveSource):
+        def __init__(self) -> None:
+            super().__init__()
+            self.opens = 0
+            self.reopened = threading.Event()
+
+        def open(self) -> None:
+            self.opens += 1
+            if self.opens == 2:
+                self.reopened.set()
+
+        def keepalive(self) -> None:
+            if self.opens == 1:
+                raise ConnectionError("heartbeat missed")
+
+    app = OneStepApp("keepalive-fails")
+    source = FailingKeepalive()
+
+    @app.task(source=source)
+    def noop(ctx, item):
+        return None
+
+    with running(app):
+        assert source.reopened.wait(TIMEOUT)
 
 
 class BufferingSource(ListSource):
