@@ -36,7 +36,10 @@ class Failure:
 class DeliveryPort(Protocol):
     """What the engine reads from a delivery: its attempt count, a decode error, and an
     optional `reply(result, failure)` callable that is called once the message
-    succeeded (after its results were accepted) or failed for good (request-reply)."""
+    succeeded (after its results were accepted) or failed for good (request-reply).
+    A reply may define `encode(result)`: it is called as soon as the handler returned,
+    before anything is published or acked, and an exception it raises (EncodeError for
+    a result it cannot encode) fails the message instead."""
 
     attempts: int
     error: BaseException | None

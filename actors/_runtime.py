@@ -176,6 +176,9 @@ class TaskRuntime:
     def succeeded(self, delivery: Any, result: Any, duration_s: float) -> None:
         if self.cutoff:
             return  # the SourceActor already released this delivery at shutdown
+        reply = getattr(delivery, "reply", None)
+        if reply is not None and not self._reply_encodes(reply, delivery, result, duration_s):
+            return
         if result is None or not self.emit:
             self._done(delivery, result, duration_s)
             return
@@ -190,6 +193,20 @@ class TaskRuntime:
                 self._done(delivery, result, duration_s)
                 return
         PublishJob(result, None, self.emit, self._published, (delivery, duration_s)).advance()
+
+    def _reply_encodes(self, reply: Any, delivery: Any, result: Any, duration_s: float) -> bool:
+        """Let a request-reply source encode the result before anything is acked or
+        published: a reply with `encode(result)` that raises (an EncodeError for a result
+        that is not valid JSON, say) fails the message, with kind `encode`."""
+        encode = getattr(reply, "encode", None)
+        if encode is None:
+            return True
+        try:
+            encode(result)
+        except Exception as exc:
+            self.failed(delivery, failure_from(exc), duration_s)
+            return False
+        return True
 
     def _published(self, job: PublishJob, error: BaseException | None) -> None:
         """Runs where the last sink accepted: a worker, the loop or a SinkActor thread."""

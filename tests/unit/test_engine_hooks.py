@@ -304,6 +304,44 @@ def test_reply_is_called_with_the_result_after_success_and_with_the_failure_at_t
     assert replies.empty()  # the retry did not answer early
 
 
+def test_a_reply_that_cannot_encode_the_result_fails_the_message_with_kind_encode():
+    replies: queue.Queue[tuple[Any, Any]] = queue.Queue()
+
+    class StrictReply:
+        def __init__(self, payload: Any) -> None:
+            self.payload = payload
+
+        def encode(self, result: Any) -> None:
+            if result == "bad":
+                raise EncodeError("not encodable")
+
+        def __call__(self, result: Any, failure: Any) -> None:
+            replies.put((self.payload, result, None if failure is None else failure.kind))
+
+    class ReplySource(ListSource):
+        def fetch(self, limit: int) -> list[Delivery]:
+            batch = super().fetch(limit)
+            for delivery in batch:
+                delivery.reply = StrictReply(delivery.payload)
+            return batch
+
+    app = OneStepApp("reply-encode")
+    source = ReplySource(items=["good", "bad"])
+    out = MemoryQueue("out")
+    dead = MemoryQueue("dead")
+
+    @app.task(source=source, emit=out, dead_letter=dead, retry=MaxAttempts(3))
+    def echo(ctx, item):
+        return item
+
+    with running(app):
+        got = {replies.get(timeout=TIMEOUT) for _ in range(2)}
+        letter = dead.get(timeout=TIMEOUT)
+    assert got == {("good", "good", None), ("bad", None, "encode")}
+    assert letter["failure"]["kind"] == "encode"
+    assert out.drain() == ["good"]  # the bad result was not published either
+
+
 def test_health_is_degraded_while_a_source_is_down_and_ok_after_it_recovers():
     class FlakySource(ListSource):
         def __init__(self) -> None:
