@@ -4,7 +4,6 @@ built by users, opened and closed by the runtime, its requests handled on server
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 import time
@@ -14,7 +13,6 @@ from typing import Any
 
 import falcon
 
-from actors import EncodeError
 from onestep import Delivery, MemoryQueue, OneStepApp, SourceContext
 from onestep._checks import check_delay, check_int
 
@@ -31,6 +29,7 @@ from ._errors import (
 )
 from ._headers import dropped_headers, forwarded_headers
 from ._limits import ServerSettings
+from ._reply import _Reply
 from ._resource import WebhookResource
 from ._server import _acquire_server, _release_server, _SharedServer
 from ._waitress import BODY_REFUSED
@@ -43,36 +42,6 @@ _RESPOND_MODES = ("accepted", "result")
 # urandom syscall and is not needed for uniqueness.
 _ID_PREFIX = uuid.uuid4().hex[:12]
 _ids = itertools.count(1)
-
-
-class _Reply:
-    """Where respond="result" waits. The runtime calls `encode` as soon as the handler
-    returns (on its worker thread or the event-loop thread), then the reply itself once,
-    from a worker thread, the event-loop thread or a sink actor's thread."""
-
-    __slots__ = ("abandoned", "done", "failure", "text")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        #: The result as JSON text, set by encode().
-        self.text: str | None = None
-        self.failure: Any = None
-        self.abandoned = False
-
-    def encode(self, result: Any) -> None:
-        """Strict JSON (no NaN or Infinity) or an EncodeError, which fails the message
-        with kind `encode` before anything is acked: it goes to the dead letter, and the
-        client gets 500 with an error id."""
-        try:
-            self.text = json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise EncodeError(
-                f'respond="result" needs a result JSON can encode: {type(exc).__name__}: {exc}'
-            ) from exc
-
-    def __call__(self, result: Any, failure: Any) -> None:
-        self.failure = failure
-        self.done.set()
 
 
 class WebhookSource(MemoryQueue):
