@@ -561,10 +561,15 @@ def test_wsgi_middleware_routes_webhooks_and_passes_the_rest_through(collected, 
 
 
 def run_clients(
-    url: str, clients: int, total: int, stop: threading.Event | None = None
+    url: str,
+    clients: int,
+    total: int,
+    stop: threading.Event | None = None,
+    got_503: threading.Event | None = None,
 ) -> tuple[list[str], collections.Counter[Any]]:
     """`clients` threads with a keep-alive connection each post `total` requests between
-    them (or until `stop`); returns the ids answered 202 and a count of every outcome."""
+    them (or until `stop`); returns the ids answered 202 and a count of every outcome.
+    `got_503` is set at the first 503."""
     accepted: list[str] = []
     outcomes: collections.Counter[Any] = collections.Counter()
     lock = threading.Lock()
@@ -589,6 +594,8 @@ def run_clients(
                     outcomes[status] += 1
                     if status == 202:
                         accepted.append(answer["id"])
+                if status == 503 and got_503 is not None:
+                    got_503.set()
         finally:
             client.close()
 
@@ -658,16 +665,18 @@ def test_load_50_clients_5000_requests_each_202_processed_exactly_once() -> None
     source = WebhookSource("/hook", port=0, queue_maxsize=20)
     app = OneStepApp("load")
     processed = ProcessedCounter()
+    got_503 = threading.Event()
 
     @app.task(source=source, concurrency=2)
     def handle(ctx, item):
-        time.sleep(0.0002)  # slowish, so that the small queue overflows
+        got_503.wait(TIMEOUT)  # hold the workers until the small queue has overflowed
+        time.sleep(0.0002)  # slowish, so that it overflows again now and then
         processed.add(ctx.current.meta["webhook_id"])
 
     with running(app):
         assert source.url is not None
         started = time.perf_counter()
-        accepted, outcomes = run_clients(source.url, 50, 5000)
+        accepted, outcomes = run_clients(source.url, 50, 5000, got_503=got_503)
         elapsed = time.perf_counter() - started
         assert processed.wait_for(len(accepted))
     print(
