@@ -74,7 +74,7 @@ def _loads(body: bytes, max_depth: int) -> Any:
     try:
         return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except RecursionError:  # only for a max_depth near the interpreter's recursion limit
-        raise TooDeep(f"nesting deeper than {max_depth} levels") from None
+        raise TooDeep("nesting deeper than the JSON parser can follow") from None
 
 
 def _parse_body(content_type: str | None, body: bytes, max_json_depth: int) -> Any:

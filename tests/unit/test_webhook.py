@@ -254,6 +254,15 @@ def test_json_nested_too_deep_or_holding_nan_is_400_without_a_traceback(caplog, 
     assert len(lines) == 7 and all("\n" not in line for line in lines)
 
 
+def test_a_depth_limit_above_the_recursion_limit_still_answers_400() -> None:
+    from adapters.webhook._body import _parse_body
+
+    deep = b"[" * 5000 + b"]" * 5000
+    with pytest.raises(falcon.HTTPBadRequest) as refused:
+        _parse_body("application/json", deep, 10_000)
+    assert "nesting deeper than the JSON parser can follow" in str(refused.value.description)
+
+
 # -- no secrets in messages ------------------------------------------------------------------
 
 
