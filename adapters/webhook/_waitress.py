@@ -5,7 +5,8 @@ and a deadline for a whole request, so slow clients are cut off. Built by _serve
 Waitress reads a request in full (spooling a large body to a temporary file) before it
 calls the WSGI app, and it only closes connections that send nothing for its
 `channel_timeout`, so a client trickling a byte a second holds a connection for ever.
-Three small subclasses fix that; their hooks run on the server's loop thread:
+Four small subclasses fix that; their hooks run on the server's loop thread (`_Task`'s
+on the waitress thread answering the request):
 
 - `_Parser.parse_header` asks the router (the shared server) what to do once the headers
   are in: read the body up to a limit, or refuse it. A refused body is not read: the
@@ -14,7 +15,9 @@ Three small subclasses fix that; their hooks run on the server's loop thread:
   answers it (413, 401, 404...) without reading. `Expect: 100-continue` then gets no 100.
   A chunked body is cut off once it exceeds the limit: the app then sees a Content-Length
   over the limit and answers 413.
-- `_Task` puts `BODY_REFUSED` in the environ.
+- `_Task` puts `BODY_REFUSED` in the environ (the app answers 503 "retry" should it
+  reach the body anyway: the route changed between the headers and the app).
+- `_Channel` starts each request with a `_Parser` and answers it with a `_Task`.
 - `GuardedServer.maintenance` closes connections whose request has not fully arrived
   `read_timeout_s` after its first byte, and those idle for `idle_timeout_s`.
 

@@ -218,6 +218,28 @@ def test_a_body_shorter_than_its_content_length_is_refused() -> None:
     assert source.empty()
 
 
+def test_a_body_the_server_refused_unread_is_never_taken_for_empty() -> None:
+    """The route changed between the headers (body refused, not read) and the app: the
+    client is asked to retry instead of the request being queued with an empty body."""
+    from adapters.webhook._waitress import BODY_REFUSED
+
+    source = WebhookSource("/hook", serve=False)
+    source.falcon_resource()
+    source.open()
+    try:
+        environ = falcon.testing.create_environ(
+            "/hook", method="POST", body=b"", headers={"Content-Type": "application/json"}
+        )
+        environ["CONTENT_LENGTH"] = "2"
+        environ[BODY_REFUSED] = True
+        with pytest.raises(falcon.HTTPServiceUnavailable) as refused:
+            source.handle(falcon.Request(environ), falcon.Response())
+        assert refused.value.headers is not None and "Retry-After" in refused.value.headers
+    finally:
+        source.close()
+    assert source.empty()
+
+
 # -- strict JSON ----------------------------------------------------------------------------
 
 
