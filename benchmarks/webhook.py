@@ -5,6 +5,7 @@ Run from the repository root:
     python benchmarks/webhook.py                  # both cases, 20,000 requests each
     python benchmarks/webhook.py --repeat 3       # best of 3
     python benchmarks/webhook.py --json           # one JSON object per case
+    python benchmarks/webhook.py --waiting 8,32,100   # accepted latency under result load
 
 Cases:
 - `accepted`: `WebhookSource(respond="accepted")` feeding a no-op task, against a raw
@@ -17,8 +18,15 @@ Each side runs in its own child process (peak RSS is the server's alone: the chi
 the server, then a separate load process). The load process opens `--clients` keep-alive
 connections on loopback (http.client, one thread each) and posts a small JSON body
 until `--messages` requests are answered or `--max-seconds` pass. The rate counts 2xx
-answers over the load's wall time. Both servers use waitress with `SERVER_THREADS`
-threads. Nothing is asserted (DESIGN.md section 6).
+answers over the load's wall time. The baseline's waitress runs `SERVER_THREADS` (8)
+threads; onestep's server runs its defaults (8 threads, 32 when a source has
+respond="result"). Nothing is asserted (DESIGN.md section 6).
+
+`--waiting N,M,...` measures something else: for each N, the latency of 5 sequential
+accepted POSTs while N respond="result" requests (one connection each) wait on a
+handler that sleeps `HANDLER_S`, on one server; it prints one JSON line per N with the
+median and worst latency and the statuses the result requests got (503 once the threads
+that waiting requests may hold are taken).
 """
 
 from __future__ import annotations
@@ -123,6 +131,79 @@ def run_load(port: int, path: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# -- accepted latency while result requests wait ------------------------------------------
+
+HANDLER_S = 3.0
+
+
+def measure_waiting(waiting: int) -> dict[str, Any]:
+    """The accepted-POST latency while `waiting` result requests wait; runs in the
+    benchmark process (the clients here only wait, they do not compete for the CPU)."""
+    from adapters.webhook import WebhookSource
+    from onestep import OneStepApp
+
+    app = OneStepApp("bench-waiting")
+    accepted = WebhookSource("/accepted", port=0)
+    results = WebhookSource("/result", port=0, respond="result", reply_timeout_s=HANDLER_S * 10)
+
+    @app.task(source=accepted)
+    def noop(ctx: Any, item: Any) -> None:
+        return None
+
+    @app.task(source=results, concurrency=4)
+    def slow(ctx: Any, item: Any) -> Any:
+        time.sleep(HANDLER_S)
+        return {"ok": True}
+
+    app.start()
+    try:
+        assert accepted.url is not None
+        port = int(accepted.url.split(":")[2].split("/")[0])
+        statuses: dict[str, int] = {}
+        lock = threading.Lock()
+
+        def post(path: str) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANDLER_S * 10)
+            try:
+                conn.request("POST", path, BODY, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                return response.status
+            finally:
+                conn.close()
+
+        def wait_for_result() -> None:
+            try:
+                status = str(post("/result"))
+            except OSError as exc:
+                status = type(exc).__name__
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+
+        clients = [threading.Thread(target=wait_for_result) for _ in range(waiting)]
+        for client in clients:
+            client.start()
+        time.sleep(0.5)  # let the result requests reach the server and start waiting
+        latencies = []
+        for _ in range(5):
+            started = time.perf_counter()
+            status = post("/accepted")
+            latencies.append((time.perf_counter() - started) * 1e3)
+            if status != 202:
+                raise RuntimeError(f"an accepted POST got {status}")
+        for client in clients:
+            client.join()
+    finally:
+        app.stop()
+    latencies.sort()
+    return {
+        "waiting": waiting,
+        "accepted_median_ms": round(latencies[2], 1),
+        "accepted_worst_ms": round(latencies[-1], 1),
+        "result_statuses": statuses,
+    }
+
+
 # -- the two servers ------------------------------------------------------------------------
 
 
@@ -188,8 +269,21 @@ def main() -> None:
     parser.add_argument(
         "--max-seconds", type=float, default=60.0, help="stop a load after this long"
     )
+    parser.add_argument(
+        "--waiting",
+        metavar="N,M,...",
+        help="measure accepted latency while N result requests wait (see above)",
+    )
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
     args = parse_common_args(parser, None, CASES)
+    if args.waiting:
+        try:
+            counts = [int(n) for n in args.waiting.split(",")]
+        except ValueError:
+            parser.error(f"--waiting takes comma-separated counts, got {args.waiting!r}")
+        for count in counts:
+            print(json.dumps(measure_waiting(count)), flush=True)
+        return
     if args.load:
         port, path, total, clients, max_seconds = args.load
         print(json.dumps(load(int(port), path, int(total), int(clients), float(max_seconds))))

@@ -45,7 +45,18 @@ api = falcon.App()
 api.add_route("/health", Health())
 mount(api, app)
 
-server = waitress.create_server(api, host="127.0.0.1", port=0, threads=4)
+# Embedded, the host's server owns the connections: body size, connection limit and
+# timeouts are set here (the README lists what onestep's own server does for you).
+server = waitress.create_server(
+    api,
+    host="127.0.0.1",
+    port=0,
+    threads=4,
+    connection_limit=500,  # waitress's 100 lets a hundred slow clients lock others out
+    channel_timeout=60,  # close connections idle this long
+    max_request_body_size=events.max_body_bytes + 1,  # refuse larger bodies before reading
+    asyncore_use_poll=True,  # select() fails past file descriptor 1023
+)
 
 
 def request(method, path, body=None):

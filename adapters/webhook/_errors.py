@@ -1,5 +1,6 @@
 """The falcon errors a webhook answers with when a request cannot be queued or handled
-(503 queue full, 413, 500); raised by WebhookSource on a server thread."""
+(503 queue full or too many waiting, 413, 400, 500); raised by WebhookSource on a server
+thread."""
 
 from __future__ import annotations
 
@@ -24,6 +25,31 @@ def _queue_full(source: WebhookSource) -> falcon.HTTPError:
         title="Queue full",
         description=f"{source.path} has {source.maxsize} requests waiting; retry later",
         retry_after=_RETRY_AFTER_FULL_S,
+    )
+
+
+def _too_many_waiting(source: WebhookSource, limit: int) -> falcon.HTTPError:
+    return falcon.HTTPServiceUnavailable(
+        title="Too many requests waiting",
+        description=f"{limit} requests on this server are waiting for their results; retry later",
+        retry_after=_RETRY_AFTER_FULL_S,
+    )
+
+
+def _body_unavailable(source: WebhookSource) -> falcon.HTTPError:
+    """The server refused this request's body unread (the route or its source changed
+    between the headers and now): the client can send it again."""
+    return falcon.HTTPServiceUnavailable(
+        title="Not accepting requests",
+        description=f"{source.path} was not ready for this request's body; retry",
+        retry_after=_RETRY_AFTER_FULL_S,
+    )
+
+
+def _incomplete_body(length: int, received: int) -> falcon.HTTPError:
+    return falcon.HTTPBadRequest(
+        title="Incomplete body",
+        description=f"Content-Length is {length} but the body ended after {received} bytes",
     )
 
 

@@ -4,23 +4,37 @@ built by users, opened and closed by the runtime, its requests handled on server
 from __future__ import annotations
 
 import itertools
-import json
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import falcon
 
 from onestep import Delivery, MemoryQueue, OneStepApp, SourceContext
-from onestep._checks import check_int, check_number
+from onestep._checks import check_delay, check_int
 
 from ._auth import BearerToken, HmacSignature
 from ._body import _parse_body
-from ._errors import _RETRY_AFTER_STOPPED_S, _handler_failed, _queue_full, _too_large
+from ._errors import (
+    _RETRY_AFTER_STOPPED_S,
+    _body_unavailable,
+    _handler_failed,
+    _incomplete_body,
+    _queue_full,
+    _too_large,
+    _too_many_waiting,
+)
+from ._headers import dropped_headers, forwarded_headers
+from ._limits import ServerSettings
+from ._reply import _Reply
 from ._resource import WebhookResource
 from ._server import _acquire_server, _release_server, _SharedServer
+from ._waitress import BODY_REFUSED
+
+logger = logging.getLogger("onestep.webhook")
 
 _HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 _RESPOND_MODES = ("accepted", "result")
@@ -30,24 +44,6 @@ _ID_PREFIX = uuid.uuid4().hex[:12]
 _ids = itertools.count(1)
 
 
-class _Reply:
-    """Where respond="result" waits: the runtime calls it once, from a worker thread,
-    the event-loop thread or a sink actor's thread."""
-
-    __slots__ = ("abandoned", "done", "failure", "result")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.result: Any = None
-        self.failure: Any = None
-        self.abandoned = False
-
-    def __call__(self, result: Any, failure: Any) -> None:
-        self.result = result
-        self.failure = failure
-        self.done.set()
-
-
 class WebhookSource(MemoryQueue):
     """A bounded in-memory queue that HTTP requests to `path` are put on.
 
@@ -55,7 +51,17 @@ class WebhookSource(MemoryQueue):
     waits up to `reply_timeout_s` for the handler and answers 200 with its return value.
     Sources with the same `host` and `port` share one server (`port=0`: a free port,
     shared by the port-0 sources open at the same time); `url` is set once open.
+
+    The server settings (`connection_limit`, `idle_timeout_s`, `read_timeout_s`,
+    `server_threads`) belong to that shared server: None takes the value another source
+    on it gives, or the default; two different values on one server are an error at open.
+    `forward_headers` names credential headers to keep in `item["headers"]` (by default
+    Authorization, Cookie, Proxy-Authorization and the HMAC signature header are left
+    out). JSON bodies nested deeper than `max_json_depth` are refused (400).
     """
+
+    #: keepalive() runs this often on the source actor's thread.
+    keepalive_interval_s = 1.0
 
     def __init__(
         self,
@@ -71,6 +77,12 @@ class WebhookSource(MemoryQueue):
         reply_timeout_s: float = 30.0,
         name: str | None = None,
         serve: bool = True,
+        forward_headers: Iterable[str] = (),
+        max_json_depth: int = 64,
+        connection_limit: int | None = None,
+        idle_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
+        server_threads: int | None = None,
     ) -> None:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"path must be a string starting with '/', got {path!r}")
@@ -89,11 +101,17 @@ class WebhookSource(MemoryQueue):
         check_int("queue_maxsize", queue_maxsize, minimum=1)
         if respond not in _RESPOND_MODES:
             raise ValueError(f"respond must be 'accepted' or 'result', got {respond!r}")
-        reply_timeout = check_number("reply_timeout_s", reply_timeout_s, exclusive=True)
+        reply_timeout = check_delay("reply_timeout_s", reply_timeout_s, exclusive=True)
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, got {name!r}")
         if not isinstance(serve, bool):
             raise ValueError(f"serve must be a bool, got {serve!r}")
+        dropped = dropped_headers(auth, forward_headers)
+        check_int("max_json_depth", max_json_depth, minimum=1)
+        #: What this source asks of its standalone server (None: the server's choice).
+        self.server_settings = ServerSettings.checked(
+            connection_limit, idle_timeout_s, read_timeout_s, server_threads
+        )
         super().__init__(name or f"webhook:{path}", maxsize=queue_maxsize)
         self.path = path
         self.methods = checked
@@ -103,6 +121,9 @@ class WebhookSource(MemoryQueue):
         self.max_body_bytes = max_body_bytes
         self.respond = respond
         self.reply_timeout_s = reply_timeout
+        self.max_json_depth = max_json_depth
+        #: Lower-case header names left out of `item["headers"]`.
+        self.dropped_headers = dropped
         #: False once mounted in a host app (`falcon_resource`, `mount`, the middleware):
         #: open() then starts no server of its own.
         self.serve = serve
@@ -163,6 +184,16 @@ class WebhookSource(MemoryQueue):
             _release_server(self, server)
         self.url = None
 
+    def keepalive(self) -> None:
+        """Runs on the source actor's thread every `keepalive_interval_s`: raise when the
+        standalone server's loop has died, so that the supervisor restarts this source
+        (close, then open, which starts a new server)."""
+        server = self._server
+        if server is not None and not server.alive:
+            crash = server.crash
+            reason = "" if crash is None else f": {type(crash).__name__}: {crash}"
+            raise RuntimeError(f"the webhook server for {self.path} on {server.where} died{reason}")
+
     def _abandon_waiting(self) -> None:
         with self._waiting_lock:
             waiting, self._waiting = self._waiting, {}
@@ -175,6 +206,19 @@ class WebhookSource(MemoryQueue):
 
     # -- requests: a server thread (waitress, or the host app's) --------------------------
 
+    def refuses_before_body(self, headers: Mapping[str, str], content_length: int | None) -> bool:
+        """True when handle() will answer this request without reading its body (not
+        accepting, too large, failed bearer auth). Runs on the standalone server's loop
+        thread once the headers are in, so that such a body is never read; `headers`
+        has waitress's keys (`AUTHORIZATION`)."""
+        app = self._app
+        if not self._accepting or (app is not None and app.wait_for_shutdown_request(0)):
+            return True
+        if content_length is not None and content_length > self.max_body_bytes:
+            return True
+        auth = self.auth
+        return auth is not None and not auth.needs_body and not auth.check(headers, b"")
+
     def handle(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Answer one request; the falcon responder for each of `methods`."""
         self._check_accepting()
@@ -184,9 +228,19 @@ class WebhookSource(MemoryQueue):
         body = self._read_body(req)
         if auth is not None and auth.needs_body:
             self._authenticate(auth, req, body)
+        try:
+            parsed = _parse_body(req.content_type, body, self.max_json_depth)
+        except falcon.HTTPBadRequest as error:
+            logger.info(
+                "webhook %s: 400 for a body from %s: %s",
+                self.path,
+                req.remote_addr,
+                error.description,
+            )
+            raise
         payload = {
-            "body": _parse_body(req.content_type, body),
-            "headers": req.headers_lower,
+            "body": parsed,
+            "headers": forwarded_headers(req.headers_lower, self.dropped_headers),
             "query": dict(req.params),
             "method": req.method,
             "path": req.path,
@@ -227,15 +281,30 @@ class WebhookSource(MemoryQueue):
         length = req.content_length
         if length is not None and length > limit:
             raise _too_large(limit)
+        if req.env.get(BODY_REFUSED):
+            raise _body_unavailable(self)
         # Without a length (a chunked body) read the raw stream: bounded_stream would
         # read nothing. Either way at most limit + 1 bytes are read.
         stream = req.stream if length is None else req.bounded_stream
         body: bytes = stream.read(limit + 1)
         if len(body) > limit:
             raise _too_large(limit)
+        if length is not None and len(body) < length:
+            raise _incomplete_body(length, len(body))  # the client went away mid-body
         return body
 
     def _respond_with_result(self, payload: Any, request_id: str, resp: falcon.Response) -> None:
+        # A waiting request holds its server thread: keep some free for the others.
+        server = self._server
+        if server is not None and not server.start_waiting():
+            raise _too_many_waiting(self, server.settings.max_result_waiters)
+        try:
+            self._wait_for_result(payload, request_id, resp)
+        finally:
+            if server is not None:
+                server.stop_waiting()
+
+    def _wait_for_result(self, payload: Any, request_id: str, resp: falcon.Response) -> None:
         reply = _Reply()
         delivery = Delivery(payload, meta={"webhook_id": request_id})
         delivery.reply = reply
@@ -261,11 +330,9 @@ class WebhookSource(MemoryQueue):
             )
         if reply.failure is not None:
             raise _handler_failed(self, request_id, reply.failure.as_dict())
-        try:
-            text = json.dumps(reply.result)
-        except (TypeError, ValueError) as exc:
-            failure = {"kind": "error", "exception_type": type(exc).__name__, "message": str(exc)}
-            raise _handler_failed(self, request_id, failure) from None
+        if reply.text is None:  # the runtime calls encode() before it reports success
+            failure = {"kind": "encode", "exception_type": "", "message": "result not encoded"}
+            raise _handler_failed(self, request_id, failure)
         resp.status = falcon.HTTP_200
         resp.content_type = falcon.MEDIA_JSON
-        resp.text = text
+        resp.text = reply.text

@@ -20,7 +20,7 @@ import pytest
 import waitress
 
 from adapters.webhook import BearerToken, HmacSignature, WebhookSource, mount, wsgi_middleware
-from onestep import OneStepApp
+from onestep import MaxAttempts, MemoryQueue, OneStepApp
 from tests.helpers import running
 
 TIMEOUT = 5.0
@@ -92,6 +92,14 @@ def collecting_app(source: WebhookSource, items: queue.Queue[Any]) -> OneStepApp
         ({"respond": "later"}, "respond"),
         ({"reply_timeout_s": 0}, "reply_timeout_s"),
         ({"name": ""}, "name"),
+        ({"forward_headers": "Cookie"}, "forward_headers"),
+        ({"forward_headers": [""]}, "forward_headers"),
+        ({"max_json_depth": 0}, "max_json_depth"),
+        ({"connection_limit": 0}, "connection_limit"),
+        ({"idle_timeout_s": 0}, "idle_timeout_s"),
+        ({"read_timeout_s": float("nan")}, "read_timeout_s"),
+        ({"reply_timeout_s": 40 * 86_400}, "reply_timeout_s"),
+        ({"server_threads": 1}, "server_threads"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs: dict[str, Any], param: str) -> None:
@@ -189,6 +197,138 @@ def test_body_larger_than_the_limit_without_content_length_is_refused() -> None:
             source.handle(req, falcon.Response())
     finally:
         source.close()
+
+
+def test_a_body_shorter_than_its_content_length_is_refused() -> None:
+    """A client that went away mid-body (seen under servers that hand the app a short
+    body) gets 400, never a truncated payload."""
+    source = WebhookSource("/hook", serve=False)
+    source.falcon_resource()
+    source.open()
+    try:
+        environ = falcon.testing.create_environ(
+            "/hook", method="POST", body=b'{"a": 1}', headers={"Content-Type": "application/json"}
+        )
+        environ["CONTENT_LENGTH"] = "100"
+        with pytest.raises(falcon.HTTPBadRequest) as refused:
+            source.handle(falcon.Request(environ), falcon.Response())
+        assert refused.value.title == "Incomplete body"
+    finally:
+        source.close()
+    assert source.empty()
+
+
+def test_a_body_the_server_refused_unread_is_never_taken_for_empty() -> None:
+    """The route changed between the headers (body refused, not read) and the app: the
+    client is asked to retry instead of the request being queued with an empty body."""
+    from adapters.webhook._waitress import BODY_REFUSED
+
+    source = WebhookSource("/hook", serve=False)
+    source.falcon_resource()
+    source.open()
+    try:
+        environ = falcon.testing.create_environ(
+            "/hook", method="POST", body=b"", headers={"Content-Type": "application/json"}
+        )
+        environ["CONTENT_LENGTH"] = "2"
+        environ[BODY_REFUSED] = True
+        with pytest.raises(falcon.HTTPServiceUnavailable) as refused:
+            source.handle(falcon.Request(environ), falcon.Response())
+        assert refused.value.headers is not None and "Retry-After" in refused.value.headers
+    finally:
+        source.close()
+    assert source.empty()
+
+
+# -- strict JSON ----------------------------------------------------------------------------
+
+
+def test_json_nested_too_deep_or_holding_nan_is_400_without_a_traceback(caplog, collected) -> None:
+    source = WebhookSource("/hook", port=0, max_json_depth=64)
+    refused = [
+        b"[" * 1000 + b"]" * 1000,  # deeper than the interpreter's recursion limit
+        b"[" * 65 + b"]" * 65,
+        b'{"a": ' * 65 + b"1" + b"}" * 65,
+        b"NaN",
+        b'{"x": Infinity}',
+        b"[-Infinity]",
+    ]
+    kept = [
+        b"[" * 64 + b"]" * 64,
+        b'["' + b"[" * 1000 + b'"]',  # brackets in a string do not nest
+        b'["\\\\", {"a": [1]}]',
+        # An unterminated string full of escaped quotes: malformed, and scanned in linear
+        # time (a scan that retried at every quote would take minutes here).
+        b'"' + b'\\"[' * 20_000,
+    ]
+    with caplog.at_level(logging.DEBUG), running(collecting_app(source, collected)):
+        client = client_for(source)
+        answers = [client.request("/hook", body) for body in refused + kept]
+        client.close()
+        received = [collected.get(timeout=TIMEOUT)[1]["body"] for _ in range(3)]
+    assert [status for status, _, _ in answers] == [400] * 6 + [202, 202, 202, 400]
+    assert "nesting deeper than 64 levels" in answers[0][2]["description"]
+    assert "NaN is not valid JSON" in answers[3][2]["description"]
+    assert json.dumps(received[0], separators=(",", ":")) == "[" * 64 + "]" * 64
+    assert received[1:] == [["[" * 1000], ["\\", {"a": [1]}]]
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "400 for a body" in r.getMessage()]
+    assert len(lines) == 7 and all("\n" not in line for line in lines)
+
+
+def test_a_depth_limit_above_the_recursion_limit_still_answers_400() -> None:
+    from adapters.webhook._body import _parse_body
+
+    deep = b"[" * 5000 + b"]" * 5000
+    with pytest.raises(falcon.HTTPBadRequest) as refused:
+        _parse_body("application/json", deep, 10_000)
+    assert "nesting deeper than the JSON parser can follow" in str(refused.value.description)
+
+
+# -- no secrets in messages ------------------------------------------------------------------
+
+
+def test_credentials_never_reach_the_payload_nor_the_dead_letter() -> None:
+    source = WebhookSource("/hook", port=0, auth=BearerToken("s3cret-token"))
+    dead = MemoryQueue("dead")
+    app = OneStepApp("secrets")
+
+    @app.task(source=source, dead_letter=dead)
+    def fails(ctx, item):
+        raise ValueError(f"saw {sorted(item['headers'])}")
+
+    with running(app):
+        client = client_for(source)
+        headers = {
+            "Authorization": "Bearer s3cret-token",
+            "Cookie": "session=s3cret-cookie",
+            "Proxy-Authorization": "Basic s3cret-proxy",
+            "X-Event": "push",
+        }
+        assert client.request("/hook", headers=headers)[0] == 202
+        client.close()
+        letter = dead.get(timeout=TIMEOUT)
+    headers_seen = letter["payload"]["headers"]
+    assert headers_seen["x-event"] == "push"
+    assert {"authorization", "cookie", "proxy-authorization"}.isdisjoint(headers_seen)
+    assert "s3cret" not in json.dumps(letter, default=repr)
+
+
+def test_forward_headers_keeps_named_credentials_and_hmac_signatures_are_dropped(
+    collected,
+) -> None:
+    auth = HmacSignature("k3y", header="X-Hub-Signature-256")
+    source = WebhookSource("/hook", port=0, auth=auth, forward_headers=["cookie"])
+    body = b'{"n": 1}'
+    with running(collecting_app(source, collected)):
+        client = client_for(source)
+        headers = {"X-Hub-Signature-256": auth.sign(body), "Cookie": "a=1", "Authorization": "x"}
+        assert client.request("/hook", body, headers=headers)[0] == 202
+        client.close()
+        item = collected.get(timeout=TIMEOUT)[1]
+    assert item["headers"]["cookie"] == "a=1"
+    assert "x-hub-signature-256" not in item["headers"]
+    assert "authorization" not in item["headers"]
 
 
 def test_full_queue_answers_503_with_retry_after() -> None:
@@ -295,6 +435,39 @@ def test_result_mode_answers_with_the_handlers_return_value_or_an_error(caplog) 
     assert len(error_id) == 8
     assert any(error_id in record.getMessage() for record in caplog.records)
     assert timed_out[0] == 504
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [(float("nan"), "Out of range float"), (object(), "not JSON serializable")],
+)
+def test_a_result_json_cannot_encode_is_500_and_a_dead_letter_of_kind_encode(
+    result: Any, reason: str, caplog
+) -> None:
+    source = WebhookSource("/calc", port=0, respond="result")
+    dead = MemoryQueue("dead")
+    app = OneStepApp("encode")
+    calls: list[Any] = []
+
+    @app.task(source=source, dead_letter=dead, retry=MaxAttempts(3))
+    def calc(ctx, item):
+        calls.append(item["body"])
+        return result
+
+    with caplog.at_level(logging.ERROR, logger="onestep.webhook"), running(app):
+        client = client_for(source)
+        status, response, answer = client.request("/calc", "7")
+        client.close()
+        letter = dead.get(timeout=TIMEOUT)
+    assert status == 500 and answer["title"] == "Handler failed"
+    assert response.getheader("Content-Type") == "application/json"
+    error_id = answer["description"].removeprefix("error id ")
+    assert any(error_id in record.getMessage() for record in caplog.records)
+    assert letter["failure"]["kind"] == "encode"
+    assert letter["failure"]["exception_type"] == "EncodeError"
+    assert reason in letter["failure"]["message"]
+    assert letter["payload"]["body"] == 7
+    assert calls == [7]  # an encode failure is never retried
 
 
 # -- sharing a server -----------------------------------------------------------------------
@@ -419,10 +592,15 @@ def test_wsgi_middleware_routes_webhooks_and_passes_the_rest_through(collected, 
 
 
 def run_clients(
-    url: str, clients: int, total: int, stop: threading.Event | None = None
+    url: str,
+    clients: int,
+    total: int,
+    stop: threading.Event | None = None,
+    got_503: threading.Event | None = None,
 ) -> tuple[list[str], collections.Counter[Any]]:
     """`clients` threads with a keep-alive connection each post `total` requests between
-    them (or until `stop`); returns the ids answered 202 and a count of every outcome."""
+    them (or until `stop`); returns the ids answered 202 and a count of every outcome.
+    `got_503` is set at the first 503."""
     accepted: list[str] = []
     outcomes: collections.Counter[Any] = collections.Counter()
     lock = threading.Lock()
@@ -447,6 +625,8 @@ def run_clients(
                     outcomes[status] += 1
                     if status == 202:
                         accepted.append(answer["id"])
+                if status == 503 and got_503 is not None:
+                    got_503.set()
         finally:
             client.close()
 
@@ -516,16 +696,18 @@ def test_load_50_clients_5000_requests_each_202_processed_exactly_once() -> None
     source = WebhookSource("/hook", port=0, queue_maxsize=20)
     app = OneStepApp("load")
     processed = ProcessedCounter()
+    got_503 = threading.Event()
 
     @app.task(source=source, concurrency=2)
     def handle(ctx, item):
-        time.sleep(0.0002)  # slowish, so that the small queue overflows
+        got_503.wait(TIMEOUT)  # hold the workers until the small queue has overflowed
+        time.sleep(0.0002)  # slowish, so that it overflows again now and then
         processed.add(ctx.current.meta["webhook_id"])
 
     with running(app):
         assert source.url is not None
         started = time.perf_counter()
-        accepted, outcomes = run_clients(source.url, 50, 5000)
+        accepted, outcomes = run_clients(source.url, 50, 5000, got_503=got_503)
         elapsed = time.perf_counter() - started
         assert processed.wait_for(len(accepted))
     print(
