@@ -62,7 +62,12 @@ KEEPALIVE = Signal("keepalive")
 
 
 class EngineActor(pykka.ThreadingActor):
-    """A pykka actor on a daemon thread, dispatching messages by type."""
+    """A pykka actor on a daemon thread, dispatching messages by type.
+
+    Subclasses do no work in `on_start` (pykka would only log its error and stop the
+    actor): start-up work that can fail is a Request the starter asks for (Open,
+    StartFetching, StartWorkers), so that its error reaches `app.start()`.
+    """
 
     use_daemon_thread = True
     label = "actor"
@@ -77,6 +82,21 @@ class EngineActor(pykka.ThreadingActor):
     def __init__(self) -> None:
         super().__init__()
         self._handlers: dict[Any, Callable[[Any], Any]] = {}
+
+    def _start_actor_loop(self) -> None:
+        """Start the actor's thread; runs on the thread calling `start()`.
+
+        pykka registers an actor before it starts the thread. If the thread cannot start
+        (RuntimeError: can't start new thread), the actor is taken out of the registry
+        and marked stopped again, so that nothing (ActorRegistry.stop_all, a stop())
+        waits for an actor that never ran; the error goes to the caller of `start()`.
+        """
+        try:
+            super()._start_actor_loop()
+        except BaseException:
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            raise
 
     def on_receive(self, message: Any) -> Any:
         key = message if isinstance(message, Signal) else type(message)

@@ -1,8 +1,10 @@
-"""TaskActor: owns one task's workers, replaces a worker stuck past its deadline, and
-stops them at shutdown.
+"""TaskActor: owns one task's workers, replaces a worker stuck past its deadline or one
+that died, and stops them at shutdown.
 
 A sync handler runs on the task's worker threads (one per unit of concurrency); an async
-handler runs on the shared event-loop thread through an AsyncRunner.
+handler runs on the shared event-loop thread through an AsyncRunner. The ActorSystem
+starts the workers with a StartWorkers request, so that a worker that cannot start
+(RuntimeError: can't start new thread) fails `app.start()` instead of this actor alone.
 """
 
 from __future__ import annotations
@@ -16,12 +18,21 @@ from ._async_runner import AsyncRunner
 from ._base import RESTART, EngineActor, Request, tell_quietly
 from ._failure import timeout_failure
 from ._runtime import TaskRuntime
-from ._worker import STOP_WORKER, CheckDeadline, Worker
+from ._supervisor import ActorFailed, ActorRecovered
+from ._worker import STOP_WORKER, CheckDeadline, Worker, WorkerDied
 
 logger = logging.getLogger("onestep.actors.task")
 
 # How long stopping a task waits for all its workers together.
 _WORKER_JOIN_S = 0.5
+
+
+class StartWorkers(Request):
+    """Start a sync task's worker threads; asked by the ActorSystem once at start. An
+    error (a thread that cannot start) goes back to it; the workers started before it
+    are stopped by the StopTask of the teardown that follows."""
+
+    __slots__ = ()
 
 
 class StopTask(Request):
@@ -42,21 +53,45 @@ class TaskActor(EngineActor):
         task = runtime.task
         self.max_abandoned = max(8, 4 * task.concurrency)
         self._handlers[CheckDeadline] = self._on_check_deadline
+        self._handlers[StartWorkers] = self._on_start_workers
+        self._handlers[WorkerDied] = self._on_worker_died
         self._handlers[StopTask] = self._on_stop
         self._handlers[RESTART] = self._on_restart
         if task.is_async:
             runtime.runner = AsyncRunner(runtime)
 
-    def on_start(self) -> None:
+    def _on_start_workers(self, _: StartWorkers) -> None:
+        """Runs on the task actor's thread, asked by the ActorSystem at start."""
         if not self.runtime.task.is_async:
-            for _ in range(self.runtime.task.concurrency):
-                self._spawn()
+            self._top_up()
+
+    def _top_up(self) -> None:
+        """Start workers until there is one per unit of concurrency."""
+        while len(self._workers) < self.runtime.task.concurrency and not self.runtime.cutoff:
+            self._spawn()
 
     def _spawn(self) -> None:
         worker = Worker(self.runtime, self._next_index)
         self._next_index += 1
+        worker.start()  # may raise (can't start new thread): then it is not one of ours
         self._workers.append(worker)
-        worker.start()
+
+    def _on_worker_died(self, message: WorkerDied) -> None:
+        """A worker thread (or an async puller) ended on an error outside the handler:
+        the supervisor restarts this actor after a backoff, which starts a replacement;
+        runs on the task actor's thread."""
+        if message.worker in self._workers:
+            self._workers.remove(message.worker)
+        if self.runtime.cutoff:
+            return
+        self._supervisor.tell(ActorFailed(self.actor_ref, self.label, message.error))
+
+    def on_crash(self, exc: BaseException) -> None:
+        """A handler of this actor raised (a replacement worker that cannot start, say):
+        an actor failure, restarted with backoff by the supervisor."""
+        super().on_crash(exc)
+        if not self.runtime.cutoff:
+            self._supervisor.tell(ActorFailed(self.actor_ref, self.label, exc))
 
     def _on_check_deadline(self, message: CheckDeadline) -> None:
         """Runs on the task actor's thread when a worker's deadline may have passed."""
@@ -88,8 +123,6 @@ class TaskActor(EngineActor):
         if not runtime.cutoff:
             self._spawn()
         if len(self._abandoned) > self.max_abandoned:
-            from ._supervisor import ActorFailed
-
             self._supervisor.tell(
                 ActorFailed(
                     self.actor_ref,
@@ -102,7 +135,22 @@ class TaskActor(EngineActor):
             )
 
     def _on_restart(self, _: Any) -> None:
+        """Runs on the task actor's thread after a failure's backoff: replace the workers
+        (or async pullers) that died, and report the task healthy again unless too many
+        of its threads are still stuck past their deadline."""
         self._abandoned = [w for w in self._abandoned if w.thread.is_alive()]
+        runtime = self.runtime
+        if runtime.cutoff:
+            return
+        runner = runtime.runner
+        if runner is not None:
+            if runtime.direct and runtime.source_open.is_set():
+                runtime.loop.call_soon(runner.top_up_pullers)
+        else:
+            self._top_up()
+        if len(self._abandoned) <= self.max_abandoned:
+            logger.info("%s restarted", self.label)
+            self._supervisor.tell(ActorRecovered(self.label))
 
     @property
     def abandoned_threads(self) -> int:
