@@ -148,7 +148,7 @@ class Supervisor(EngineActor):
         # or failed at its source), so nothing is lost and the log says why.
         logger.error(
             "task %r: retry policy %r returned delay %r; a retry delay must be None or a "
-            "number from 0 to %g s (30 days): giving up on the message",
+            "number from 0 to %.0f s (30 days): giving up on the message",
             runtime.task.name,
             policy,
             delay,

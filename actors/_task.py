@@ -50,6 +50,7 @@ class TaskActor(EngineActor):
         self._workers: list[Worker] = []
         self._abandoned: list[Worker] = []
         self._next_index = 0
+        self._workers_released = False
         task = runtime.task
         self.max_abandoned = max(8, 4 * task.concurrency)
         self._handlers[CheckDeadline] = self._on_check_deadline
@@ -142,15 +143,16 @@ class TaskActor(EngineActor):
         runtime = self.runtime
         if runtime.cutoff:
             return
+        if len(self._abandoned) <= self.max_abandoned:
+            # told first: a replacement that cannot start fails the actor again at once
+            logger.info("%s restarted", self.label)
+            self._supervisor.tell(ActorRecovered(self.label))
         runner = runtime.runner
         if runner is not None:
             if runtime.direct and runtime.source_open.is_set():
                 runtime.loop.call_soon(runner.top_up_pullers)
         else:
             self._top_up()
-        if len(self._abandoned) <= self.max_abandoned:
-            logger.info("%s restarted", self.label)
-            self._supervisor.tell(ActorRecovered(self.label))
 
     @property
     def abandoned_threads(self) -> int:
@@ -163,9 +165,7 @@ class TaskActor(EngineActor):
             if runtime.runner is not None:
                 runtime.loop.wait(_cancel(runtime.runner))
             return
-        for worker in self._workers:
-            worker.cancelled.set()
-            runtime.work.put(STOP_WORKER)
+        self._release_workers()
         for worker in self._abandoned:
             worker.cancelled.set()
         # One short budget for all of them: a handler still stuck after the cut-off has
@@ -173,6 +173,20 @@ class TaskActor(EngineActor):
         deadline = time.monotonic() + _WORKER_JOIN_S
         for worker in self._workers:
             worker.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _release_workers(self) -> None:
+        """Tell every worker to stop once its current delivery is done (once)."""
+        workers, self._workers_released = self._workers, True
+        for worker in workers:
+            worker.cancelled.set()
+            self.runtime.work.put(STOP_WORKER)
+
+    def on_stop(self) -> None:
+        """Runs on the task actor's thread as it stops. Normally StopTask has stopped the
+        workers already; if something else stopped this actor (pykka's stop_all), its
+        workers are told to stop here so that none outlives it."""
+        if not self._workers_released:
+            self._release_workers()
 
 
 async def _cancel(runner: AsyncRunner) -> None:

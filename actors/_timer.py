@@ -138,7 +138,7 @@ def _clamped(delay_s: Any, callback: Callable[..., Any]) -> float:
         return 0.0
     clamped = MAX_DELAY_S if delay_s > MAX_DELAY_S else 0.0
     logger.warning(
-        "timer: delay %r for %r is not a number from 0 to %g s; using %g s",
+        "timer: delay %r for %r is not a number from 0 to %.0f s; using %.0f s",
         delay_s,
         callback,
         MAX_DELAY_S,

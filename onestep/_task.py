@@ -30,14 +30,18 @@ _PLAIN_RESULTS = frozenset({type(None), int, float, str, bytes, bool, dict, list
 #: sync handler) starts one worker thread per unit, the "async" executor (an async
 #: handler) runs up to one coroutine per unit on the shared event loop. Without a bound
 #: `concurrency=10**6` started threads until the process ran out, or took 1.25 GB and
-#: 12 s before its first message (issue 13). Measured at the caps on a 2-core machine
-#: (README, "Retry, dead letter, timeout"): 1,000 threads start in about 0.1 s and add
-#: about 17 MB of RSS (each also reserves an 8 MiB stack of address space, so a 4 GiB
-#: `ulimit -v` stops near 450 threads: StartupError then names the task); 10,000
-#: coroutines start in about 0.05 s and add about 15 MB. New executors add their entry.
+#: 12 s before its first message (issue 13). Measured at the caps on the 2-core dev
+#: machine (README, "Retry, dead letter, timeout, concurrency"): 1,000 threads start in
+#: 0.25-0.5 s and add 23 MB of RSS (each also reserves an 8 MiB stack of address space,
+#: so under a 4 GiB `ulimit -v` they cannot all start and `app.start()` raises
+#: StartupError naming the task); 10,000 coroutines add 14 MB and the first message
+#: runs 0.1-0.15 s after start. A new executor adds its entry here.
 MAX_CONCURRENCY: dict[str, int] = {"thread": 1000, "async": 10_000}
 
-_EXECUTOR_UNITS = {"thread": "a sync handler: one thread each", "async": "an async handler"}
+_EXECUTOR_UNITS = {
+    "thread": "a sync handler (one thread per unit)",
+    "async": "an async handler (one coroutine per unit)",
+}
 
 
 def check_concurrency(concurrency: Any, executor: str) -> int:
@@ -47,10 +51,7 @@ def check_concurrency(concurrency: Any, executor: str) -> int:
     cap = MAX_CONCURRENCY[executor]
     if concurrency > cap:
         units = _EXECUTOR_UNITS.get(executor, f"executor {executor!r}")
-        raise ValueError(
-            f"concurrency must be at most {cap:,} for {units} (executor {executor!r}), "
-            f"got {concurrency!r}"
-        )
+        raise ValueError(f"concurrency must be at most {cap:,} for {units}, got {concurrency!r}")
     return int(concurrency)
 
 
