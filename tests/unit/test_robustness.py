@@ -199,6 +199,25 @@ def test_a_policy_delay_of_30_days_is_honoured_not_given_up():
         assert app.health() == {"status": "ok", "problems": {}}
 
 
+class NanPollSource(ListSource):
+    poll_interval_s = math.nan
+
+
+def test_a_source_with_a_nan_poll_interval_gets_the_default_and_works(caplog):
+    app = OneStepApp("nan-poll")
+    jobs = NanPollSource("jobs")
+    seen: queue.Queue[Any] = queue.Queue()
+
+    @app.task(source=jobs)
+    def work(ctx, item):
+        seen.put(item)
+
+    with caplog.at_level(logging.WARNING, logger="onestep.actors.source"), running(app):
+        jobs.put(1)
+        assert seen.get(timeout=TIMEOUT) == 1
+    assert "source 'jobs': poll_interval_s=nan is not a number of seconds" in caplog.text
+
+
 # -- core threads that die: the app stops with AppFailed ----------------------------------
 
 
