@@ -93,8 +93,15 @@ class EventLoopThread:
             raise
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run `fn(*args)` on the loop thread soon; callable from any thread."""
-        self.loop.call_soon_threadsafe(fn, *args)
+        """Run `fn(*args)` on the loop thread soon; callable from any thread. Once the
+        loop has closed (stopped, or died: the app is failing then) the call is dropped
+        instead of raising into the caller (a ledger waking pullers at shutdown)."""
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            if not self.loop.is_closed():
+                raise
+            logger.debug("dropped %r: the event loop has stopped", fn)
 
     def wait(self, awaitable: Any, timeout: float | None = None) -> Any:
         """Block the calling thread until `awaitable` finishes on the loop."""

@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._base import tell_quietly
+import pykka
+
+from ._base import Ready, tell_quietly
 from ._events import EventActor, EventEmitter, Flush
 from ._loop import EventLoopThread
 from ._ports import EventCallback, SinkPort, TaskPort
@@ -24,7 +26,7 @@ from ._runtime import TaskRuntime
 from ._sink import Close, Open, SinkActor, SinkRoute
 from ._source import CloseSource, ReleaseAll, SourceActor, StartFetching, StopFetching
 from ._supervisor import AppFailed, CoreFailed, Health, RestartPolicy, Supervisor
-from ._task import StartWorkers, StopTask, TaskActor
+from ._task import StopTask, TaskActor
 from ._timer import Timer
 
 #: How often the watchdog (a timer callback, off the message path) checks that the
@@ -109,22 +111,36 @@ class ActorSystem:
             except Exception as exc:
                 raise StartupError(f"{part.label} thread failed to start: {_text(exc)}") from exc
         if self._on_event is not None:
-            self._events_ref = self._start_actor("event actor", EventActor, self._on_event)
+            self._events_ref = self._start_actor("event actor", None, EventActor, self._on_event)
         self.supervisor_ref = self._start_actor(
             "supervisor",
+            None,
             Supervisor,
             timer=self.timer,
             on_fatal=self._on_fatal,
             restarts=self._restarts,
         )
 
-    def _start_actor(self, label: str, cls: Any, *args: Any, **kwargs: Any) -> Any:
-        """Start one actor, or raise StartupError naming it (its thread cannot start)."""
+    def _start_actor(
+        self, label: str, refs: list[Any] | None, cls: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Start one actor and wait until its `start_up()` has run; StartupError naming
+        it if its thread cannot start or its start-up fails. The ref goes into `refs`
+        (the list the teardown stops) before that, so a failed start-up is stopped like
+        the rest; an actor kept in no list is stopped here."""
         try:
             ref = cls.start(*args, **kwargs)
         except Exception as exc:
             raise StartupError(f"{label} failed to start: {_text(exc)}") from exc
         self._actors.append((label, ref))
+        if refs is not None:
+            refs.append(ref)
+        try:
+            ref.ask(Ready())
+        except Exception as exc:
+            if refs is None:
+                ref.stop()
+            raise StartupError(f"{label} failed to start: {_text(exc)}") from exc
         return ref
 
     def route(self, sink: SinkPort) -> SinkRoute:
@@ -142,8 +158,7 @@ class ActorSystem:
         route = self._routes.get(id(sink))
         if route is None:
             label = f"sink {getattr(sink, 'name', type(sink).__name__)!r}"
-            ref = self._start_actor(label, SinkActor, sink, self.loop, self.timer)
-            self._sink_refs.append(ref)
+            ref = self._start_actor(label, self._sink_refs, SinkActor, sink, self.loop, self.timer)
             route = SinkRoute(sink, ref, self.loop)
             self._routes[id(sink)] = route
             try:
@@ -173,15 +188,10 @@ class ActorSystem:
                 events=events,
             )
             runtime.supervisor_ref = self.supervisor_ref
-            label = f"task {task.name!r}"
-            ref = self._start_actor(label, TaskActor, runtime, self.supervisor_ref)
-            runtime.actor_ref = ref
-            self._task_refs.append(ref)
-            self.runtimes.append(runtime)
-            try:
-                ref.ask(StartWorkers())
-            except Exception as exc:
-                raise StartupError(f"{label} failed to start: {_text(exc)}") from exc
+            self.runtimes.append(runtime)  # the teardown stops its ledger: workers exit
+            runtime.actor_ref = self._start_actor(
+                f"task {task.name!r}", self._task_refs, TaskActor, runtime, self.supervisor_ref
+            )
 
     def _start_sources(self) -> None:
         for runtime in self.runtimes:
@@ -190,6 +200,7 @@ class ActorSystem:
                 continue
             ref = self._start_actor(
                 f"source {runtime.task.source_name!r}",
+                self._source_refs,
                 SourceActor,
                 source,
                 runtime,
@@ -199,7 +210,6 @@ class ActorSystem:
                 idle_poll_s=self._idle_poll_s,
             )
             runtime.source_ref = ref
-            self._source_refs.append(ref)
             try:
                 ref.ask(StartFetching())
             except Exception as exc:
@@ -297,7 +307,7 @@ class ActorSystem:
             if ref is None:
                 continue
             try:
-                ref.ask(StopFetching(), timeout=10.0)
+                ref.ask(StopFetching())
             except Exception as exc:
                 # a dead source actor settles nothing: do not wait for its deliveries
                 logger.warning("stopping %s: %s", runtime.task.source_name, _text(exc))
@@ -310,8 +320,10 @@ class ActorSystem:
                 runtime.ledger.drained.wait()
             else:
                 runtime.ledger.drained.wait(max(0.0, deadline - time.monotonic()))
-        released = self._release_unfinished()
-        self._teardown(after_sinks)
+        try:
+            released = self._release_unfinished()
+        finally:
+            self._teardown(after_sinks)
         return released
 
     def _release_unfinished(self) -> int:
@@ -319,7 +331,12 @@ class ActorSystem:
             runtime.cutoff = True
         released = 0
         for ref in self._source_refs:
-            released += _ask_quietly(ref, ReleaseAll()) or 0
+            try:
+                released += ref.ask(ReleaseAll())
+            except pykka.ActorDeadError:
+                continue  # stopped from outside (the app is failing): it releases nothing
+            except Exception:
+                logger.exception("releasing the unfinished deliveries of a source failed")
         if released:
             logger.warning("released %d unfinished deliveries back to their sources", released)
         return released

@@ -2,9 +2,9 @@
 that died, and stops them at shutdown.
 
 A sync handler runs on the task's worker threads (one per unit of concurrency); an async
-handler runs on the shared event-loop thread through an AsyncRunner. The ActorSystem
-starts the workers with a StartWorkers request, so that a worker that cannot start
-(RuntimeError: can't start new thread) fails `app.start()` instead of this actor alone.
+handler runs on the shared event-loop thread through an AsyncRunner. The workers start in
+`start_up()`, so that a worker that cannot start (RuntimeError: can't start new thread)
+fails `app.start()` naming the task instead of this actor alone.
 """
 
 from __future__ import annotations
@@ -27,14 +27,6 @@ logger = logging.getLogger("onestep.actors.task")
 _WORKER_JOIN_S = 0.5
 
 
-class StartWorkers(Request):
-    """Start a sync task's worker threads; asked by the ActorSystem once at start. An
-    error (a thread that cannot start) goes back to it; the workers started before it
-    are stopped by the StopTask of the teardown that follows."""
-
-    __slots__ = ()
-
-
 class StopTask(Request):
     __slots__ = ()
 
@@ -45,6 +37,7 @@ class TaskActor(EngineActor):
     def __init__(self, runtime: TaskRuntime, supervisor: Any) -> None:
         super().__init__()
         self.runtime = runtime
+        runtime.actor_ref = self.actor_ref  # before start_up(): workers report to it
         self.label = f"task {runtime.task.name!r}"
         self._supervisor = supervisor
         self._workers: list[Worker] = []
@@ -54,15 +47,16 @@ class TaskActor(EngineActor):
         task = runtime.task
         self.max_abandoned = max(8, 4 * task.concurrency)
         self._handlers[CheckDeadline] = self._on_check_deadline
-        self._handlers[StartWorkers] = self._on_start_workers
         self._handlers[WorkerDied] = self._on_worker_died
         self._handlers[StopTask] = self._on_stop
         self._handlers[RESTART] = self._on_restart
         if task.is_async:
             runtime.runner = AsyncRunner(runtime)
 
-    def _on_start_workers(self, _: StartWorkers) -> None:
-        """Runs on the task actor's thread, asked by the ActorSystem at start."""
+    def start_up(self) -> None:
+        """Start a sync task's workers; runs on the task actor's thread as it starts. If
+        one cannot start, the ActorSystem's Ready gets the error and its teardown's
+        StopTask stops the workers started before it."""
         if not self.runtime.task.is_async:
             self._top_up()
 

@@ -483,6 +483,25 @@ def test_a_core_thread_or_actor_that_cannot_start_fails_start_naming_it(
     assert pykka.ActorRegistry.get_all() == []
 
 
+def test_an_actor_whose_start_up_raises_fails_start_naming_it(monkeypatch):
+    from actors._task import TaskActor
+
+    def start_up(self: TaskActor) -> None:
+        raise MemoryError("no room for the workers")
+
+    monkeypatch.setattr(TaskActor, "start_up", start_up)
+    app = OneStepApp("start-up-fails")
+
+    @app.task(source=ListSource("jobs"), emit=MemoryQueue("out"))
+    def work(ctx, item):
+        return item
+
+    with pytest.raises(StartupError, match=r"^task 'work' failed to start: MemoryError: no room"):
+        app.start()
+    assert wait_for_no_onestep_threads() == []
+    assert pykka.ActorRegistry.get_all() == []
+
+
 def test_the_app_starts_normally_once_threads_can_start_again(monkeypatch):
     fail_thread_starts(monkeypatch, "-worker-")
     app = OneStepApp("second-try")
