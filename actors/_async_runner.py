@@ -6,15 +6,20 @@ Every method runs on the event-loop thread unless it says otherwise.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._base import tell_quietly
 from ._failure import failure_from, timeout_failure
+from ._worker import WorkerDied
 
 if TYPE_CHECKING:
     from ._runtime import TaskRuntime
+
+logger = logging.getLogger("onestep.actors.task")
 
 
 class AsyncRunner:
@@ -23,15 +28,17 @@ class AsyncRunner:
     def __init__(self, runtime: TaskRuntime) -> None:
         self.runtime = runtime
         self.tasks: set[asyncio.Task[None]] = set()
+        self._pullers: set[asyncio.Task[None]] = set()
         self._parked: deque[asyncio.Future[None]] = deque()
         self._wake_scheduled = False
         # read once: wake_up() runs after every settled delivery (the ledger's on_free)
         self._loop_ident = runtime.loop.thread.ident
 
-    def _track(self, coro: Any) -> None:
+    def _track(self, coro: Any) -> asyncio.Task[None]:
         task = self.runtime.loop.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     def start_batch(self, batch: list[Any]) -> None:
         """Runs on the event-loop thread."""
@@ -44,8 +51,30 @@ class AsyncRunner:
         """Start one puller per credit; runs on the event-loop thread."""
         self.runtime.source.subscribe(self.wake_up)
         self.runtime.ledger.on_free = self.wake_up
-        for _ in range(self.runtime.task.concurrency):
-            self._track(self._pull())
+        self.top_up_pullers()
+
+    def top_up_pullers(self) -> None:
+        """Start pullers until there is one per credit; runs on the event-loop thread (at
+        start, and when the TaskActor restarts after a puller died)."""
+        runtime = self.runtime
+        while len(self._pullers) < runtime.task.concurrency and not runtime.ledger.stopping:
+            puller = self._track(self._pull())
+            self._pullers.add(puller)
+            puller.add_done_callback(self._puller_done)
+
+    def _puller_done(self, puller: asyncio.Task[None]) -> None:
+        """A puller ended: at shutdown, or on an error outside the handler (a reply
+        callback that raised, say), which the TaskActor hears of so that the supervisor
+        restarts it (with a new puller) instead of the task losing a credit silently."""
+        self._pullers.discard(puller)
+        if puller.cancelled() or self.runtime.cutoff:
+            return
+        error = puller.exception()
+        if error is None:
+            return
+        task_name = self.runtime.task.name
+        logger.critical("task %r: a puller died", task_name, exc_info=error)
+        tell_quietly(self.runtime.actor_ref, WorkerDied(None, error))
 
     def wake_up(self) -> None:
         """Called by the source when it has messages and by the ledger when a credit is

@@ -43,6 +43,13 @@ class Request:
     __slots__ = ()
 
 
+class Ready(Request):
+    """Asked once right after an actor started: answers when its `start_up()` has run,
+    and raises what it raised."""
+
+    __slots__ = ()
+
+
 class Signal:
     """A payload-free message such as POLL or RESTART; compared by identity."""
 
@@ -62,7 +69,14 @@ KEEPALIVE = Signal("keepalive")
 
 
 class EngineActor(pykka.ThreadingActor):
-    """A pykka actor on a daemon thread, dispatching messages by type."""
+    """A pykka actor on a daemon thread, dispatching messages by type.
+
+    Start-up work on the actor's own thread goes in `start_up()`, not pykka's
+    `on_start` (whose error pykka would only log before stopping the actor): its error
+    is kept and raised to whoever asks `Ready`, so that `app.start()` fails naming the
+    actor. Work that needs arguments is a Request the starter asks for (Open,
+    StartFetching).
+    """
 
     use_daemon_thread = True
     label = "actor"
@@ -76,7 +90,39 @@ class EngineActor(pykka.ThreadingActor):
 
     def __init__(self) -> None:
         super().__init__()
-        self._handlers: dict[Any, Callable[[Any], Any]] = {}
+        self._handlers: dict[Any, Callable[[Any], Any]] = {Ready: self._on_ready}
+        self._start_error: BaseException | None = None
+
+    def on_start(self) -> None:
+        """Runs on the actor's thread before its first message: `start_up()`, keeping
+        its error for `Ready` instead of letting pykka stop the actor silently."""
+        try:
+            self.start_up()
+        except BaseException as exc:
+            self._start_error = exc
+
+    def start_up(self) -> None:
+        """Start-up work on the actor's own thread; subclasses override it. An error
+        fails `app.start()` with StartupError naming the actor."""
+
+    def _on_ready(self, _: Ready) -> None:
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _start_actor_loop(self) -> None:
+        """Start the actor's thread; runs on the thread calling `start()`.
+
+        pykka registers an actor before it starts the thread. If the thread cannot start
+        (RuntimeError: can't start new thread), the actor is taken out of the registry
+        and marked stopped again, so that nothing (ActorRegistry.stop_all, a stop())
+        waits for an actor that never ran; the error goes to the caller of `start()`.
+        """
+        try:
+            super()._start_actor_loop()
+        except BaseException:
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            raise
 
     def on_receive(self, message: Any) -> Any:
         key = message if isinstance(message, Signal) else type(message)

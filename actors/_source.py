@@ -30,7 +30,7 @@ from ._base import (
 from ._keepalive import Keepalive
 from ._loop import EventLoopThread
 from ._ports import SourcePort
-from ._timer import Timer, TimerHandle
+from ._timer import MAX_DELAY_S, Timer, TimerHandle
 
 if TYPE_CHECKING:
     from ._runtime import TaskRuntime
@@ -74,7 +74,7 @@ class SourceActor(EngineActor):
         self._loop = loop
         self._timer = timer
         self._supervisor = supervisor
-        self._idle_poll_s = float(getattr(source, "poll_interval_s", idle_poll_s))
+        self._idle_poll_s = _poll_interval(source, self.label, idle_poll_s)
         self._ledger = runtime.ledger
         self._fetching = False
         self._broken = False
@@ -324,3 +324,15 @@ class SourceActor(EngineActor):
         self._fetching = False
         self._flush_settled()
         return self._close_quietly()
+
+
+def _poll_interval(source: Any, label: str, default: float) -> float:
+    """The source's `poll_interval_s`, or `default` (with a warning) when it is not a
+    number from 0 to MAX_DELAY_S: a NaN period would make the timer poll without pause."""
+    value = getattr(source, "poll_interval_s", default)
+    if type(value) in (int, float) and 0 <= value <= MAX_DELAY_S:
+        return float(value)
+    logger.warning(
+        "%s: poll_interval_s=%r is not a number of seconds; using %g", label, value, default
+    )
+    return default

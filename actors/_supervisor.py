@@ -1,5 +1,6 @@
-"""Supervisor: applies retry and dead-letter policies to failed messages, and restarts
-failed actors with backoff until they fail too often, then stops the app.
+"""Supervisor: applies retry and dead-letter policies to failed messages, restarts
+failed actors with backoff until they fail too often, and stops the app when one of the
+threads it cannot run without (the timer, the event loop) dies.
 
 One per app; it runs on its own actor thread and never sleeps (delays go to the Timer).
 """
@@ -17,7 +18,7 @@ from ._failure import NOT_RETRIED, HandlerFailed, failure_from
 from ._ports import Failure
 from ._runtime import MessageFailed, TaskRuntime
 from ._sink import PublishJob
-from ._timer import Timer
+from ._timer import MAX_DELAY_S, Timer
 
 logger = logging.getLogger("onestep.actors.supervisor")
 
@@ -29,6 +30,17 @@ class ActorFailed:
 
     def __init__(self, ref: Any, label: str, error: BaseException) -> None:
         self.ref = ref
+        self.label = label
+        self.error = error
+
+
+class CoreFailed:
+    """Tells the Supervisor that a part the app cannot run without died (the timer or
+    the event-loop thread, an actor that stopped on its own): the app stops."""
+
+    __slots__ = ("error", "label")
+
+    def __init__(self, label: str, error: BaseException) -> None:
         self.label = label
         self.error = error
 
@@ -88,6 +100,7 @@ class Supervisor(EngineActor):
         self._handlers[MessageFailed] = self._on_message_failed
         self._handlers[ActorFailed] = self._on_actor_failed
         self._handlers[ActorRecovered] = self._on_actor_recovered
+        self._handlers[CoreFailed] = self._on_core_failed
         self._handlers[Health] = self._on_health
         self._down: dict[str, str] = {}
         self.restarts = 0
@@ -120,11 +133,28 @@ class Supervisor(EngineActor):
     def _next_delay(runtime: TaskRuntime, delivery: Any, failure: Failure) -> float | None:
         if failure.kind in NOT_RETRIED:
             return None  # the same bytes never decode, the same result never encodes
+        policy = runtime.task.retry
         try:
-            return runtime.task.retry.next_delay(delivery.attempts + 1, failure)
-        except Exception:
+            delay = policy.next_delay(delivery.attempts + 1, failure)
+        except BaseException:  # SystemExit too: the message must still be settled
             logger.exception("task %r: retry policy failed; giving up", runtime.task.name)
             return None
+        if delay is None or (
+            type(delay) in (float, int) and 0 <= delay <= MAX_DELAY_S  # false for NaN
+        ):
+            return delay
+        # A custom policy's bug: a delay the timer or the source could not honour (1e10,
+        # NaN, -1, "5") is not guessed at; the message goes the give-up way (dead letter,
+        # or failed at its source), so nothing is lost and the log says why.
+        logger.error(
+            "task %r: retry policy %r returned delay %r; a retry delay must be None or a "
+            "number from 0 to %.0f s (30 days): giving up on the message",
+            runtime.task.name,
+            policy,
+            delay,
+            MAX_DELAY_S,
+        )
+        return None
 
     @staticmethod
     def _dead_lettered(job: PublishJob, error: BaseException | None) -> None:
@@ -166,6 +196,15 @@ class Supervisor(EngineActor):
 
     def _on_health(self, _: Health) -> dict[str, str]:
         return dict(self._down)
+
+    def _on_core_failed(self, message: CoreFailed) -> None:
+        """A core part died: nothing can restart it, so the app stops with AppFailed."""
+        error_text = f"{type(message.error).__name__}: {message.error}"
+        self._down[message.label] = f"died: {error_text}"
+        error = AppFailed(f"{message.label} died: {error_text}")
+        error.__cause__ = message.error
+        logger.error("%s", error)
+        self._on_fatal(error)
 
     def _on_actor_failed(self, message: ActorFailed) -> None:
         """Restart the actor after a backoff, or stop the app if it fails too often."""

@@ -1,7 +1,9 @@
 """Worker: a thread of a task that runs its sync handler, one delivery at a time.
 
 Started and replaced by the TaskActor; in direct mode a worker also takes its deliveries
-from the source and settles them itself.
+from the source and settles them itself. A worker whose thread ends on an error outside
+the handler (the handler's own errors fail its message only) tells the TaskActor, which
+has it replaced.
 """
 
 from __future__ import annotations
@@ -37,11 +39,24 @@ class Worker:
         self.watched = False
         self.abandoned = False
         self.thread = threading.Thread(
-            target=self._run, name=f"onestep-{runtime.task.name}-worker-{index}", daemon=True
+            target=self._main, name=f"onestep-{runtime.task.name}-worker-{index}", daemon=True
         )
 
     def start(self) -> None:
         self.thread.start()
+
+    def _main(self) -> None:
+        """The thread's body: the worker loop, and a report if it dies of an error (a
+        reply callback or an event emitter that raised, say) instead of returning."""
+        try:
+            self._run()
+        except BaseException as exc:
+            runtime = self.runtime
+            if runtime.cutoff or runtime.ledger.stopping:
+                logger.debug("task %r: a worker ended during shutdown: %r", runtime.task.name, exc)
+                return
+            logger.critical("task %r: worker thread died", runtime.task.name, exc_info=exc)
+            tell_quietly(runtime.actor_ref, WorkerDied(self, exc))
 
     def _run(self) -> None:
         """The worker loop; runs on this worker's thread."""
@@ -152,6 +167,17 @@ class Worker:
             runtime.failed(delivery, failure, time.monotonic() - start)
         else:
             runtime.succeeded(delivery, result, time.monotonic() - start)
+
+
+class WorkerDied:
+    """Tells the TaskActor that a worker thread (or, with `worker` None, an async
+    puller) ended on an error."""
+
+    __slots__ = ("error", "worker")
+
+    def __init__(self, worker: Worker | None, error: BaseException) -> None:
+        self.worker = worker
+        self.error = error
 
 
 class CheckDeadline:

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 from actors import ActorSystem, AppFailed, EventRecord, RestartPolicy
 
-from ._checks import check_int, check_number
+from ._checks import check_delay, check_int, check_number
 from ._delivery import SourceContext
 from ._events import TaskEvent
 from ._state import InMemoryStateStore, StateStore
@@ -49,13 +50,15 @@ class OneStepApp:
             raise TypeError(f"config must be a mapping, got {type(config).__name__}")
         if state is not None and not isinstance(state, StateStore):
             raise TypeError(f"state must be a StateStore, got {type(state).__name__}")
-        # inf is allowed: wait for in-flight work however long it takes
-        check_number("shutdown_timeout_s", shutdown_timeout_s, allow_inf=True)
+        # inf is allowed (wait for in-flight work however long it takes); finite values
+        # are bounded like every other delay
+        if not math.isinf(check_number("shutdown_timeout_s", shutdown_timeout_s, allow_inf=True)):
+            check_delay("shutdown_timeout_s", shutdown_timeout_s)
         # An actor (a source whose connection broke) is restarted with backoff at most
         # max_restarts times within restart_window_s; past that the app stops.
         self.restarts = RestartPolicy(
             check_int("max_restarts", max_restarts, minimum=0),
-            check_number("restart_window_s", restart_window_s, exclusive=True),
+            check_delay("restart_window_s", restart_window_s, exclusive=True),
         )
         self.name = name
         self.config: dict[str, Any] = dict(config or {})
@@ -169,10 +172,13 @@ class OneStepApp:
 
     def start(self) -> None:
         """Start every actor in background threads and return. No signal handlers are
-        installed. Raises (with everything closed again) if a source or sink cannot open
-        or a startup hook fails."""
+        installed. Raises (with everything closed again) if a source or sink cannot open,
+        a task's workers cannot start (StartupError naming it) or a startup hook fails.
+        If a startup hook requests shutdown, no source is opened: nothing is fetched."""
         with self._lifecycle:
             self._check_not_running("start")
+            if not self._tasks:
+                logger.warning("app %r has no tasks: it will do nothing", self.name)
             self._failure = None
             system = ActorSystem(
                 list(self._tasks.values()),
@@ -183,7 +189,7 @@ class OneStepApp:
             self._system = system
             try:
                 self._attach_sources(system)
-                system.start(after_sinks=self._sinks_open)
+                system.start(after_sinks=self._sinks_open, may_fetch=self._may_fetch)
             except BaseException:
                 for spec in self._tasks.values():
                     spec.bind(None)
@@ -199,6 +205,11 @@ class OneStepApp:
         for spec in self._tasks.values():
             spec.bind(system.route)
         self._run_startup_hooks()
+
+    def _may_fetch(self) -> bool:
+        """Asked by the actor system after the startup hooks, on the thread that called
+        start(): a shutdown requested by then means no source is opened."""
+        return not self._shutdown_requested.is_set()
 
     def _attach_sources(self, system: ActorSystem) -> None:
         for spec in self._tasks.values():
@@ -244,13 +255,17 @@ class OneStepApp:
         return self._shutdown_requested.wait(timeout)
 
     def health(self) -> dict[str, Any]:
-        """`{"status": "ok" | "degraded" | "stopped", "problems": {actor: last error}}`;
-        degraded while a failed actor (a lost connection) is being restarted."""
+        """`{"status": "ok" | "degraded" | "failed" | "stopped", "problems": {part: last
+        error}}`; degraded while a failed actor (a lost connection) is being restarted,
+        failed once the app is stopping because a part failed for good (an actor past
+        its restart limit, a dead timer or event-loop thread). Callable from any
+        thread."""
         system = self._system
         if system is None:
             return {"status": "stopped", "problems": {}}
         problems = system.health()
-        return {"status": "degraded" if problems else "ok", "problems": problems}
+        status = "failed" if self._failure is not None else "degraded" if problems else "ok"
+        return {"status": status, "problems": problems}
 
     @property
     def failure(self) -> BaseException | None:

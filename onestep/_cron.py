@@ -42,6 +42,7 @@ class CronSource(ScheduleSource):
         if not isinstance(expression, str) or not croniter.is_valid(expression.strip()):
             raise ValueError(f"expression {expression!r} is not a valid cron expression")
         self.expression = expression.strip()
+        _check_fires(self.expression)
         super().__init__(
             payload=payload,
             overlap=overlap,
@@ -103,3 +104,16 @@ class CronSource(ScheduleSource):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "expression": self.expression}
+
+
+def _check_fires(expression: str) -> None:
+    """Refuse a well-formed expression that matches no date, such as February 31st
+    (`0 0 31 2 *`): croniter accepts it, then fails to find a next time when the
+    schedule opens. About 10 ms for such an expression, once, at construction."""
+    try:
+        croniter(expression, datetime.now(UTC).replace(tzinfo=None)).get_next(datetime)
+    except Exception as exc:  # CroniterBadDateError: no match within croniter's search
+        raise ValueError(
+            f"expression {expression!r} matches no date (like February 31st): "
+            f"it would never fire ({type(exc).__name__}: {exc})"
+        ) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ._checks import check_number
+from ._checks import MAX_DELAY_S, check_number
 from ._schedule import Clock, ScheduleSource
 
 # An interval's anchor is kept "for ever" (a claim needs an expiry: a century).
@@ -32,6 +32,8 @@ class IntervalSource(ScheduleSource):
     ) -> None:
         if not isinstance(interval, timedelta) or interval <= timedelta(0):
             raise ValueError(f"interval must be a positive duration, got {interval!r}")
+        if interval.total_seconds() > MAX_DELAY_S:
+            raise ValueError(_too_long(f"got {interval!r}"))
         self.interval = interval
         self.immediate = bool(immediate)
         super().__init__(
@@ -60,13 +62,13 @@ class IntervalSource(ScheduleSource):
         name: str | None = None,
     ) -> IntervalSource:
         """`IntervalSource.every(minutes=5)`: the units add up; their sum must be > 0."""
-        for param, value in (
-            ("days", days),
-            ("hours", hours),
-            ("minutes", minutes),
-            ("seconds", seconds),
-        ):
-            check_number(param, value)
+        units = (("days", days, 86_400), ("hours", hours, 3_600), ("minutes", minutes, 60))
+        total_s = check_number("seconds", seconds)
+        for param, value, unit_s in units:
+            total_s += check_number(param, value) * unit_s
+        if total_s > MAX_DELAY_S:  # checked before timedelta(), which overflows past 1e9 days
+            given = ", ".join(f"{p}={v!r}" for p, v, _ in (*units, ("seconds", seconds, 1)) if v)
+            raise ValueError(_too_long(f"got {given}"))
         interval = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
         if interval <= timedelta(0):
             raise ValueError(
@@ -106,3 +108,10 @@ class IntervalSource(ScheduleSource):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "interval_s": self.interval.total_seconds()}
+
+
+def _too_long(got: str) -> str:
+    return (
+        f"interval must be at most 30 days ({MAX_DELAY_S:,.0f} s), {got}; "
+        "use a CronSource for longer periods"
+    )

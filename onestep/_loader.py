@@ -1,7 +1,9 @@
 """Turns a CLI target (`module:attr` or `path/to/file.py[:attr]`) into a OneStepApp.
 
 Called by `onestep run` and `onestep check`; every failure is a TargetError whose
-message says what was wrong, so the CLI can print it and exit with code 2.
+message says what was wrong, so the CLI can print it and exit with code 2. That includes
+a target whose import (or factory) calls `sys.exit()`; a KeyboardInterrupt (Ctrl-C while
+a slow import runs) is the user stopping the command and passes through.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def _import_module(name: str) -> ModuleType:
                 f"module {name!r} not found (searched sys.path, current directory included)"
             ) from exc
         raise TargetError(f"importing module {name!r} failed: {_describe(exc)}") from exc
+    except SystemExit as exc:
+        raise TargetError(f"importing module {name!r} {_exited(exc)}") from exc
     except Exception as exc:
         raise TargetError(f"importing module {name!r} failed: {_describe(exc)}") from exc
 
@@ -112,6 +116,8 @@ def _import_file(location: str) -> ModuleType:
         spec.loader.exec_module(module)
     except BaseException as exc:
         sys.modules.pop(module_name, None)
+        if isinstance(exc, SystemExit):
+            raise TargetError(f"importing file {location!r} {_exited(exc)}") from exc
         if isinstance(exc, Exception):
             raise TargetError(f"importing file {location!r} failed: {_describe(exc)}") from exc
         raise
@@ -150,6 +156,8 @@ def _as_app(obj: Any, where: str) -> OneStepApp:
         pass  # a builtin without a signature: try calling it
     try:
         app = obj()
+    except SystemExit as exc:
+        raise TargetError(f"factory {where} {_exited(exc)}") from exc
     except Exception as exc:
         raise TargetError(f"factory {where} raised {_describe(exc)}") from exc
     if not isinstance(app, OneStepApp):
@@ -169,3 +177,8 @@ def _show(obj: Any) -> str:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _exited(exc: SystemExit) -> str:
+    """`called sys.exit(3)`: a target must define an app, not end the process."""
+    return f"called sys.exit({exc.code!r}) instead of defining an app"

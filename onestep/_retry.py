@@ -12,11 +12,14 @@ from typing import Any
 
 from actors import Failure
 
-from ._checks import check_int, check_number
+from ._checks import check_delay, check_int, check_number
 
 
 class RetryPolicy(ABC):
-    """Base class: `next_delay` returns seconds to wait before the next attempt, or None."""
+    """Base class: `next_delay` returns seconds to wait before the next attempt (a number
+    from 0 to 30 days), or None to give up. Anything else (NaN, a negative or longer
+    delay, a string) is a bug of the policy: the runtime logs it and gives up on the
+    message (dead letter, or failed at its source) rather than guess."""
 
     @abstractmethod
     def next_delay(self, attempts: int, failure: Failure) -> float | None: ...
@@ -40,7 +43,7 @@ class MaxAttempts(RetryPolicy):
 
     def __init__(self, max_attempts: int = 3, delay_s: float = 0.0) -> None:
         self.max_attempts = check_int("max_attempts", max_attempts, minimum=1)
-        self.delay_s = check_number("delay_s", delay_s)
+        self.delay_s = check_delay("delay_s", delay_s)
 
     def next_delay(self, attempts: int, failure: Failure) -> float | None:
         if attempts >= self.max_attempts:
@@ -69,8 +72,8 @@ class ExponentialBackoff(RetryPolicy):
         jitter: float = 0.1,
     ) -> None:
         self.max_attempts = check_int("max_attempts", max_attempts, minimum=1)
-        self.min_delay_s = check_number("min_delay_s", min_delay_s)
-        self.max_delay_s = check_number("max_delay_s", max_delay_s)
+        self.min_delay_s = check_delay("min_delay_s", min_delay_s)
+        self.max_delay_s = check_delay("max_delay_s", max_delay_s)
         if self.max_delay_s < self.min_delay_s:
             raise ValueError(
                 f"max_delay_s ({max_delay_s!r}) must be >= min_delay_s ({min_delay_s!r})"

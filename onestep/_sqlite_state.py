@@ -14,7 +14,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._checks import check_delay
 from ._state import StateStore, check_ttl
+
+# sqlite3.connect() turns its timeout into a C int of milliseconds: past 2**31 ms (24.8
+# days) it wraps and SQLite then waits not at all. A longer timeout_s is clamped here.
+_MAX_BUSY_TIMEOUT_S = 2_000_000.0
+
+# The statements of a first open. Switching to WAL needs the file to itself for a moment
+# and SQLite's busy timeout does not cover that, so every one of them is retried while
+# another process holds the lock (8 replicas opening one new file together: issue 9).
+_OPEN_STATEMENTS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS onestep_state (
@@ -32,6 +42,7 @@ class SQLiteStateStore(StateStore):
     blocking = True
 
     def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 10.0) -> None:
+        timeout_s = check_delay("timeout_s", timeout_s)
         path = os.fspath(path)
         if not path:
             raise ValueError("path must name a file, got an empty string")
@@ -43,16 +54,22 @@ class SQLiteStateStore(StateStore):
         self.path = path
         self._lock = threading.Lock()
         self._last_purge = time.time()
+        deadline = time.monotonic() + timeout_s
+        conn = None
         try:
-            self._conn = sqlite3.connect(
-                path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            conn = sqlite3.connect(
+                path,
+                timeout=min(timeout_s, _MAX_BUSY_TIMEOUT_S),
+                isolation_level=None,
+                check_same_thread=False,
             )
-            with self._lock:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.execute(_SCHEMA)
+            for statement in (*_OPEN_STATEMENTS, _SCHEMA):
+                _execute_while_busy(conn, statement, deadline)
         except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
             raise ValueError(f"path {path!r} is not a usable SQLite database: {exc}") from None
+        self._conn = conn
 
     def __repr__(self) -> str:
         return f"SQLiteStateStore({self.path!r})"
@@ -159,6 +176,25 @@ class SQLiteStateStore(StateStore):
                 (time.time(),),
             )
         return cursor.rowcount
+
+
+def _execute_while_busy(conn: sqlite3.Connection, statement: str, deadline: float) -> None:
+    """Run one statement of the first open, retrying it while another connection holds
+    the database (SQLITE_BUSY or SQLITE_LOCKED) until `deadline`; runs on the thread
+    constructing the store, once, so the short sleeps between tries block nobody else."""
+    pause_s = 0.002
+    while True:
+        try:
+            conn.execute(statement)
+            return
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+            if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(pause_s)
+        pause_s = min(2 * pause_s, 0.05)
 
 
 class _immediate:

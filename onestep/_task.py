@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors import Failure, SinkRoute
 
-from ._checks import check_int, check_number
+from ._checks import check_delay, check_int
 from ._context import TaskContext
 from ._delivery import Delivery, is_sink, missing_source_methods
 from ._retry import NoRetry, RetryPolicy
@@ -25,6 +25,34 @@ if TYPE_CHECKING:
 
 
 _PLAIN_RESULTS = frozenset({type(None), int, float, str, bytes, bool, dict, list, tuple})
+
+#: The largest `concurrency` a task may ask for, by executor: the "thread" executor (a
+#: sync handler) starts one worker thread per unit, the "async" executor (an async
+#: handler) runs up to one coroutine per unit on the shared event loop. Without a bound
+#: `concurrency=10**6` started threads until the process ran out, or took 1.25 GB and
+#: 12 s before its first message (issue 13). Measured at the caps on the 2-core dev
+#: machine (README, "Retry, dead letter, timeout, concurrency"): 1,000 threads start in
+#: 0.25-0.5 s and add 23 MB of RSS (each also reserves an 8 MiB stack of address space,
+#: so under a 4 GiB `ulimit -v` they cannot all start and `app.start()` raises
+#: StartupError naming the task); 10,000 coroutines add 14 MB and the first message
+#: runs 0.1-0.15 s after start. A new executor adds its entry here.
+MAX_CONCURRENCY: dict[str, int] = {"thread": 1000, "async": 10_000}
+
+_EXECUTOR_UNITS = {
+    "thread": "a sync handler (one thread per unit)",
+    "async": "an async handler (one coroutine per unit)",
+}
+
+
+def check_concurrency(concurrency: Any, executor: str) -> int:
+    """`concurrency` if it is an int from 1 to the executor's cap; ValueError naming the
+    parameter and the cap otherwise. Called at `@app.task` time."""
+    check_int("concurrency", concurrency, minimum=1)
+    cap = MAX_CONCURRENCY[executor]
+    if concurrency > cap:
+        units = _EXECUTOR_UNITS.get(executor, f"executor {executor!r}")
+        raise ValueError(f"concurrency must be at most {cap:,} for {units}, got {concurrency!r}")
+    return int(concurrency)
 
 
 def _placeholder(value: Any) -> Any:
@@ -95,10 +123,12 @@ class TaskSpec:
             name = getattr(fn, "__name__", None)
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        check_int("concurrency", concurrency, minimum=1)
+        is_async = is_async_callable(fn)
+        self.executor = "async" if is_async else "thread"
+        concurrency = check_concurrency(concurrency, self.executor)
         timeout_s = _placeholder(timeout_s)
         if timeout_s is not None:
-            timeout_s = check_number("timeout_s", timeout_s, exclusive=True)
+            timeout_s = check_delay("timeout_s", timeout_s, exclusive=True)
         retry = _placeholder(retry)
         if retry is None:
             retry = NoRetry()
@@ -124,7 +154,7 @@ class TaskSpec:
         self.retry = retry
         self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.concurrency = concurrency
-        self.is_async = is_async_callable(fn)
+        self.is_async = is_async
         self.logger = logging.getLogger(f"onestep.task.{name}")
         prefix = f"{app.name}:{name}:"
         self.state: StateView | AsyncStateView = (

@@ -2,7 +2,8 @@
 its task graph. Installed as a console script; `python -m onestep` runs it too.
 
 Commands stay thin: they parse options, call `load_app` and the app, and map errors to
-exit codes: 2 for a bad target or option, 1 when the app crashed, 0 after a clean stop.
+exit codes: 2 for a bad target or option (an app without tasks included), 1 when the
+app crashed, 0 after a clean stop.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def run(target: str, log_level: str, log_format: str) -> None:
     """
     configure_logging(log_level, log_format)
     app = _load(target)
+    if not app.tasks:
+        _fail(f"Error: {_no_tasks(app)}; nothing to run", EXIT_BAD_TARGET)
     try:
         app.run()
     except Exception as exc:
@@ -66,12 +69,18 @@ def run(target: str, log_level: str, log_format: str) -> None:
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print the task graph as JSON.")
 def check(target: str, as_json: bool) -> None:
-    """Load the app TARGET and print its task graph without running it."""
-    description = _load(target).describe()
+    """Load the app TARGET and print its task graph without running it.
+
+    Exits 2 (after printing the graph) if the app has no tasks: `run` would refuse it.
+    """
+    app = _load(target)
+    description = app.describe()
     if as_json:
         click.echo(json.dumps(description, indent=2, default=str))
     else:
         click.echo(format_graph(description))
+    if not app.tasks:
+        _fail(f"Error: {_no_tasks(app)}; `onestep run` would refuse it", EXIT_BAD_TARGET)
 
 
 def main() -> None:
@@ -86,6 +95,10 @@ def _load(target: str) -> OneStepApp:
         if exc.__cause__ is not None:
             logger.debug("loading %r failed", target, exc_info=exc.__cause__)
         _fail(f"Error: {exc}", EXIT_BAD_TARGET)
+
+
+def _no_tasks(app: OneStepApp) -> str:
+    return f"app {app.name!r} has no tasks (register one with @app.task)"
 
 
 def _crashed(app: OneStepApp, exc: Exception) -> NoReturn:

@@ -148,6 +148,23 @@ def test_run_log_level_warning_hides_info(invoke):
         ("cli_apps.apps:NOT_AN_APP", "is not a OneStepApp: it is 42 (type int)"),
         ("cli_apps/no_such_file.py", "file 'cli_apps/no_such_file.py' not found"),
         ("cli_apps.apps:broken_factory", "raised RuntimeError: settings file is missing"),
+        (
+            "cli_apps.exits_on_import",
+            "importing module 'cli_apps.exits_on_import' called sys.exit(3) instead of "
+            "defining an app",
+        ),
+        (
+            "cli_apps/exits_on_import.py",
+            "importing file 'cli_apps/exits_on_import.py' called sys.exit(3)",
+        ),
+        (
+            "cli_apps.apps:exits_factory",
+            "factory cli_apps.apps:exits_factory called sys.exit('no config')",
+        ),
+        (
+            "cli_apps.never_fires",
+            "ValueError: expression '0 0 31 2 *' matches no date (like February 31st)",
+        ),
     ],
 )
 def test_bad_target_exits_2_with_a_message(invoke, command, target, fragment):
@@ -156,6 +173,45 @@ def test_bad_target_exits_2_with_a_message(invoke, command, target, fragment):
     assert result.stdout == ""
     assert result.stderr.startswith("Error: ")
     assert fragment in result.stderr
+
+
+def test_run_refuses_an_app_without_tasks(invoke):
+    result = invoke("run", "cli_apps.no_tasks")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        "Error: app 'empty' has no tasks (register one with @app.task); nothing to run\n"
+    )
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_check_prints_an_app_without_tasks_and_exits_2(invoke, as_json):
+    result = invoke("check", "cli_apps.no_tasks", *(["--json"] if as_json else []))
+    assert result.exit_code == 2
+    if as_json:
+        assert json.loads(result.stdout)["tasks"] == []
+    else:
+        assert result.stdout.startswith("app 'empty': 0 task(s)")
+    assert result.stderr == (
+        "Error: app 'empty' has no tasks (register one with @app.task); "
+        "`onestep run` would refuse it\n"
+    )
+
+
+def test_a_target_calling_sys_exit_exits_2_with_a_message_from_the_console_script():
+    completed = subprocess.run(
+        [*onestep_command(), "run", "cli_apps.exits_on_import"],
+        cwd=UNIT_DIR,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.startswith(
+        "Error: importing module 'cli_apps.exits_on_import' called sys.exit(3)"
+    )
 
 
 @pytest.mark.parametrize(("option", "value"), [("--log-format", "xml"), ("--log-level", "LOUD")])

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import multiprocessing
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -400,6 +402,107 @@ def test_store_objects_on_one_file_claim_a_key_once(db):
         assert [won for t, won in results if t == tick].count(True) == 1
     for s in stores:
         s.close()
+
+
+# -- processes opening one new file at the same instant (issue 9) ---------------------------
+
+PROCESSES = 8
+ROUNDS = 5
+
+
+def _open_and_claim(index: int, paths: list[str], barrier: Any, start_at: Any, out: Any) -> None:
+    """Runs in a child process: for each round, wait for the others, then open the
+    round's new file at the same instant as they do and claim one key in it."""
+    for round_no, path in enumerate(paths):
+        barrier.wait(30)
+        while time.time() < start_at.value:  # a spin, so that the opens really coincide
+            pass
+        try:
+            store = SQLiteStateStore(path)
+            won = store.claim("first", 60, value=index)
+            store.close()
+            out.put((round_no, "won" if won else "lost"))
+        except Exception as exc:
+            out.put((round_no, f"{type(exc).__name__}: {exc}"))
+
+
+def test_processes_opening_one_new_file_together_all_succeed_and_one_claims(tmp_path):
+    context = multiprocessing.get_context("fork")
+    start_at = context.Value("d", 0.0)
+
+    def next_start() -> None:  # run by one process once all have reached the barrier
+        start_at.value = time.time() + 0.05
+
+    barrier = context.Barrier(PROCESSES, action=next_start)
+    out = context.Queue()
+    paths = [str(tmp_path / f"round-{n}.db") for n in range(ROUNDS)]
+    children = [
+        context.Process(target=_open_and_claim, args=(i, paths, barrier, start_at, out))
+        for i in range(PROCESSES)
+    ]
+    for child in children:
+        child.start()
+    try:
+        results = [out.get(timeout=60) for _ in range(PROCESSES * ROUNDS)]
+    finally:
+        for child in children:
+            child.join(30)
+    for round_no in range(ROUNDS):
+        outcomes = sorted(outcome for r, outcome in results if r == round_no)
+        assert outcomes == ["lost"] * (PROCESSES - 1) + ["won"], f"round {round_no}: {outcomes}"
+    assert [child.exitcode for child in children] == [0] * PROCESSES
+
+
+def test_the_first_open_waits_while_another_connection_writes(db, monkeypatch):
+    # SQLite's busy timeout does not cover the switch to WAL: with another connection
+    # holding a write lock it failed at once with "database is locked" (issue 9).
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("CREATE TABLE other (x)")
+    blocker.execute("BEGIN IMMEDIATE")
+    retrying = threading.Event()
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # the opener's pause between two tries
+        retrying.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(
+        onestep._sqlite_state,
+        "time",
+        SimpleNamespace(time=time.time, monotonic=time.monotonic, sleep=sleep),
+    )
+    opened: queue.Queue[Any] = queue.Queue()
+
+    def open_store() -> None:
+        try:
+            opened.put(SQLiteStateStore(db, timeout_s=30))
+        except Exception as exc:
+            opened.put(exc)
+
+    opener = threading.Thread(target=open_store)
+    opener.start()
+    try:
+        assert retrying.wait(TIMEOUT), f"the open did not wait: {opened.get(timeout=TIMEOUT)!r}"
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+        opener.join(TIMEOUT)
+    store = opened.get(timeout=TIMEOUT)
+    assert isinstance(store, SQLiteStateStore)
+    assert store.claim("first", 60)
+    store.close()
+
+
+def test_the_first_open_gives_up_after_timeout_s_naming_the_path(db):
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("CREATE TABLE other (x)")
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(ValueError, match=r"is not a usable SQLite database: database is lock"):
+            SQLiteStateStore(db, timeout_s=0.2)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
 
 
 # -- ctx.state in handlers ------------------------------------------------------------------

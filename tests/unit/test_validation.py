@@ -12,14 +12,19 @@ import textwrap
 import pytest
 
 from onestep import (
+    CronSource,
     Delivery,
     ExponentialBackoff,
+    IntervalSource,
     MaxAttempts,
     MemoryQueue,
     OneStepApp,
     Sink,
     Source,
+    SQLiteStateStore,
 )
+from onestep._checks import MAX_DELAY_S
+from onestep._task import MAX_CONCURRENCY
 
 BAD_ARGUMENT = (TypeError, ValueError)
 
@@ -274,6 +279,122 @@ def test_exponential_backoff_arguments(kwargs, parameter):
 def test_retry_policies_reject_nan(policy, kwargs, parameter):
     with pytest.raises(ValueError, match=names(parameter)):
         policy(**kwargs)
+
+
+# -- delays and timeouts: at most 30 days where they are given (issue 13) ---------------
+
+TOO_LONG = 1e10  # past threading.TIMEOUT_MAX: it killed the timer thread
+
+
+async def async_handler(ctx, item):
+    return item
+
+
+@pytest.mark.parametrize(
+    ("build", "parameter"),
+    [
+        (lambda v: OneStepApp("v").task(timeout_s=v)(handler), "timeout_s"),
+        (lambda v: OneStepApp("v").task(timeout_s=v)(async_handler), "timeout_s"),
+        (lambda v: MaxAttempts(2, delay_s=v), "delay_s"),
+        (lambda v: ExponentialBackoff(min_delay_s=v, max_delay_s=v), "min_delay_s"),
+        (lambda v: ExponentialBackoff(max_delay_s=v), "max_delay_s"),
+        (lambda v: OneStepApp("v", shutdown_timeout_s=v), "shutdown_timeout_s"),
+        (lambda v: OneStepApp("v", restart_window_s=v), "restart_window_s"),
+        (lambda v: SQLiteStateStore("state.db", timeout_s=v), "timeout_s"),
+    ],
+    ids=[
+        "timeout_s",
+        "async-timeout_s",
+        "MaxAttempts.delay_s",
+        "ExponentialBackoff.min_delay_s",
+        "ExponentialBackoff.max_delay_s",
+        "shutdown_timeout_s",
+        "restart_window_s",
+        "SQLiteStateStore.timeout_s",
+    ],
+)
+@pytest.mark.parametrize("value", [TOO_LONG, MAX_DELAY_S + 1], ids=["1e10", "30-days-plus-1s"])
+def test_a_delay_longer_than_30_days_is_refused_naming_the_parameter(build, parameter, value):
+    with pytest.raises(ValueError, match=names(parameter)) as raised:
+        build(value)
+    assert "30 days" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda v: OneStepApp("v").task(timeout_s=v)(handler),
+        lambda v: MaxAttempts(2, delay_s=v),
+        lambda v: ExponentialBackoff(min_delay_s=v, max_delay_s=v),
+        lambda v: OneStepApp("v", shutdown_timeout_s=v),
+        lambda v: OneStepApp("v", restart_window_s=v),
+    ],
+)
+def test_a_delay_of_exactly_30_days_is_accepted(build):
+    build(MAX_DELAY_S)
+
+
+def test_an_infinite_shutdown_timeout_is_still_accepted():
+    assert OneStepApp("v", shutdown_timeout_s=math.inf).shutdown_timeout_s == math.inf
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"days": 31}, {"days": TOO_LONG}, {"days": 30, "seconds": 1}, {"seconds": TOO_LONG}],
+)
+def test_an_interval_longer_than_30_days_is_refused(kwargs):
+    with pytest.raises(ValueError, match=r"interval must be at most 30 days .*CronSource"):
+        IntervalSource.every(**kwargs)
+
+
+def test_an_interval_timedelta_longer_than_30_days_is_refused():
+    from datetime import timedelta
+
+    with pytest.raises(ValueError, match=r"interval must be at most 30 days"):
+        IntervalSource(timedelta(days=30, microseconds=1))
+    assert IntervalSource(timedelta(days=30)).interval == timedelta(days=30)
+
+
+# -- cron expressions that never fire ----------------------------------------------------
+
+
+@pytest.mark.parametrize("expression", ["0 0 31 2 *", "0 0 30 2 *", "0 12 31 4,6,9,11 *"])
+def test_a_cron_expression_matching_no_date_is_refused_naming_it(expression):
+    with pytest.raises(ValueError, match="matches no date") as raised:
+        CronSource(expression)
+    assert repr(expression) in str(raised.value)
+
+
+@pytest.mark.parametrize("expression", ["0 0 29 2 *", "0 0 31 * *", "@yearly", "*/5 * * * * 30"])
+def test_rare_but_real_cron_dates_are_accepted(expression):
+    assert CronSource(expression).expression == expression
+
+
+# -- concurrency: bounded per executor ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fn", "executor", "units"),
+    [(handler, "thread", "one thread per unit"), (async_handler, "async", "one coroutine")],
+    ids=["sync", "async"],
+)
+def test_concurrency_above_the_executor_cap_is_refused_naming_the_cap(fn, executor, units):
+    cap = MAX_CONCURRENCY[executor]
+    app = OneStepApp("caps")
+    with pytest.raises(ValueError, match=names("concurrency")) as raised:
+        app.task(source=MemoryQueue("over"), concurrency=cap + 1)(fn)
+    message = str(raised.value)
+    assert f"at most {cap:,}" in message
+    assert units in message
+    assert str(cap + 1) in message
+    with pytest.raises(ValueError, match=f"at most {cap:,}"):
+        app.task(source=MemoryQueue("huge"), concurrency=10**6)(fn)
+    app.task(source=MemoryQueue("at-cap"), concurrency=cap)(fn)
+    assert app.tasks[fn.__name__].concurrency == cap
+
+
+def test_the_caps_are_one_thousand_threads_and_ten_thousand_coroutines():
+    assert MAX_CONCURRENCY == {"thread": 1000, "async": 10_000}
 
 
 # -- MemoryQueue and Delivery ------------------------------------------------------------

@@ -1,6 +1,6 @@
 """An app that stops with AppFailed, as after an actor failed past its restart limit."""
 
-from onestep import AppFailed, OneStepApp
+from onestep import AppFailed, MemoryQueue, OneStepApp
 
 
 class FailingApp(OneStepApp):
@@ -9,3 +9,8 @@ class FailingApp(OneStepApp):
 
 
 app = FailingApp("app-failed")
+
+
+@app.task(source=MemoryQueue("jobs"))
+def work(ctx, item):
+    return None

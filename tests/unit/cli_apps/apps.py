@@ -1,5 +1,7 @@
 """Targets for the loader: an app, a factory, and things that are not apps."""
 
+import sys
+
 from onestep import MaxAttempts, MemoryQueue, OneStepApp
 
 NOT_AN_APP = 42
@@ -50,3 +52,7 @@ def broken_factory():
 
 def returns_a_string():
     return "not an app"
+
+
+def exits_factory():
+    sys.exit("no config")
