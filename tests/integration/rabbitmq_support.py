@@ -1,5 +1,6 @@
 """Fixtures for the RabbitMQ tests: a broker check that skips (or fails under CI), unique
-queue names that are deleted afterwards, and a raw pika client to publish and inspect."""
+queue names that are deleted afterwards (with their delay queues), a raw pika client to
+publish and inspect, and a connector that counts its connections."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 
 import pika  # type: ignore[import-untyped]
 import pytest
+
+from adapters.rabbitmq import RabbitMQConnector, delay_bucket_ms
 
 AMQP_URL = os.environ.get("ONESTEP_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -51,6 +54,11 @@ class Rabbit:
         name = f"onestep-test-{label}-{uuid.uuid4().hex[:10]}"
         self.queues += [name, f"{name}.retry"]
         return name
+
+    def delayed(self, queue: str, *delays_s: float) -> None:
+        """Delete the delay queues of `queue` for these delays after the test too (the
+        broker would remove them by itself, but only minutes later)."""
+        self.queues += [f"{queue}.delay.{delay_bucket_ms(d)}" for d in delays_s]
 
     def declare(self, queue: str) -> None:
         self.channel.queue_declare(queue, durable=True)
@@ -112,3 +120,17 @@ def rabbit_fixture() -> Iterator[Rabbit]:
         yield client
     finally:
         client.close()
+
+
+class CountingConnector(RabbitMQConnector):
+    """A connector that counts the connections it made: a source that reconnected (an
+    actor restart) or a sink that did shows up as one more."""
+
+    def __init__(self, url: str = AMQP_URL, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.connects = 0
+
+    def connect(self) -> Any:
+        connection = super().connect()
+        self.connects += 1
+        return connection
