@@ -72,13 +72,15 @@ class _Publisher:
         """Runs inside process_data_events for each Basic.Ack or Basic.Nack."""
         method = frame.method
         tag = method.delivery_tag
-        if isinstance(method, pika.spec.Basic.Nack):
-            self._nacked += 1
         unconfirmed = self._unconfirmed
+        before = len(unconfirmed)
         if method.multiple:
             self._unconfirmed = {t for t in unconfirmed if t > tag}
         else:
             unconfirmed.discard(tag)
+        if isinstance(method, pika.spec.Basic.Nack):
+            # a multiple nack refuses every message up to its tag
+            self._nacked += before - len(self._unconfirmed)
         if not self._unconfirmed:
             self._connection.call_later(0, _noop)
 
