@@ -4,6 +4,7 @@ made on the thread that uses each queue."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -86,7 +87,7 @@ class RabbitMQConnector:
         #: How often the actor owning a connection pumps it (half the heartbeat timeout,
         #: as pika sends heartbeats); 0 when heartbeats are off.
         self.keepalive_interval_s = params.heartbeat / 2 if params.heartbeat else 0.0
-        self.producers = ProducerPool(self.connect, self.where)
+        self.producers = ProducerPool(lambda: self.connect("onestep producer"), self.where)
 
     def __repr__(self) -> str:
         return f"RabbitMQConnector({self.url!r}, name={self.name!r})"
@@ -118,13 +119,16 @@ class RabbitMQConnector:
             persistent=persistent,
         )
 
-    def connect(self) -> Any:
+    def connect(self, purpose: str = "onestep") -> Any:
         """A new BlockingConnection, or ConnectionError naming the broker and user (never
-        the password); pika's own log records of a failed attempt stay at DEBUG. Runs on
-        the calling thread, which then owns the connection."""
+        the password); pika's own log records of a failed attempt stay at DEBUG. The
+        broker lists it under the name `purpose` (`rabbitmqctl list_connections name`).
+        Runs on the calling thread, which then owns the connection."""
+        params = copy.copy(self._params)
+        params.client_properties = {"connection_name": purpose}
         try:
             with quiet():
-                return pika.BlockingConnection(self._params)
+                return pika.BlockingConnection(params)
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
             if self._password:

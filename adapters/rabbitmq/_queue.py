@@ -170,13 +170,14 @@ class RabbitMQQueue(Source, Sink):
         self._declared = True
 
     def _connect(self, *, reconnecting: bool) -> Any:
+        purpose = f"onestep queue {self.name!r} on {threading.current_thread().name}"
         if not reconnecting:
-            return self.connector.connect()
+            return self.connector.connect(purpose)
         deadline = time.monotonic() + max(30.0, self.connector.connect_timeout_s)
         delay = 0.2
         while True:
             try:
-                return self.connector.connect()
+                return self.connector.connect(purpose)
             except ConnectionError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -372,15 +373,23 @@ class RabbitMQQueue(Source, Sink):
 
     def _publish_messages(self, messages: list[tuple[str, str, bytes, Any]]) -> None:
         link = self._link()
-        try:
-            self._publish_on(link, messages)
-        except pika.exceptions.AMQPChannelError:
-            link.publisher = None  # the broker closed the channel: a new one next time
-            raise
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError):
-            logger.warning("RabbitMQ sink %r lost its connection; reconnecting", self.name)
-            self.open()
-            self._publish_on(self._link(), messages)
+        if link.connection.is_open:
+            try:
+                self._publish_on(link, messages)
+                return
+            except pika.exceptions.AMQPChannelError:
+                link.publisher = None  # the broker closed the channel: a new one next time
+                if link.connection.is_open:
+                    raise
+            except (
+                pika.exceptions.AMQPConnectionError,
+                pika.exceptions.ConnectionWrongStateError,
+            ):
+                pass
+        # lost (found by this publish, or earlier by a keepalive): nothing was confirmed
+        logger.warning("RabbitMQ sink %r lost its connection; reconnecting", self.name)
+        self.open()
+        self._publish_on(self._link(), messages)
 
     def _publish_on(self, link: _Link, messages: list[tuple[str, str, bytes, Any]]) -> None:
         publisher = link.publisher

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -130,7 +132,37 @@ class CountingConnector(RabbitMQConnector):
         super().__init__(url, **kwargs)
         self.connects = 0
 
-    def connect(self) -> Any:
-        connection = super().connect()
+    def connect(self, purpose: str = "onestep") -> Any:
+        connection = super().connect(purpose)
         self.connects += 1
         return connection
+
+
+def close_connections_named(part: str) -> int:
+    """Have the broker close every connection whose name contains `part` (onestep names
+    them after their queue and thread), as an operator or a network cut would; returns how
+    many it closed. Skips the test (fails under CI) without rabbitmqctl."""
+    if shutil.which("rabbitmqctl") is None:
+        reason = "rabbitmqctl is not installed: cannot close a connection from the broker"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    closed = 0
+    for line in listed.splitlines():
+        pid, _, properties = line.partition("\t")  # connection_name is among the properties
+        if part in properties:
+            subprocess.run(
+                ["rabbitmqctl", "close_connection", pid, "closed by a test"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            closed += 1
+    return closed

@@ -1,6 +1,8 @@
 """RabbitMQ connections stay alive however long a handler runs: the source's and the sink's
 actors pump their connections on a timer (keepalive), so heartbeats are answered while
-every credit is out with a handler, and an idle sink still publishes without reconnecting."""
+every credit is out with a handler, and an idle sink still publishes without reconnecting.
+A connection the broker closes is noticed by the keepalive: the source restarts even
+while its handler runs, a sink reconnects on its next publish without failing it."""
 
 from __future__ import annotations
 
@@ -18,12 +20,20 @@ from tests.helpers import running
 from tests.integration.rabbitmq_support import (  # noqa: F401
     CountingConnector,
     Rabbit,
+    close_connections_named,
     rabbit_fixture,
 )
 
 pytestmark = pytest.mark.integration
 HEARTBEAT_S = 2
 LONG_S = 10.0  # five heartbeat timeouts
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:g} s"
+        threading.Event().wait(0.05)
 
 
 def wait_healthy(app: OneStepApp, done: threading.Event, timeout: float) -> int:
@@ -105,3 +115,63 @@ def test_an_emit_sink_idle_for_several_heartbeats_publishes_without_reconnecting
         assert amqp.connects == 2  # one for the source, one for the sink: no reconnect
     assert "reconnecting" not in caplog.text
     assert "restarted" not in caplog.text
+
+
+def test_a_source_whose_connection_is_closed_during_a_long_handler_restarts_at_once(
+    rabbit: Rabbit,
+) -> None:
+    jobs = rabbit.name("cut")
+    amqp = CountingConnector(heartbeat_s=HEARTBEAT_S)
+    started, release = threading.Event(), threading.Event()
+    executions: queue.Queue[int] = queue.Queue()
+    app = OneStepApp("cut-source")
+
+    @app.task(source=amqp.queue(jobs), concurrency=1)
+    def hold(ctx: Any, item: Any) -> None:
+        executions.put(ctx.current.attempts)
+        started.set()
+        assert release.wait(30)
+
+    rabbit.publish(jobs, {"n": 1})
+    with running(app):
+        assert started.wait(10)
+        assert close_connections_named(f"'{jobs}' on SourceActor") == 1
+        # every credit is out with the handler, so only the keepalive touches the
+        # connection: it finds it closed and the source actor is restarted meanwhile
+        wait_until(lambda: amqp.connects == 2, 10, "a reconnect")
+        wait_until(lambda: app.health()["status"] == "ok", 10, "recovery")
+        release.set()
+        # the broker gives the message, unacked on the closed connection, back once
+        assert executions.get(timeout=10) == 0
+        assert executions.get(timeout=10) == 0
+    assert rabbit.count(jobs) == 0
+
+
+def test_a_sink_whose_connection_the_broker_closed_publishes_the_next_result_on_a_new_one(
+    rabbit: Rabbit, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs, results = rabbit.name("jobs"), rabbit.name("results")
+    amqp = CountingConnector(heartbeat_s=1)
+    failures: list[Any] = []
+    app = OneStepApp("cut-sink")
+
+    @app.task(source=amqp.queue(jobs), emit=amqp.queue(results))
+    def echo(ctx: Any, item: Any) -> Any:
+        return item
+
+    @app.on_event
+    def on_event(event: Any) -> None:
+        if event.kind in ("failed", "retried", "dead_lettered"):
+            failures.append(event)
+
+    with caplog.at_level(logging.INFO, logger="onestep"), running(app):
+        rabbit.publish(jobs, {"n": 1})
+        assert rabbit.get_json(results, 10)[0] == {"n": 1}
+        assert close_connections_named(f"'{results}' on SinkActor") == 1
+        wait_until(lambda: "keepalive failed" in caplog.text, 10, "the keepalive noticing")
+        rabbit.publish(jobs, {"n": 2})
+        assert rabbit.get_json(results, 10)[0] == {"n": 2}
+        assert amqp.connects == 3  # the source's, the sink's and the sink's new one
+    assert failures == []
+    assert caplog.text.count("keepalive failed") == 1  # said once, not every interval
+    assert rabbit.count(jobs) == 0
