@@ -290,8 +290,9 @@ class RabbitMQQueue(Source, Sink):
             link.consumer.flush_acks()
 
     def retry(self, delivery: Delivery, delay_s: float | None = None) -> None:
-        """Republish the message with one more attempt, through the retry queue when
-        delayed (its TTL dead-letters it back here); once confirmed, ack the original."""
+        """Republish the message with one more attempt, through the delay queue of its
+        delay when delayed (its TTL dead-letters it back here); once confirmed, ack the
+        original."""
         consumer = self._settling(delivery)
         if consumer is None:
             return
