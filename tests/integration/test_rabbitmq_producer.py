@@ -4,10 +4,14 @@ the heartbeat; bodies that are not JSON are refused before anything is sent."""
 
 from __future__ import annotations
 
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,3 +289,40 @@ def test_put_arguments_are_checked() -> None:
         jobs.put_many("abc")
     with pytest.raises(ValueError, match="delay_s"):
         jobs.delay_queue_name(0)
+
+
+AT_EXIT_SCRIPT = """
+import atexit
+
+pooled = []
+# atexit runs the last registered first: this runs after onestep's own exit handler
+atexit.register(lambda: print("closed" if pooled[0].is_closed else "still open"))
+
+from onestep import RabbitMQConnector
+
+jobs = RabbitMQConnector({url!r}).queue({queue!r})
+jobs.put("from a script that never closes")
+pooled.append(jobs.connector.producers._idle[0].connection)
+print("put")
+"""
+
+
+def test_producer_connections_are_closed_at_interpreter_exit(
+    rabbit: Rabbit, tmp_path: Path
+) -> None:
+    name = rabbit.name("atexit")
+    script = tmp_path / "script.py"
+    script.write_text(AT_EXIT_SCRIPT.format(url=AMQP_URL, queue=name))
+    root = str(Path(__file__).resolve().parents[2])
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["put", "closed"]
+    assert completed.stderr == ""
+    assert rabbit.get_json(name, TIMEOUT)[0] == "from a script that never closes"
