@@ -122,8 +122,9 @@ class RabbitMQConnector:
     def connect(self, purpose: str = "onestep") -> Any:
         """A new BlockingConnection, or ConnectionError naming the broker and user (never
         the password); pika's own log records of a failed attempt stay at DEBUG. The
-        broker lists it under the name `purpose` (`rabbitmqctl list_connections name`).
-        Runs on the calling thread, which then owns the connection."""
+        broker shows `purpose` as its connection name (the management UI, `rabbitmqctl
+        list_connections client_properties`). Runs on the calling thread, which then owns
+        the connection."""
         params = copy.copy(self._params)
         params.client_properties = {"connection_name": purpose}
         try:
