@@ -1,11 +1,12 @@
-"""RabbitMQ pipeline: orders -> price_order -> priced -> report, with retries through the
-TTL retry queue and a dead-letter queue, on a real broker.
+"""RabbitMQ pipeline: orders -> price_order -> priced -> report, with retries through a
+delay queue and a dead-letter queue, on a real broker.
 
 Needs RabbitMQ (guest/guest at 127.0.0.1:5672, or set ONESTEP_RABBITMQ_URL) and pika
 (`pip install 'onestep[rabbitmq]'`). At startup it publishes 20 orders to the queue
-`example-orders`; `price_order` prices each one (order 13 fails every time: after three
-executions it lands in `example-dead-letters`), `report` prints the priced orders, and the
-app stops by itself once all 20 are settled. It deletes its queues when it stops.
+`example-orders` with `put_many`; `price_order` prices each one (order 13 fails every
+time: after three executions it lands in `example-dead-letters`), `report` prints the
+priced orders, and the app stops by itself once all 20 are settled. It deletes its queues
+when it stops.
 
 Run it (from the repository root):
 
@@ -13,7 +14,6 @@ Run it (from the repository root):
     python examples/rabbitmq_pipeline.py
 """
 
-import json
 import os
 import threading
 
@@ -45,24 +45,20 @@ def one_settled(app):
 
 @app.on_startup
 def publish_orders(app):
-    """Any producer can feed a queue: JSON bodies with content_type application/json."""
-    with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        # the source declares its queue when it opens, after the startup hooks ran
-        channel.queue_declare("example-orders", durable=True)
-        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
-        for n in range(1, ORDERS + 1):
-            body = json.dumps({"id": n, "quantity": n % 4 + 1})
-            channel.basic_publish("", "example-orders", body, properties)
+    """put_many works from any code, app or not: it declares the queue on first use and
+    returns once the broker confirmed every order."""
+    orders.put_many(
+        [{"id": n, "quantity": n % 4 + 1} for n in range(1, ORDERS + 1)], {"source": "example"}
+    )
     print(f"startup: published {ORDERS} orders", flush=True)
 
 
 @app.on_shutdown
 def delete_queues(app):
+    amqp.close()  # the producer connection put_many used
     with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
         channel = connection.channel()
-        for name in [*QUEUES, "example-orders.retry"]:
+        for name in [*QUEUES, orders.delay_queue_name(0.2)]:
             channel.queue_delete(name)
 
 

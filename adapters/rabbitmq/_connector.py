@@ -1,8 +1,10 @@
-"""RabbitMQConnector: one broker URL (its password kept out of messages) and the factory of
-its queues; built by users, its connections made on the thread that uses each queue."""
+"""RabbitMQConnector: one broker URL (its password kept out of messages), the factory of
+its queues and the owner of their producer connections; built by users, its connections
+made on the thread that uses each queue."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -11,8 +13,10 @@ import pika
 
 from onestep._checks import check_number
 
+from ._producer import ProducerPool
 from ._publisher import CONFIRM_TIMEOUT_S
 from ._queue import RabbitMQQueue
+from ._quiet import quiet
 
 
 def _safe_url(url: str) -> str:
@@ -31,7 +35,13 @@ def _safe_url(url: str) -> str:
 class RabbitMQConnector:
     """Where queues live: one broker URL (`amqp://user:password@host:port/vhost`).
 
-    It holds no connection itself: each queue connects on the thread that uses it.
+    Each actor that uses a queue connects on its own thread; `put` and `put_many` borrow a
+    connection from the connector's producer pool, which `close()` closes.
+
+    `heartbeat_s` is the heartbeat timeout proposed to the broker (whole seconds; a value
+    between 0 and 1 counts as 1; 0 turns heartbeats off). The actors that own a
+    connection pump it every `keepalive_interval_s` (half of it), however long handlers
+    run, so the broker never takes a busy worker for a dead one.
     """
 
     def __init__(
@@ -57,7 +67,9 @@ class RabbitMQConnector:
             raise ValueError(
                 f"url is not a valid AMQP URL ({type(exc).__name__}): {safe!r}"
             ) from None
-        params.heartbeat = round(heartbeat)
+        # pika and the broker take whole seconds; rounding 0.4 down to 0 would turn
+        # heartbeats off instead of making them frequent
+        params.heartbeat = max(1, round(heartbeat)) if heartbeat else 0
         params.socket_timeout = connect_timeout
         params.stack_timeout = connect_timeout
         params.blocked_connection_timeout = CONFIRM_TIMEOUT_S
@@ -72,6 +84,10 @@ class RabbitMQConnector:
             f"as user {params.credentials.username!r}"
         )
         self.name = name or f"rabbitmq://{params.host}:{params.port}"
+        #: How often the actor owning a connection pumps it (half the heartbeat timeout,
+        #: as pika sends heartbeats); 0 when heartbeats are off.
+        self.keepalive_interval_s = params.heartbeat / 2 if params.heartbeat else 0.0
+        self.producers = ProducerPool(lambda: self.connect("onestep producer"), self.where)
 
     def __repr__(self) -> str:
         return f"RabbitMQConnector({self.url!r}, name={self.name!r})"
@@ -103,13 +119,26 @@ class RabbitMQConnector:
             persistent=persistent,
         )
 
-    def connect(self) -> Any:
+    def connect(self, purpose: str = "onestep") -> Any:
         """A new BlockingConnection, or ConnectionError naming the broker and user (never
-        the password). Runs on the calling thread, which then owns the connection."""
+        the password); pika's own log records of a failed attempt stay at DEBUG. The
+        broker shows `purpose` as its connection name (the management UI, `rabbitmqctl
+        list_connections client_properties`). Runs on the calling thread, which then owns
+        the connection."""
+        params = copy.copy(self._params)
+        params.client_properties = {"connection_name": purpose}
         try:
-            return pika.BlockingConnection(self._params)
+            with quiet():
+                return pika.BlockingConnection(params)
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
             if self._password:
                 detail = detail.replace(self._password, "***")
             raise ConnectionError(f"cannot connect to RabbitMQ at {self.where}: {detail}") from None
+
+    def close(self) -> None:
+        """Close the producer connections that `put` and `put_many` opened (idle ones now,
+        busy ones when their `put` returns); the next `put` connects again. The actors'
+        connections are the app's: it closes them when it stops. Callable from any thread;
+        also done at interpreter exit."""
+        self.producers.close()

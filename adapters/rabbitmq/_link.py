@@ -19,8 +19,9 @@ class _Link:
         self.connection = connection
         self.consumer: _Consumer | None = None
         self.publisher: _Publisher | None = None
-        self.retry_declared = False
         self.open = True
+        # a keepalive found the connection dead and said so (once)
+        self.broken = False
 
 
 def close_link(link: _Link) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pika
 
+from actors import EncodeError
 from onestep._delivery import Delivery
 
 from ._consumer import _Consumer, _Handle
@@ -58,17 +59,46 @@ def decode_message(consumer: _Consumer, tag: int, properties: Any, body: bytes) 
     return Delivery(payload, meta=meta, attempts=attempts, handle=handle, error=error)
 
 
+# One encoder for every message: json.dumps with keyword arguments builds a new
+# JSONEncoder per call. allow_nan=False: NaN and Infinity are not JSON, and a consumer in
+# another language would fail to parse them.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _why(exc: Exception) -> str:
+    """The reason json gave, made specific where it is vague."""
+    text = str(exc)
+    if isinstance(exc, ValueError) and "Out of range float" in text:
+        return f"{text} (NaN and Infinity are not JSON)"
+    return text
+
+
 def encode_message(
     queue: RabbitMQQueue, body: Any, meta: dict[str, Any] | None
 ) -> tuple[str, str, bytes, Any]:
-    """(exchange, routing_key, body, properties) of a result published to `queue`; runs on
-    the sink actor's thread."""
+    """(exchange, routing_key, body, properties) of a body published to `queue`; runs on
+    the publishing thread (the sink actor's, or a producer's). A body or meta that is not
+    JSON raises EncodeError naming the queue and the problem; nothing is sent."""
     if isinstance(body, bytes | bytearray | memoryview):
         data, content_type = bytes(body), BINARY_TYPE
     else:
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            data = _encode_json(body).encode()
+        except (TypeError, ValueError) as exc:
+            raise EncodeError(
+                f"cannot publish to RabbitMQ queue {queue.name!r}: the body is not JSON: "
+                f"{_why(exc)}"
+            ) from None
         content_type = JSON_TYPE
-    headers = {META_HEADER: json.dumps(meta, separators=(",", ":"))} if meta else None
+    headers = None
+    if meta:
+        try:
+            headers = {META_HEADER: _encode_json(meta)}
+        except (TypeError, ValueError) as exc:
+            raise EncodeError(
+                f"cannot publish to RabbitMQ queue {queue.name!r}: the meta is not JSON: "
+                f"{_why(exc)}"
+            ) from None
     properties = pika.BasicProperties(
         content_type=content_type,
         delivery_mode=2 if queue.persistent else 1,

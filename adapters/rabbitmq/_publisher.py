@@ -1,5 +1,6 @@
 """The publishing channel that awaits publisher confirms per batch; made by RabbitMQQueue
-on the sink actor's thread (results) or the source actor's thread (retries)."""
+on the sink actor's thread (results), the source actor's thread (retries) and by the
+producer pool on the thread that calls `put`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,20 @@ import pika
 
 #: How long a publish waits for the broker's confirms before it gives up.
 CONFIRM_TIMEOUT_S = 60.0
+
+
+class PublishRefused(RuntimeError):
+    """The broker refused (nacked) or returned (unroutable) some of a batch."""
+
+    def __init__(self, nacked: int, returned: int, count: int, destination: str = "") -> None:
+        to = f" to {destination}" if destination else ""
+        super().__init__(
+            f"RabbitMQ refused {nacked} and returned {returned} (unroutable) of {count} "
+            f"message(s) published{to}"
+        )
+        self.nacked = nacked
+        self.returned = returned
+        self.count = count
 
 
 def _noop() -> None:
@@ -42,6 +57,10 @@ class _Publisher:
             self._impl.confirm_delivery(self._on_confirm, callback=self._on_select_ok)
             self._wait(lambda: self._ready, "Confirm.Select")
 
+    @property
+    def is_open(self) -> bool:
+        return bool(self._channel.is_open)
+
     def _on_select_ok(self, _: Any) -> None:
         self._ready = True
         self._connection.call_later(0, _noop)  # ends the wait in process_data_events
@@ -53,13 +72,15 @@ class _Publisher:
         """Runs inside process_data_events for each Basic.Ack or Basic.Nack."""
         method = frame.method
         tag = method.delivery_tag
-        if isinstance(method, pika.spec.Basic.Nack):
-            self._nacked += 1
         unconfirmed = self._unconfirmed
+        before = len(unconfirmed)
         if method.multiple:
             self._unconfirmed = {t for t in unconfirmed if t > tag}
         else:
             unconfirmed.discard(tag)
+        if isinstance(method, pika.spec.Basic.Nack):
+            # a multiple nack refuses every message up to its tag
+            self._nacked += before - len(self._unconfirmed)
         if not self._unconfirmed:
             self._connection.call_later(0, _noop)
 
@@ -88,7 +109,4 @@ class _Publisher:
         else:
             self._connection.process_data_events(time_limit=0)  # write them out
         if self._nacked or self._returned:
-            raise RuntimeError(
-                f"RabbitMQ refused {self._nacked} and returned {self._returned} "
-                f"(unroutable) of {count} published message(s)"
-            )
+            raise PublishRefused(self._nacked, self._returned, count)

@@ -1,5 +1,6 @@
-"""RabbitMQQueue: a RabbitMQ queue as a Source and a Sink, with one connection per actor
-thread; made by RabbitMQConnector.queue, run on its SourceActor's and SinkActor's threads."""
+"""RabbitMQQueue: a RabbitMQ queue as a Source, a Sink and a producer, with one connection
+per actor thread; made by RabbitMQConnector.queue, run on its SourceActor's and SinkActor's
+threads, and `put`/`put_many` on any thread through the connector's producer pool."""
 
 from __future__ import annotations
 
@@ -7,19 +8,22 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions
 
-from onestep._checks import check_int
+from actors import EncodeError
+from onestep._checks import check_delay, check_int
 from onestep._delivery import Delivery, Sink, Source
 
 from ._consumer import _Consumer, _Handle
+from ._delays import DelayQueues
 from ._link import _Link, close_link
 from ._message import ATTEMPTS_HEADER, decode_message, encode_message
-from ._publisher import _Publisher
+from ._publisher import PublishRefused, _Publisher
+from ._quiet import quiet
 
 if TYPE_CHECKING:
     from ._connector import RabbitMQConnector
@@ -30,15 +34,19 @@ EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 #: How long an empty fetch waits for the broker when no delivery is out with a handler;
 #: the runtime's timer polls again after `poll_interval_s` otherwise.
 IDLE_WAIT_S = 0.005
+#: Headers the broker adds when it dead-letters a message (from a delay queue back to the
+#: work queue); a retry drops them, so the republished message starts clean.
+_DEATH_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
 
 
 class RabbitMQQueue(Source, Sink):
-    """A RabbitMQ queue that is both a Source and a Sink.
+    """A RabbitMQ queue that is a Source, a Sink and a producer (`put`, `put_many`).
 
     The runtime may use one queue object as one task's source and another's emit sink:
     each role runs on its own actor thread, so every thread that opens the queue gets its
     own connection. The consumer is made on the first `fetch`, the publisher on the first
-    publish, both on the calling thread; `close()` closes the calling thread's connection.
+    publish, both on the calling thread; `close()` closes the calling thread's connection
+    (or, on a thread that never opened the queue, the connector's producer connections).
     """
 
     #: The engine polls again this soon after an empty fetch (the broker pushes to a
@@ -91,6 +99,8 @@ class RabbitMQQueue(Source, Sink):
         self.connector = connector
         self.name = name
         self.queue_name = name
+        #: Where retries went before delay queues (one queue, per-message expirations); it
+        #: is no longer published to, but dead-letters what is left in it back on its own.
         self.retry_queue_name = f"{name}.retry"
         self.exchange = exchange
         self.exchange_type = exchange_type
@@ -104,6 +114,10 @@ class RabbitMQQueue(Source, Sink):
             weakref.WeakKeyDictionary()
         )
         self._links_lock = threading.Lock()
+        self._delays = DelayQueues(name, durable)
+        # whether this process declared the queue (and exchange, binding): producers
+        # declare it before their first put, and again after a put came back unroutable
+        self._declared = False
 
     def __repr__(self) -> str:
         return f"RabbitMQQueue({self.name!r}, url={self.connector.url!r})"
@@ -117,6 +131,17 @@ class RabbitMQQueue(Source, Sink):
             "routing_key": self.routing_key,
             "prefetch": self.prefetch,
         }
+
+    def delay_queue_name(self, delay_s: float) -> str:
+        """The queue where a message delayed by `delay_s` (a retry, a delayed put) waits:
+        `<name>.delay.<milliseconds, rounded up to two significant figures>`."""
+        return self._delays.name(check_delay("delay_s", delay_s, exclusive=True))
+
+    @property
+    def keepalive_interval_s(self) -> float:
+        """How often the owning actor calls `keepalive()`: half the heartbeat timeout, 0
+        (never) with heartbeats off."""
+        return self.connector.keepalive_interval_s
 
     # -- connection per thread -------------------------------------------------------------
 
@@ -142,15 +167,17 @@ class RabbitMQQueue(Source, Sink):
             ) from None
         with self._links_lock:
             self._links[thread] = link
+        self._declared = True
 
     def _connect(self, *, reconnecting: bool) -> Any:
+        purpose = f"onestep queue {self.name!r} on {threading.current_thread().name}"
         if not reconnecting:
-            return self.connector.connect()
+            return self.connector.connect(purpose)
         deadline = time.monotonic() + max(30.0, self.connector.connect_timeout_s)
         delay = 0.2
         while True:
             try:
-                return self.connector.connect()
+                return self.connector.connect(purpose)
             except ConnectionError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -172,11 +199,44 @@ class RabbitMQQueue(Source, Sink):
     def close(self) -> None:
         """Write buffered acks and close the calling thread's connection; the broker
         requeues whatever it delivered and nobody acked. Runs on the closing actor's
-        thread."""
+        thread. Called from any other thread (your own code, after `put`), it closes the
+        connector's producer connections instead, like `RabbitMQConnector.close()`."""
         with self._links_lock:
             link = self._links.pop(threading.current_thread(), None)
         if link is not None:
             close_link(link)
+        else:
+            self.connector.close()
+
+    def keepalive(self) -> None:
+        """Pump the calling actor's connection: send and answer heartbeats, and buffer what
+        the broker pushed meanwhile (prefetch bounds it). Runs on the owning actor's
+        thread every `keepalive_interval_s`, also while every credit is out with a long
+        handler. Raises ConnectionError once when the connection (or the consuming
+        channel) is gone: the source actor is then restarted; a sink reconnects on its
+        next publish."""
+        with self._links_lock:
+            link = self._links.get(threading.current_thread())
+        if link is None or not link.open or link.broken:
+            return
+        connection = link.connection
+        problem = None
+        try:
+            with quiet():
+                connection.process_data_events(time_limit=0)
+        except pika.exceptions.AMQPError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is None and not connection.is_open:
+            problem = "the connection is closed"
+        consumer = link.consumer
+        if problem is None and consumer is not None and consumer.channel.is_closed:
+            problem = "the broker closed the consuming channel"
+        if problem is not None:
+            link.broken = True
+            raise ConnectionError(
+                f"RabbitMQ queue {self.name!r} lost its connection to "
+                f"{self.connector.where}: {problem}"
+            )
 
     def _link(self) -> _Link:
         with self._links_lock:
@@ -230,27 +290,24 @@ class RabbitMQQueue(Source, Sink):
             link.consumer.flush_acks()
 
     def retry(self, delivery: Delivery, delay_s: float | None = None) -> None:
-        """Republish the message with one more attempt, through the retry queue when
-        delayed (its TTL dead-letters it back here); once confirmed, ack the original."""
+        """Republish the message with one more attempt, through the delay queue of its
+        delay when delayed (its TTL dead-letters it back here); once confirmed, ack the
+        original."""
         consumer = self._settling(delivery)
         if consumer is None:
             return
         handle: _Handle = delivery.handle
         link = self._link()
         properties = handle.properties
-        headers = dict(properties.headers or {})
+        headers = {
+            key: value
+            for key, value in (properties.headers or {}).items()
+            if not key.startswith(_DEATH_HEADERS)
+        }
         headers[ATTEMPTS_HEADER] = delivery.attempts + 1
-        for name in ("x-death", "x-first-death-exchange", "x-first-death-queue"):
-            headers.pop(name, None)
-        headers.pop("x-first-death-reason", None)
-        expiration = None
         routing_key = self.queue_name
         if delay_s:
-            routing_key = self.retry_queue_name
-            expiration = str(max(1, round(delay_s * 1000)))
-            if not link.retry_declared:
-                self._declare_retry_queue(link.connection)
-                link.retry_declared = True
+            routing_key = self._delays.route(delay_s, link.connection)
         republished = pika.BasicProperties(
             content_type=properties.content_type,
             content_encoding=properties.content_encoding,
@@ -262,24 +319,16 @@ class RabbitMQQueue(Source, Sink):
             timestamp=properties.timestamp,
             type=properties.type,
             app_id=properties.app_id,
-            expiration=expiration,
         )
         if link.publisher is None:
             link.publisher = _Publisher(link.connection, True)
-        link.publisher.publish([("", routing_key, handle.body, republished)])
+        try:
+            link.publisher.publish([("", routing_key, handle.body, republished)])
+        except PublishRefused as exc:
+            if exc.returned:
+                self._delays.forget()  # someone deleted the delay queue: declare it again
+            raise PublishRefused(exc.nacked, exc.returned, exc.count, repr(routing_key)) from None
         consumer.to_ack.add(handle.tag)
-
-    def _declare_retry_queue(self, connection: Any) -> None:
-        channel = connection.channel()
-        channel.queue_declare(
-            self.retry_queue_name,
-            durable=self.durable,
-            arguments={
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": self.queue_name,
-            },
-        )
-        channel.close()
 
     def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
         """Drop the message (nack without requeue; a queue with its own
@@ -297,26 +346,114 @@ class RabbitMQQueue(Source, Sink):
     # -- sink side (the sink actor's thread) -----------------------------------------------
 
     def publish(self, body: Any, meta: dict[str, Any] | None = None) -> None:
-        self.publish_batch([(body, meta)])
+        refused = self.publish_batch([(body, meta)])
+        if refused:
+            raise refused[0]
 
-    def publish_batch(self, items: list[tuple[Any, dict[str, Any] | None]]) -> None:
+    def publish_batch(
+        self, items: list[tuple[Any, dict[str, Any] | None]]
+    ) -> dict[int, BaseException] | None:
         """Publish every item and wait for their confirms together (one round trip per
-        batch); raise if the broker refused or returned any. A lost connection is made
-        again once, and the batch published again on it (at-least-once)."""
-        messages = [encode_message(self, body, meta) for body, meta in items]
+        batch); raise if the broker refused or returned any. Items that cannot be encoded
+        are not sent: they come back as `{index: EncodeError}` and fail alone. A lost
+        connection is made again once, and the batch published again on it
+        (at-least-once)."""
+        messages: list[tuple[str, str, bytes, Any]] = []
+        refused: dict[int, BaseException] | None = None
+        append = messages.append
+        for index, (body, meta) in enumerate(items):
+            try:
+                append(encode_message(self, body, meta))
+            except EncodeError as exc:
+                if refused is None:
+                    refused = {}
+                refused[index] = exc
+        if messages:
+            self._publish_messages(messages)
+        return refused
+
+    def _publish_messages(self, messages: list[tuple[str, str, bytes, Any]]) -> None:
         link = self._link()
-        try:
-            self._publish_on(link, messages)
-        except pika.exceptions.AMQPChannelError:
-            link.publisher = None  # the broker closed the channel: a new one next time
-            raise
-        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError):
-            logger.warning("RabbitMQ sink %r lost its connection; reconnecting", self.name)
-            self.open()
-            self._publish_on(self._link(), messages)
+        if link.connection.is_open:
+            try:
+                self._publish_on(link, messages)
+                return
+            except pika.exceptions.AMQPChannelError:
+                link.publisher = None  # the broker closed the channel: a new one next time
+                if link.connection.is_open:
+                    raise
+            except (
+                pika.exceptions.AMQPConnectionError,
+                pika.exceptions.ConnectionWrongStateError,
+            ):
+                pass
+        # lost (found by this publish, or earlier by a keepalive): nothing was confirmed
+        logger.warning("RabbitMQ sink %r lost its connection; reconnecting", self.name)
+        self.open()
+        self._publish_on(self._link(), messages)
 
     def _publish_on(self, link: _Link, messages: list[tuple[str, str, bytes, Any]]) -> None:
         publisher = link.publisher
         if publisher is None:
             publisher = link.publisher = _Publisher(link.connection, self.publisher_confirms)
         publisher.publish(messages)
+
+    # -- producer side (any thread) --------------------------------------------------------
+
+    def put(self, body: Any, meta: dict[str, Any] | None = None, *, delay_s: float = 0.0) -> None:
+        """Publish `body` (JSON, or `bytes` as they are) with `meta`, after `delay_s`
+        seconds if given, and return once the broker confirmed it. Callable from any
+        thread, with or without a running app; declares the queue (and the delay queue)
+        on first use. Raises EncodeError for a body or meta that is not JSON (nothing is
+        sent), PublishRefused when the broker nacked or could not route it, and
+        ConnectionError when the broker cannot be reached."""
+        self.put_many([body], meta, delay_s=delay_s)
+
+    def put_many(
+        self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
+    ) -> int:
+        """Publish every body in `bodies` (each with `meta`) and wait for their confirms
+        together; returns how many were published. Every body is encoded before any is
+        sent, so an EncodeError sends none. Otherwise as `put`; if it raises, some of the
+        batch may have been published."""
+        delay = check_delay("delay_s", delay_s)
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f"meta must be a dict or None, got {type(meta).__name__}")
+        if isinstance(bodies, str | bytes | bytearray | memoryview | Mapping):
+            raise ValueError(
+                f"bodies must be an iterable of message bodies, got a {type(bodies).__name__} "
+                "(use put() for one body)"
+            )
+        messages = [encode_message(self, body, meta) for body in bodies]
+        if not messages:
+            return 0
+
+        def route(connection: Any) -> list[tuple[str, str, bytes, Any]]:
+            """Runs on the calling thread with the producer connection it borrowed."""
+            if not self._declared:
+                self._declare_for_producer(connection)
+            if not delay:
+                return messages
+            key = self._delays.route(delay, connection)
+            return [("", key, data, properties) for _, _, data, properties in messages]
+
+        try:
+            return self.connector.producers.publish(route)
+        except PublishRefused as exc:
+            if exc.returned:
+                # the queue (or delay queue) is gone: declare it again on the next put
+                self._declared = False
+                self._delays.forget()
+            raise PublishRefused(
+                exc.nacked, exc.returned, exc.count, f"queue {self.name!r}"
+            ) from None
+
+    def _declare_for_producer(self, connection: Any) -> None:
+        try:
+            self._declare(connection)
+        except pika.exceptions.AMQPChannelError as exc:
+            raise ConnectionError(
+                f"cannot declare queue {self.queue_name!r} at {self.connector.where}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        self._declared = True

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 MESSAGES = 2000
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("rabbitmq_worker.py")
+WORKER_RETRY_DELAY_S = 0.5  # the worker's MaxAttempts delay: its delay queue is cleaned up
 
 
 def start_worker(jobs: str, results: str, *extra: str) -> subprocess.Popen[str]:
@@ -84,6 +85,7 @@ def report(label: str, ids: list[int]) -> Counter[int]:
 
 def test_sigkill_mid_stream_loses_nothing(rabbit: Rabbit, workers: list) -> None:
     jobs, results = rabbit.name("jobs"), rabbit.name("results")
+    rabbit.delayed(jobs, WORKER_RETRY_DELAY_S)
     rabbit.declare(results)
     preload(rabbit, jobs)
     first = start_worker(jobs, results, "--work-s", "0.001")
@@ -100,6 +102,7 @@ def test_sigkill_mid_stream_loses_nothing(rabbit: Rabbit, workers: list) -> None
 
 def test_sigterm_drains_cleanly(rabbit: Rabbit, workers: list) -> None:
     jobs, results = rabbit.name("jobs"), rabbit.name("results")
+    rabbit.delayed(jobs, WORKER_RETRY_DELAY_S)
     rabbit.declare(results)
     preload(rabbit, jobs)
     worker = start_worker(jobs, results, "--work-s", "0.002")
@@ -124,6 +127,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_the_worker_recovers(
     rabbit: Rabbit, workers: list
 ) -> None:
     jobs, results = rabbit.name("jobs"), rabbit.name("results")
+    rabbit.delayed(jobs, WORKER_RETRY_DELAY_S)
     rabbit.declare(results)
     preload(rabbit, jobs)
     worker = start_worker(jobs, results, "--work-s", "0.005", "--concurrency", "4")

@@ -1,10 +1,13 @@
 """Fixtures for the RabbitMQ tests: a broker check that skips (or fails under CI), unique
-queue names that are deleted afterwards, and a raw pika client to publish and inspect."""
+queue names that are deleted afterwards (with their delay queues), a raw pika client to
+publish and inspect, and a connector that counts its connections."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +15,8 @@ from typing import Any
 
 import pika  # type: ignore[import-untyped]
 import pytest
+
+from adapters.rabbitmq import RabbitMQConnector, delay_bucket_ms
 
 AMQP_URL = os.environ.get("ONESTEP_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -51,6 +56,11 @@ class Rabbit:
         name = f"onestep-test-{label}-{uuid.uuid4().hex[:10]}"
         self.queues += [name, f"{name}.retry"]
         return name
+
+    def delayed(self, queue: str, *delays_s: float) -> None:
+        """Delete the delay queues of `queue` for these delays after the test too (the
+        broker would remove them by itself, but only minutes later)."""
+        self.queues += [f"{queue}.delay.{delay_bucket_ms(d)}" for d in delays_s]
 
     def declare(self, queue: str) -> None:
         self.channel.queue_declare(queue, durable=True)
@@ -112,3 +122,47 @@ def rabbit_fixture() -> Iterator[Rabbit]:
         yield client
     finally:
         client.close()
+
+
+class CountingConnector(RabbitMQConnector):
+    """A connector that counts the connections it made: a source that reconnected (an
+    actor restart) or a sink that did shows up as one more."""
+
+    def __init__(self, url: str = AMQP_URL, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.connects = 0
+
+    def connect(self, purpose: str = "onestep") -> Any:
+        connection = super().connect(purpose)
+        self.connects += 1
+        return connection
+
+
+def close_connections_named(part: str) -> int:
+    """Have the broker close every connection whose name contains `part` (onestep names
+    them after their queue and thread), as an operator or a network cut would; returns how
+    many it closed. Skips the test (fails under CI) without rabbitmqctl."""
+    if shutil.which("rabbitmqctl") is None:
+        reason = "rabbitmqctl is not installed: cannot close a connection from the broker"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    closed = 0
+    for line in listed.splitlines():
+        pid, _, properties = line.partition("\t")  # connection_name is among the properties
+        if part in properties:
+            subprocess.run(
+                ["rabbitmqctl", "close_connection", pid, "closed by a test"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            closed += 1
+    return closed

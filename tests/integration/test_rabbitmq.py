@@ -1,17 +1,25 @@
-"""RabbitMQConnector against a real broker: round trips, exact attempts through the retry
-queue, dead letters, decoding, restarts between attempts and startup errors."""
+"""RabbitMQConnector against a real broker: round trips, exact attempts through the delay
+queues, a short retry never behind a long one, dead letters, results that cannot be
+encoded, decoding, restarts between attempts and startup errors (in the CLI too)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from onestep import MaxAttempts, OneStepApp, RabbitMQConnector, StartupError
+from actors import Failure
+from onestep import MaxAttempts, OneStepApp, RabbitMQConnector, RetryPolicy, StartupError
 from tests.helpers import running
 from tests.integration.rabbitmq_support import AMQP_URL, Rabbit, rabbit_fixture  # noqa: F401
 
@@ -97,6 +105,7 @@ def test_max_attempts_three_dead_letters_after_exactly_three_executions(rabbit: 
 
 def test_a_two_second_retry_delay_does_not_hold_up_other_messages(rabbit: Rabbit) -> None:
     jobs = rabbit.name("jobs")
+    rabbit.delayed(jobs, 2.0)
     amqp = connector()
     done: queue.Queue[tuple[str, int, float]] = queue.Queue()
     app = OneStepApp("delay")
@@ -123,6 +132,92 @@ def test_a_two_second_retry_delay_does_not_hold_up_other_messages(rabbit: Rabbit
     assert retried_at - failed_at >= 1.9
 
 
+class DelayPerItem(RetryPolicy):
+    """Retries each message once, after the delay its payload names."""
+
+    def __init__(self, delays: dict[str, float]) -> None:
+        self.delays = delays
+
+    def next_delay(self, attempts: int, failure: Failure) -> float | None:
+        if attempts > 1:
+            return None
+        return self.delays[failure.message]
+
+
+def test_a_one_second_retry_does_not_wait_behind_a_twenty_second_one(rabbit: Rabbit) -> None:
+    jobs = rabbit.name("jobs")
+    rabbit.delayed(jobs, 1.0, 20.0)
+    amqp = connector()
+    runs: queue.Queue[tuple[str, int, float]] = queue.Queue()
+    app = OneStepApp("mixed-delays")
+
+    @app.task(source=amqp.queue(jobs), retry=DelayPerItem({"slow": 20.0, "fast": 1.0}))
+    def handle(ctx: Any, item: str) -> None:
+        runs.put((item, ctx.current.attempts, time.monotonic()))
+        if ctx.current.attempts == 0:
+            raise RuntimeError(item)  # the message names the delay the policy picks
+
+    with running(app):
+        rabbit.publish(jobs, "slow")
+        assert runs.get(timeout=TIMEOUT)[:2] == ("slow", 0)
+        rabbit.publish(jobs, "fast")  # after the 20 s retry is in its delay queue
+        item, attempts, failed_at = runs.get(timeout=TIMEOUT)
+        assert (item, attempts) == ("fast", 0)
+        item, attempts, retried_at = runs.get(timeout=TIMEOUT)
+    assert (item, attempts) == ("fast", 1)
+    assert 1.0 <= retried_at - failed_at < 3.0
+    assert rabbit.count(f"{jobs}.delay.20000") == 1  # the slow one is still waiting
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ({"bad": object()}, "Object of type object is not JSON serializable"),
+        (float("nan"), "NaN and Infinity are not JSON"),
+    ],
+)
+def test_one_result_that_cannot_be_encoded_fails_alone(
+    rabbit: Rabbit, bad: Any, problem: str
+) -> None:
+    jobs, results, dead = rabbit.name("jobs"), rabbit.name("results"), rabbit.name("dead")
+    amqp = connector()
+    settled = threading.Semaphore(0)
+    app = OneStepApp("encode")
+
+    @app.task(
+        source=amqp.queue(jobs, prefetch=200),
+        emit=amqp.queue(results),
+        dead_letter=amqp.queue(dead),
+        concurrency=50,
+    )
+    async def produce(ctx: Any, item: dict[str, int]) -> Any:
+        await asyncio.sleep(0.001)
+        return bad if item["n"] == 100 else {"n": item["n"]}
+
+    @app.on_event
+    def count(event: Any) -> None:
+        if event.kind in ("succeeded", "dead_lettered"):
+            settled.release()
+
+    for n in range(200):
+        rabbit.publish(jobs, {"n": n})
+    with running(app):
+        for _ in range(200):
+            assert settled.acquire(timeout=TIMEOUT)
+    assert rabbit.count(jobs) == 0
+    assert rabbit.count(results) == 199
+    assert rabbit.count(dead) == 1
+    letter, meta = rabbit.get_json(dead, TIMEOUT)
+    assert letter["payload"] == {"n": 100}
+    assert letter["failure"]["kind"] == "encode"
+    assert letter["failure"]["exception_type"] == "EncodeError"
+    assert problem in letter["failure"]["message"]
+    assert results in letter["failure"]["message"]
+    assert meta["original_attempts"] == 1
+    published = {json.loads(rabbit.get(results, TIMEOUT)[1])["n"] for _ in range(199)}
+    assert published == set(range(200)) - {100}
+
+
 def test_undecodable_json_is_dead_lettered_as_decode_and_later_messages_flow(
     rabbit: Rabbit,
 ) -> None:
@@ -147,6 +242,7 @@ def test_undecodable_json_is_dead_lettered_as_decode_and_later_messages_flow(
 
 def test_attempts_survive_a_worker_restart_between_attempts(rabbit: Rabbit) -> None:
     jobs, dead = rabbit.name("jobs"), rabbit.name("dead")
+    rabbit.delayed(jobs, 0.5)
     executions: list[tuple[str, int]] = []
     retried = threading.Event()
 
@@ -285,3 +381,79 @@ def test_the_rabbitmq_pipeline_example_runs_to_a_clean_stop(rabbit: Rabbit) -> N
     out = completed.stdout
     assert out.count("report: order") == 19
     assert "dead letter: order 13 after 3 executions: ValueError" in out
+
+
+BAD_PASSWORD_APP = """
+from onestep import OneStepApp, RabbitMQConnector
+
+app = OneStepApp("badpw")
+amqp = RabbitMQConnector({url!r}, connect_timeout_s=3)
+
+
+@app.task(source=amqp.queue({queue!r}))
+def never(ctx, item):
+    raise AssertionError("must not run")
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        ("amqp://guest:Sekr3t-pw@127.0.0.1:5672/%2F", "ACCESS_REFUSED"),
+        ("amqp://guest:Sekr3t-pw@127.0.0.1:1/%2F", "127.0.0.1:1"),
+    ],
+    ids=["wrong-password", "refused-connection"],
+)
+def test_onestep_run_reports_a_failed_connect_in_one_clean_line(
+    rabbit: Rabbit, tmp_path: Path, url: str, where: str
+) -> None:
+    app_file = tmp_path / "bad_app.py"
+    app_file.write_text(BAD_PASSWORD_APP.format(url=url, queue=rabbit.name("jobs")))
+    completed = subprocess.run(
+        [sys.executable, "-m", "onestep", "run", str(app_file)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    err = completed.stderr
+    assert completed.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("Error: app 'badpw' crashed: StartupError:")
+    assert "cannot connect to RabbitMQ at 127.0.0.1" in lines[0] and where in lines[0]
+    assert "Traceback" not in err and "pika" not in err
+    assert "Sekr3t-pw" not in err + completed.stdout
+
+
+PUT_SCRIPT = """
+from onestep import RabbitMQConnector
+
+try:
+    RabbitMQConnector({url!r}).queue({queue!r}).put({{"n": 1}})
+except ConnectionError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_put_with_a_wrong_password_raises_without_pika_noise(
+    rabbit: Rabbit, tmp_path: Path
+) -> None:
+    script = tmp_path / "put.py"
+    url = "amqp://guest:Sekr3t-pw@127.0.0.1:5672/%2F"
+    script.write_text(PUT_SCRIPT.format(url=url, queue=rabbit.name("jobs")))
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""  # pika's ERROR records are not printed by lastResort
+    assert completed.stdout.startswith("refused: cannot connect to RabbitMQ at 127.0.0.1:5672")
+    assert "ACCESS_REFUSED" in completed.stdout
+    assert "Sekr3t-pw" not in completed.stdout
