@@ -19,7 +19,6 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -37,8 +36,7 @@ from mysql_support import (
     wait_until,
 )
 
-import adapters.mysql._state
-import onestep._state
+from actors import EncodeError
 from onestep import (
     MaxAttempts,
     MemoryQueue,
@@ -219,7 +217,7 @@ def test_an_existing_table_with_its_own_column_names(connector, tables):
         f"CREATE TABLE {quote(jobs)} (job_id BIGINT AUTO_INCREMENT PRIMARY KEY, body JSON, "
         "state VARCHAR(20) NOT NULL DEFAULT 'pending', tries INT NOT NULL DEFAULT 0, "
         "run_after DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
-        "lease_end DATETIME(6) NULL, error TEXT NULL)"
+        "lease_end DATETIME(6) NULL, error TEXT NULL, headers JSON NULL, owner CHAR(32) NULL)"
     )
     source = connector.table_queue(
         jobs,
@@ -231,19 +229,25 @@ def test_an_existing_table_with_its_own_column_names(connector, tables):
         available_at_column="run_after",
         leased_until_column="lease_end",
         last_error_column="error",
+        meta_column="headers",
+        lease_token_column="owner",
         poll_interval_s=0.05,
     )
-    source.put({"n": 1})
+    row_id = source.put({"n": 1}, {"trace": "abc"})
     got: queue.Queue[Any] = queue.Queue()
     app = OneStepApp("legacy")
 
     @app.task(source=source)
     def handle(ctx: Any, item: Any) -> None:
-        got.put(item)
+        got.put((item, dict(ctx.current.meta)))
 
     with Running(app):
-        assert got.get(timeout=TIMEOUT) == {"n": 1}
-    assert query(f"SELECT state, tries, lease_end FROM {quote(jobs)}") == [("done", 1, None)]
+        assert got.get(timeout=TIMEOUT) == ({"n": 1}, {"trace": "abc", "id": row_id})
+    [(state, tries, lease_end, owner)] = query(
+        f"SELECT state, tries, lease_end, owner FROM {quote(jobs)}"
+    )
+    assert (state, tries, lease_end) == ("done", 1, None)
+    assert len(owner) == 32  # the token of the claim that settled it
 
 
 def test_an_existing_table_without_a_named_column_fails_at_startup(connector, tables):
@@ -254,8 +258,12 @@ def test_an_existing_table_without_a_named_column_fails_at_startup(connector, ta
     @app.task(source=connector.table_queue(jobs, auto_create=False))
     def handle(ctx: Any, item: Any) -> None: ...
 
-    with pytest.raises(StartupError, match="lacks a column"):
+    with pytest.raises(StartupError, match="lacks column") as info:
         app.start()
+    message = str(info.value)
+    for option in ("status_column", "attempts_column", "available_at_column"):
+        assert option in message
+    assert f"ALTER TABLE `{jobs}` ADD COLUMN `meta` LONGTEXT NULL" in message
 
 
 # -- the sink ----------------------------------------------------------------------------------
@@ -309,8 +317,10 @@ def test_the_sink_can_create_its_table(connector, tables):
 @pytest.mark.parametrize("body", [1, "text", [1, 2], {}], ids=repr)
 def test_the_sink_refuses_what_is_not_a_dict_or_list_of_dicts(connector, tables, body):
     sink = connector.table_sink(tables("refuse"))
-    with pytest.raises((TypeError, ValueError)):
-        sink.publish_batch([(body, None)])
+    refused = sink.publish_batch([(body, None)])
+    assert refused is not None and isinstance(refused[0], EncodeError)
+    with pytest.raises(EncodeError, match="dict"):
+        sink.publish(body)
 
 
 # -- arguments, URLs and credentials -------------------------------------------------------
@@ -469,10 +479,25 @@ def store(connector, tables) -> Any:
 
 @pytest.fixture
 def fake_time(monkeypatch) -> Any:
+    """The contract's FakeTime as the database server's clock (the store's only clock):
+    every pooled operation runs with its session's TIMESTAMP set to the fake time, so
+    NOW() returns it, and reset afterwards."""
     fake = _contract.FakeTime()
-    namespace = SimpleNamespace(time=fake.time, monotonic=fake.monotonic)
-    monkeypatch.setattr(onestep._state, "time", namespace)
-    monkeypatch.setattr(adapters.mysql._state, "time", namespace)
+    run_pooled = MySQLConnector.run_pooled
+
+    def at_fake_time(self: MySQLConnector, operation: Any) -> Any:
+        def on(conn: Any) -> Any:
+            with conn.cursor() as cursor:
+                cursor.execute("SET TIMESTAMP = %s", (fake.now,))
+            try:
+                return operation(conn)
+            finally:
+                with conn.cursor() as cursor:
+                    cursor.execute("SET TIMESTAMP = DEFAULT", ())
+
+        return run_pooled(self, on)
+
+    monkeypatch.setattr(MySQLConnector, "run_pooled", at_fake_time)
     return fake
 
 
