@@ -54,6 +54,8 @@ class Producer:
         if not isinstance(meta, dict):
             raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
         if not self.has_meta:
+            if not meta:
+                return None
             raise ValueError(
                 f"table {self.schema.table!r} has no meta column (meta_column=None), so a "
                 "message cannot carry meta"
