@@ -210,25 +210,25 @@ class QueueSchema:
     def _missing_message(self, missing: list[str]) -> str:
         names = self.columns.names
         listed = ", ".join(f"`{names[option]}` ({option})" for option in missing)
-        message = f"table {self.table!r} (auto_create={self.auto_create}) lacks column(s) {listed}"
+        parts = [f"table {self.table!r} (auto_create={self.auto_create}) lacks column(s) {listed}"]
         addable = [option for option in missing if option in _ADDED_COLUMNS]
         if addable:
             additions = ", ".join(
                 f"ADD COLUMN {_unquoted(quote_ident(names[option]))} {_ADDED_COLUMNS[option]}"
                 for option in addable
             )
-            message += (
-                f"; add them with: ALTER TABLE {_unquoted(self.quoted_table)} {additions}"
-                f"; or pass {' / '.join(_OPT_OUT[option] for option in addable)}"
+            which = ", ".join(f"`{names[option]}`" for option in addable)
+            parts.append(
+                f"add {which} with: ALTER TABLE {_unquoted(self.quoted_table)} {additions}"
             )
-        others = [option for option in missing if option not in _ADDED_COLUMNS]
-        if others:
-            message += (
-                "; name the table's own columns with "
-                + ", ".join(f"{option}=..." for option in others)
-                + (f" (or {_OPT_OUT[others[0]]})" if others == ["last_error_column"] else "")
-            )
-        return message
+        parts.append(
+            "if the table names them differently, pass "
+            + ", ".join(f"{option}='<its column>'" for option in missing)
+        )
+        optional = [option for option in missing if option in _OPT_OUT]
+        if optional:
+            parts.append("or do without: " + ", ".join(_OPT_OUT[option] for option in optional))
+        return "; ".join(parts)
 
 
 def check_server_supports_skip_locked(conn: Any, target: str) -> None:
