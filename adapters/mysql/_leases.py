@@ -276,8 +276,9 @@ class Leases:
         """The condition that names the rows of `entries`, and its arguments: `id IN
         (...)`, and when fenced one `(lease_token = %s AND id IN (...))` per token,
         joined by OR. Per token rather than a row-constructor `(id, lease_token) IN`:
-        the token is sent once per claim batch instead of once per row (the benchmark's
-        queue case spent 8 us of CPU a row more with the latter)."""
+        the token is escaped and sent once per claim batch instead of once per row
+        (pymysql escapes each argument in Python: 1.8 us for a token, measured with
+        this machine under load, on a settle path of about 33 us of CPU a row)."""
         if not self.fenced:
             return f"{self._id} IN ({placeholders(len(entries))})", [e[0] for e in entries]
         groups: dict[str, list[int]] = {}
