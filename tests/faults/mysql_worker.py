@@ -1,5 +1,6 @@
 """A onestep worker process on a MySQL table queue, for the MySQL integration and fault
-tests. Per execution of item {"n": n} it logs "start <n> <pid>" when the handler starts,
+tests. It logs "ready <pid>" once started; per execution of item {"n": n} it logs
+"start <n> <pid>" when the handler starts,
 "end <n> <pid> <lease_lost>" when it returns (`work` mode), and "succeeded <n> <pid>
 <lease_lost>" from the succeeded event, each with one os.write (which a SIGKILL cannot
 tear); <lease_lost> is 1 if the delivery's meta says its lease was lost. It runs until
@@ -46,6 +47,10 @@ def main() -> int:
     def write(what: str, n: int, meta: dict[str, Any] | None = None) -> None:
         lost = "" if meta is None else f" {int(bool(meta.get('lease_lost')))}"
         os.write(log, f"{what} {n} {pid}{lost}\n".encode())
+
+    @app.on_startup
+    def ready(app: OneStepApp) -> None:
+        os.write(log, f"ready {pid}\n".encode())
 
     @app.on_event
     def on_event(event: Any) -> None:

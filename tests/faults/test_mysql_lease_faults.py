@@ -75,14 +75,17 @@ def test_a_paused_worker_cannot_settle_the_row_another_worker_took(connector, ta
     first, but the row stays B's until B's handler returns: B settles it, once, and A
     logs the lost lease (and its delivery's meta says so)."""
     jobs = tables("paused")
-    preload(connector, jobs, 1)
+    queue = connector.table_queue(jobs)
+    queue.create_table()
     options = {"lease_s": 2, "batch_size": 1, "concurrency": 1, "work_s": 8}
-    first = Worker(jobs, tmp_path / "a.log", **options)
-    second = None
+    workers = [Worker(jobs, tmp_path / f"w{i}.log", **options) for i in range(2)]
     try:
-        wait_until(lambda: first.executed() == [0])
+        wait_until(lambda: all(worker.ready() for worker in workers), timeout=30)
+        row_id = queue.put({"n": 0})
+        # whichever worker claims the row first is A
+        first = wait_until(lambda: next((w for w in workers if w.executed() == [0]), None))
+        second = workers[1 - workers.index(first)]
         os.kill(first.process.pid, signal.SIGSTOP)
-        second = Worker(jobs, tmp_path / "b.log", **options)
         wait_until(lambda: second.executed() == [0], timeout=30)  # A's lease expired
         os.kill(first.process.pid, signal.SIGCONT)
         wait_until(lambda: first.finished() == {0: True}, timeout=30)
@@ -91,12 +94,13 @@ def test_a_paused_worker_cannot_settle_the_row_another_worker_took(connector, ta
         assert_leased_until(jobs, lambda: bool(second.finished()))
         wait_until(lambda: statuses(jobs) == {"done": 1}, timeout=30)
     finally:
-        first_code, first_output = first.stop()
-        second_code, second_output = second.stop() if second else (0, "")
+        outcomes = {worker.log: worker.stop() for worker in workers}
+    first_code, first_output = outcomes[first.log]
+    second_code, second_output = outcomes[second.log]
     assert (first_code, second_code) == (0, 0), first_output + second_output
     assert first.succeeded() == {0: True}  # A's success event carries lease_lost
     assert second.finished() == {0: False} and second.succeeded() == {0: False}
-    [(row_id, status, attempts)] = query(f"SELECT id, status, attempts FROM {quote(jobs)}")
+    [(status, attempts)] = query(f"SELECT status, attempts FROM {quote(jobs)}")
     # one execution lost with A's lease (counted when B claimed it), one settled by B
     assert (status, attempts) == ("done", 2)
     assert f"lost the lease of row(s) {row_id} " in first_output

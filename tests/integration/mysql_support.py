@@ -147,6 +147,10 @@ class Worker:
         lines = [line.split() for line in self.log.read_text().splitlines()]
         return [fields[1:] for fields in lines if fields and fields[0] == what]
 
+    def ready(self) -> bool:
+        """Whether the worker's app has started (its startup hook ran)."""
+        return bool(self.lines("ready"))
+
     def executed(self) -> list[int]:
         """The item numbers this worker started, in order (one line per execution)."""
         return [int(fields[0]) for fields in self.lines("start")]
