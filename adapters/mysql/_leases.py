@@ -68,8 +68,9 @@ class Leases:
         # held up), a fetch renews first, so it never claims our own expired rows.
         self._renew_every_s = lease_s / 3
         self._renewed_at = 0.0
-        #: row id -> (lease token, delivery) of every row handed out and not settled.
-        self.held: dict[int, tuple[str, Delivery]] = {}
+        #: row id -> (row id, lease token, delivery) of every row handed out and not
+        #: settled; the same tuple then waits in a settlement buffer (no new one per ack).
+        self.held: dict[int, Entry] = {}
         self._acks: list[Entry] = []
         self._retries: dict[int, list[Entry]] = {}  # delay in microseconds -> entries
         self._releases: list[Entry] = []
@@ -164,7 +165,7 @@ class Leases:
                 # our own older claim of this row expired (this thread was held up
                 # past the lease) and we claimed it again: the older one is lost
                 self._lose([row_id], "this worker claimed the row again")
-            held[row_id] = (token, delivery)
+            held[row_id] = (row_id, token, delivery)
         return deliveries
 
     def _select(self, cursor: Any, count: int) -> tuple[Sequence[Any], Sequence[Any]]:
@@ -205,20 +206,26 @@ class Leases:
     # -- settling: buffered, written by flush() -----------------------------------------------
 
     def _release_hold(self, delivery: Delivery) -> Entry | None:
-        """Take `delivery` out of the held rows; None if it is not held any more (its
-        lease was lost, and a warning said so)."""
-        row_id = delivery.handle
-        entry = self.held.get(row_id)
-        if entry is None or entry[1] is not delivery:
-            logger.debug("%s: not settling row %s: its lease was lost", self.name, row_id)
-            return None
-        del self.held[row_id]
-        return (row_id, entry[0], delivery)
+        """Take `delivery` out of the held rows; None if it is not held any more."""
+        entry = self.held.pop(delivery.handle, None)
+        if entry is not None and entry[2] is delivery:
+            return entry
+        self._not_held(delivery, entry)
+        return None
+
+    def _not_held(self, delivery: Delivery, entry: Entry | None) -> None:
+        """A settlement of a delivery whose lease was lost (a warning said so then)."""
+        if entry is not None:
+            self.held[entry[0]] = entry  # a newer claim of the same row: still held
+        logger.debug("%s: not settling row %s: its lease was lost", self.name, delivery.handle)
 
     def ack(self, delivery: Delivery) -> None:
-        entry = self._release_hold(delivery)
-        if entry is not None:
+        # _release_hold inlined: this runs for every message
+        entry = self.held.pop(delivery.handle, None)
+        if entry is not None and entry[2] is delivery:
             self._acks.append(entry)
+        else:
+            self._not_held(delivery, entry)
 
     def retry(self, delivery: Delivery, delay_us: int) -> None:
         entry = self._release_hold(delivery)
@@ -335,7 +342,7 @@ class Leases:
         if not self.held:
             return
         self._renewed_at = time.monotonic()
-        entries = [(row_id, token, delivery) for row_id, (token, delivery) in self.held.items()]
+        entries = list(self.held.values())
         with conn.cursor() as cursor:
             for start in range(0, len(entries), _MAX_ROWS_PER_STATEMENT):
                 chunk = entries[start : start + _MAX_ROWS_PER_STATEMENT]
@@ -363,7 +370,7 @@ class Leases:
         for row_id in row_ids:
             entry = self.held.pop(row_id, None)
             if entry is not None:
-                lost.append((row_id, entry[0], entry[1]))
+                lost.append(entry)
         self._warn_lost(lost, consequence)
 
     def _warn_lost(self, lost: Sequence[Entry], consequence: str) -> None:
