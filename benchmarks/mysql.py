@@ -166,10 +166,11 @@ def onestep_sink(url: str, messages: int, wait_s: float) -> dict[str, Any]:
         hit = counter.hit
 
         class CountingSink(TableSink):
-            def publish_batch(self, items: Any) -> None:
-                TableSink.publish_batch(self, items)
-                for _ in items:
+            def publish_batch(self, items: Any) -> Any:
+                refused = TableSink.publish_batch(self, items)
+                for _ in range(len(items) - len(refused or ())):
                     hit()
+                return refused
 
         connector = MySQLConnector(url)
         sink = CountingSink(connector, table, batch_size=500)

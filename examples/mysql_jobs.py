@@ -37,11 +37,11 @@ def _drop_tables() -> None:
 @app.on_startup
 def enqueue(app):
     """Runs before the queue is opened: start from empty tables, then submit the jobs
-    the way a web app would (`put` is thread-safe and needs no running app)."""
+    the way a web app would (`put` is thread-safe, needs no running app and creates
+    the table on first use)."""
     _drop_tables()
-    jobs.create_table()
-    for job in JOBS:
-        jobs.put(job)
+    jobs.put(JOBS[0], {"requested_by": "alice"})
+    jobs.put_many(JOBS[1:], {"requested_by": "batch"})
     print(f"startup: put {len(JOBS)} jobs on table 'onestep_example_jobs'")
 
 
@@ -50,8 +50,10 @@ def resize(ctx, job):
     if job["width"] == 300 and ctx.current.attempts == 0:
         raise RuntimeError("flaky storage, try again")  # the retry counts in the row
     thumb = {"image": job["image"], "thumb_width": job["width"] // 4, "meta": {"ok": True}}
+    meta = ctx.current.meta  # the producer's meta plus `id`, the row id
     print(
-        f"resize: {job['image']} -> {thumb['thumb_width']} px (attempt {ctx.current.attempts + 1})"
+        f"resize: row {meta['id']} {job['image']} -> {thumb['thumb_width']} px "
+        f"(attempt {ctx.current.attempts + 1}, requested by {meta['requested_by']})"
     )
     if ctx.state.incr("done") == len(JOBS):
         ctx.app.request_shutdown()

@@ -14,11 +14,10 @@ from onestep._checks import check_int, check_number
 
 from ._connection import parse_url
 from ._pool import Pool
-from ._queue import QueueColumns, TableQueue
+from ._queue import TableQueue
+from ._queue_schema import QueueColumns
 from ._sink import TableSink
 from ._state import MySQLStateStore
-
-# pymysql error codes of a refused login or an unknown database: retrying cannot help.
 
 
 class MySQLConnector:
@@ -122,8 +121,15 @@ class MySQLConnector:
         available_at_column: str = "available_at",
         leased_until_column: str = "leased_until",
         last_error_column: str | None = "last_error",
+        meta_column: str | None = "meta",
+        lease_token_column: str | None = "lease_token",
     ) -> TableQueue:
-        """A Source over a table of jobs; see TableQueue."""
+        """A table of jobs as a Source, a Sink and a producer; see TableQueue.
+
+        `meta_column=None` for an existing table without a meta column (messages then
+        carry no meta); `lease_token_column=None` for one without a lease-token column
+        (no fencing: a worker paused past its lease can then settle a row another
+        worker holds)."""
         return TableQueue(
             self,
             table,
@@ -141,6 +147,8 @@ class MySQLConnector:
                 available_at=available_at_column,
                 leased_until=leased_until_column,
                 last_error=last_error_column,
+                meta=meta_column,
+                lease_token=lease_token_column,
             ),
         )
 

@@ -1,96 +1,46 @@
-"""TableQueue: a MySQL/MariaDB table of jobs as a Source (leases, exact attempts, group
-commit); made by MySQLConnector.table_queue, run on its SourceActor's thread."""
+"""TableQueue: a MySQL/MariaDB table of jobs as a Source, a Sink and a producer; made by
+MySQLConnector.table_queue. Its Source methods run on its SourceActor's thread; `put`,
+`put_many` and `publish` on any thread; `publish_batch` on its SinkActor's thread."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
-import time
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-import pymysql.err
-
 from onestep import Delivery, Source
-from onestep._checks import check_int, check_number
+from onestep._checks import check_delay, check_int, check_number
 
-from ._connection import (
-    close_quietly,
-    encode_json,
-    is_connection_error,
-    placeholders,
-    quote_ident,
-    transaction,
-)
+from ._connection import close_quietly, quote_ident
+from ._leases import Leases
+from ._producer import Producer
+from ._queue_schema import QueueColumns, QueueSchema, check_server_supports_skip_locked
 
 if TYPE_CHECKING:
     from ._connector import MySQLConnector
 
-# How many ids go into one `IN (...)` list.
-_MAX_IDS_PER_STATEMENT = 1000
-
-
-class QueueColumns:
-    """The column names a TableQueue uses, already validated and quoted."""
-
-    __slots__ = (
-        "attempts",
-        "available_at",
-        "id",
-        "last_error",
-        "leased_until",
-        "names",
-        "payload",
-        "status",
-    )
-
-    def __init__(
-        self,
-        *,
-        id: str,
-        payload: str,
-        status: str,
-        attempts: str,
-        available_at: str,
-        leased_until: str,
-        last_error: str | None,
-    ) -> None:
-        given = {
-            "id_column": id,
-            "payload_column": payload,
-            "status_column": status,
-            "attempts_column": attempts,
-            "available_at_column": available_at,
-            "leased_until_column": leased_until,
-        }
-        if last_error is not None:
-            given["last_error_column"] = last_error
-        quoted = {option: quote_ident(value, option) for option, value in given.items()}
-        if len(set(given.values())) != len(given):
-            raise ValueError(f"the column options must name distinct columns, got {given}")
-        self.names = given
-        self.id = quoted["id_column"]
-        self.payload = quoted["payload_column"]
-        self.status = quoted["status_column"]
-        self.attempts = quoted["attempts_column"]
-        self.available_at = quoted["available_at_column"]
-        self.leased_until = quoted["leased_until_column"]
-        self.last_error = quoted.get("last_error_column")
-
 
 class TableQueue(Source):
-    """A table of jobs as a Source; every row is one message, its payload JSON.
+    """A table of jobs; every row is one message, its payload JSON, its meta a JSON
+    object (the consumer sees it plus `id`, the row id, in `delivery.meta`).
 
     `fetch` claims up to `batch_size` due rows in one transaction (`SELECT ... FOR
-    UPDATE SKIP LOCKED`, then marked `leased` until now + `lease_s`), so workers in any
-    number of processes never get the same row at once. A row whose lease expired (its
-    worker died) is claimed again and that attempt counted. Acks, retries and releases
-    are buffered and written by `flush()`, one UPDATE per kind per batch (group commit).
+    UPDATE SKIP LOCKED`, then marked `leased` until now + `lease_s` under a fresh lease
+    token), so workers in any number of processes never get the same row at once.
+    While a row runs its lease is renewed every `lease_s / 3` (`keepalive`), so
+    `lease_s` is how long a dead worker's rows wait before another worker takes them.
+    Acks, retries and releases are buffered and written by `flush()`, one UPDATE per
+    kind per batch (group commit), and only touch rows whose token is still ours.
 
-    Every Source method runs on the source actor's thread, which owns the connection.
-    `put` and `publish` are for producers on any thread and use the connector's pool.
+    The source side (open, fetch, ack, retry, release, fail, flush, keepalive, close)
+    runs on the source actor's thread, which owns its one connection. Producers (`put`,
+    `put_many`, `publish`) and the sink side (`publish_batch`) use the connector's pool
+    and create the table on first use.
     """
+
+    #: The SinkActor hands the sink side up to this many results at once.
+    max_batch = 500
 
     def __init__(
         self,
@@ -107,300 +57,172 @@ class TableQueue(Source):
     ) -> None:
         self.connector = connector
         self.table = table
-        self._table = quote_ident(table, "table")
+        quoted_table = quote_ident(table, "table")
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         # per queue, where Source declares a class-wide default
         self.poll_interval_s = check_number(  # type: ignore[misc]
             "poll_interval_s", poll_interval_s, exclusive=True
         )
-        self.lease_s = check_number("lease_s", lease_s, exclusive=True)
+        self.lease_s = check_delay("lease_s", lease_s, exclusive=True)
+        #: The source actor renews the held rows' leases this often (see keepalive).
+        self.keepalive_interval_s = self.lease_s / 3
         self.auto_create = bool(auto_create)
         self.delete_on_ack = bool(delete_on_ack)
         self.name = name or f"mysql:{table}"
         self.columns = columns
-        self._lease_us = int(self.lease_s * 1_000_000)
-        # How often a busy queue also looks for expired leases (an idle one looks on
-        # every fetch that finds fewer rows than it could take).
-        self._expired_check_every_s = min(1.0, self.lease_s / 2)
-        self._last_expired_check = 0.0
+        self._schema = QueueSchema(table, quoted_table, columns, auto_create=self.auto_create)
+        self._producer = Producer(connector, self._schema)
+        self._leases = Leases(
+            name=self.name,
+            table=table,
+            quoted_table=quoted_table,
+            columns=columns,
+            lease_s=self.lease_s,
+            delete_on_ack=self.delete_on_ack,
+        )
+        # The source side's connection, and the thread that fetches (the source
+        # actor's). A queue that is also a task's emit sink is opened and closed by its
+        # SinkActor too: that thread owns no connection here (publish_batch is pooled).
         self._conn: Any = None
-        self._acks: list[int] = []
-        self._retries: dict[int, list[int]] = {}  # delay in microseconds -> ids
-        self._releases: list[int] = []
-        self._build_statements()
+        self._source_thread: int | None = None
 
     def __repr__(self) -> str:
         return f"TableQueue({self.table!r}, connector={self.connector!r})"
 
-    def _build_statements(self) -> None:
-        c, t = self.columns, self._table
-        select = f"SELECT {c.id}, {c.payload}, {c.attempts} FROM {t} "
-        self._sql_claim_pending = (
-            select + f"WHERE {c.status} = 'pending' AND {c.available_at} <= NOW(6) "
-            f"ORDER BY {c.available_at} LIMIT %s FOR UPDATE SKIP LOCKED"
-        )
-        self._sql_claim_expired = (
-            select + f"WHERE {c.status} = 'leased' AND {c.leased_until} < NOW(6) "
-            f"LIMIT %s FOR UPDATE SKIP LOCKED"
-        )
-        lease = f"{c.leased_until} = NOW(6) + INTERVAL %s MICROSECOND"
-        self._sql_lease = f"UPDATE {t} SET {c.status} = 'leased', {lease} WHERE {c.id} IN "
-        # an expired lease was an execution whose worker died: it counts as an attempt
-        self._sql_lease_expired = (
-            f"UPDATE {t} SET {c.attempts} = {c.attempts} + 1, {c.status} = 'leased', "
-            f"{lease} WHERE {c.id} IN "
-        )
-        # an ack counts the execution too, so a finished row shows how often it ran
-        if self.delete_on_ack:
-            self._sql_ack = f"DELETE FROM {t} WHERE {c.status} = 'leased' AND {c.id} IN "
-        else:
-            self._sql_ack = (
-                f"UPDATE {t} SET {c.status} = 'done', {c.attempts} = {c.attempts} + 1, "
-                f"{c.leased_until} = NULL WHERE {c.status} = 'leased' AND {c.id} IN "
-            )
-        self._sql_retry = (
-            f"UPDATE {t} SET {c.status} = 'pending', {c.attempts} = {c.attempts} + 1, "
-            f"{c.available_at} = NOW(6) + INTERVAL %s MICROSECOND, {c.leased_until} = NULL "
-            f"WHERE {c.status} = 'leased' AND {c.id} IN "
-        )
-        self._sql_release = (
-            f"UPDATE {t} SET {c.status} = 'pending', {c.leased_until} = NULL "
-            f"WHERE {c.status} = 'leased' AND {c.id} IN "
-        )
-        error_set = "" if c.last_error is None else f", {c.last_error} = %s"
-        self._sql_fail = (
-            f"UPDATE {t} SET {c.status} = 'failed', {c.attempts} = {c.attempts} + 1, "
-            f"{c.leased_until} = NULL{error_set} WHERE {c.status} = 'leased' AND {c.id} = %s"
-        )
-        self._sql_put = (
-            f"INSERT INTO {t} ({c.payload}, {c.status}, {c.attempts}, {c.available_at}) "
-            f"VALUES (%s, 'pending', 0, NOW(6) + INTERVAL %s MICROSECOND)"
-        )
-
     def create_table_sql(self) -> str:
         """The CREATE TABLE statement of the managed table (with these column names)."""
-        c, t = self.columns, self._table
-        last_error = "" if c.last_error is None else f"    {c.last_error} TEXT NULL,\n"
-        sql = (
-            f"CREATE TABLE IF NOT EXISTS {t} (\n"
-            f"    {c.id} BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
-            f"    {c.payload} LONGTEXT NOT NULL,\n"
-            f"    {c.status} VARCHAR(16) NOT NULL DEFAULT 'pending',\n"
-            f"    {c.attempts} INT UNSIGNED NOT NULL DEFAULT 0,\n"
-            f"    {c.available_at} DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n"
-            f"    {c.leased_until} DATETIME(6) NULL,\n"
-            f"{last_error}"
-            "    `created_at` DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),\n"
-            "    `updated_at` DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)\n"
-            "        ON UPDATE CURRENT_TIMESTAMP(6),\n"
-            f"    KEY `onestep_claim` ({c.status}, {c.available_at}),\n"
-            f"    KEY `onestep_lease` ({c.status}, {c.leased_until})\n"
-            ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-        )
-        return sql.replace("%%", "%")
+        return self._schema.create_table_sql()
 
-    # -- set-up (the source actor's thread) ---------------------------------------------
+    def create_table(self) -> None:
+        """Make the table ready now (any thread): create it (auto_create), add the
+        columns a managed table from an older onestep lacks, or check an existing one.
+        Optional: `put` and `open` do it when needed."""
+        with self.connector.pooled() as conn:
+            self._schema.ensure(conn)
 
-    def ensure_table(self, conn: Any) -> None:
-        """Create the managed table if missing, or check that the named columns exist."""
-        with conn.cursor() as cursor:
-            if self.auto_create:
-                cursor.execute(self.create_table_sql().replace("%", "%%"), ())
-                return
-            c = self.columns
-            wanted = [c.id, c.payload, c.status, c.attempts, c.available_at, c.leased_until]
-            if c.last_error is not None:
-                wanted.append(c.last_error)
-            try:
-                cursor.execute(f"SELECT {', '.join(wanted)} FROM {self._table} LIMIT 0", ())
-            except pymysql.err.MySQLError as exc:
-                if is_connection_error(exc):
-                    raise
-                raise ValueError(
-                    f"table {self.table!r} (auto_create=False) lacks a column or does not "
-                    f"exist: {exc.args[1] if len(exc.args) > 1 else exc}; columns used: "
-                    f"{self.columns.names}"
-                ) from None
+    # -- set-up (the opening actor's thread) ----------------------------------------------
 
     def open(self) -> None:
-        """Connect and create the table if needed; runs on the source actor's thread.
+        """Check the server and make the table ready; runs on the source actor's thread
+        (and on the sink actor's, for a queue that is also an emit sink). Idempotent.
 
         One attempt: the first open fails fast (app.start() raises StartupError); after a
         lost connection the supervisor reopens with its backoff (no actor sleeps here),
         and the reopen writes the settlements buffered while the connection was down."""
-        conn = self.connector.connect()
-        try:
-            _check_server_supports_skip_locked(conn, self.connector.describe_target())
-            self.ensure_table(conn)
-        except BaseException:
-            close_quietly(conn)
-            raise
-        self._conn = conn
-        self.flush()
+        target = self.connector.describe_target()
+
+        def prepare(conn: Any) -> None:
+            check_server_supports_skip_locked(conn, target)
+            self._schema.ensure(conn)
+
+        self.connector.run_pooled(prepare)
+        if self._on_source_thread() and self._leases.buffered:
+            self._leases.flush(self._connection())
 
     def close(self) -> None:
-        """Write buffered settlements and disconnect; runs on the source actor's thread.
+        """On the source actor's thread: write buffered settlements and disconnect.
         Settlements that cannot be written (the connection is gone) stay buffered for
         the next open; the rows' leases expire meanwhile, so nothing is lost."""
+        if not self._on_source_thread():
+            return
         try:
-            self.flush()
+            if self._conn is not None and self._leases.buffered:
+                self._leases.flush(self._conn)
         finally:
             conn, self._conn = self._conn, None
             close_quietly(conn)
 
-    # -- fetching -------------------------------------------------------------------------
+    def _on_source_thread(self) -> bool:
+        return threading.get_ident() == self._source_thread
+
+    def _connection(self) -> Any:
+        """The source side's connection, made on first use (on the source thread)."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self.connector.connect()
+        return conn
+
+    # -- the source side (the source actor's thread) ---------------------------------------
 
     def fetch(self, limit: int) -> list[Delivery]:
         """Claim up to min(limit, batch_size) due rows in one transaction."""
-        if self._acks or self._retries or self._releases:
-            self.flush()
+        ident = threading.get_ident()
+        if ident != self._source_thread:
+            self._source_thread = ident
+        conn = self._connection()
+        leases = self._leases
+        if leases.buffered:
+            leases.flush(conn)
         count = min(limit, self.batch_size)
         if count <= 0:
             return []
-        conn = self._connection()
-        with conn.cursor() as cursor, transaction(conn):
-            rows, expired = self._claim(cursor, count)
-            if rows:
-                ids = [row[0] for row in rows]
-                cursor.execute(
-                    self._sql_lease + f"({placeholders(len(ids))})", (self._lease_us, *ids)
-                )
-            if expired:
-                ids = [row[0] for row in expired]
-                cursor.execute(
-                    self._sql_lease_expired + f"({placeholders(len(ids))})",
-                    (self._lease_us, *ids),
-                )
-        deliveries = [self._delivery(row, 0) for row in rows]
-        if expired:
-            deliveries.extend(self._delivery(row, 1) for row in expired)
-        return deliveries
-
-    def _claim(self, cursor: Any, count: int) -> tuple[Sequence[Any], Sequence[Any]]:
-        now = time.monotonic()
-        expired: Sequence[Any] = ()
-        if now - self._last_expired_check >= self._expired_check_every_s:
-            self._last_expired_check = now
-            cursor.execute(self._sql_claim_expired, (count,))
-            expired = cursor.fetchall()
-            count -= len(expired)
-        rows: Sequence[Any] = ()
-        if count > 0:
-            cursor.execute(self._sql_claim_pending, (count,))
-            rows = cursor.fetchall()
-            if not expired and len(rows) < count and now != self._last_expired_check:
-                self._last_expired_check = now
-                cursor.execute(self._sql_claim_expired, (count - len(rows),))
-                expired = cursor.fetchall()
-        return rows, expired
-
-    def _delivery(self, row: Any, extra_attempts: int) -> Delivery:
-        row_id, raw, attempts = row
-        try:
-            payload = json.loads(raw)
-        except (TypeError, ValueError) as exc:
-            error = ValueError(f"row {row_id} of {self.table!r}: payload is not JSON: {exc}")
-            return Delivery(
-                raw,
-                meta={"id": row_id},
-                attempts=attempts + extra_attempts,
-                handle=row_id,
-                error=error,
-            )
-        return Delivery(
-            payload, meta={"id": row_id}, attempts=attempts + extra_attempts, handle=row_id
-        )
-
-    def _connection(self) -> Any:
-        if self._conn is None:
-            raise ConnectionError(f"{self.name}: not connected (open() was not called)")
-        return self._conn
-
-    # -- settling (buffered; flush() writes them) ------------------------------------------
+        return leases.claim(conn, count)
 
     def ack(self, delivery: Delivery) -> None:
-        """Mark done (or delete) at the next flush."""
-        self._acks.append(delivery.handle)
+        """Mark done (or delete) at the next flush, if the row is still ours."""
+        self._leases.ack(delivery)
 
     def retry(self, delivery: Delivery, delay_s: float | None = None) -> None:
         """Count the attempt and make the row due after `delay_s`, at the next flush."""
-        delay_us = int((delay_s or 0.0) * 1_000_000)
-        self._retries.setdefault(delay_us, []).append(delivery.handle)
+        self._leases.retry(delivery, int((delay_s or 0.0) * 1_000_000))
 
     def release(self, delivery: Delivery) -> None:
         """Back to pending at once, attempts unchanged (shutdown), at the next flush."""
-        self._releases.append(delivery.handle)
+        self._leases.release(delivery)
 
     def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
         """Mark the row failed with the error (rare: written at once)."""
-        self.flush()
-        args: tuple[Any, ...] = (delivery.handle,)
+        text = None
         if self.columns.last_error is not None:
-            text = "" if error is None else f"{type(error).__name__}: {error}"
-            args = (text[:60000], delivery.handle)
-        with self._connection().cursor() as cursor:
-            cursor.execute(self._sql_fail, args)
+            text = "" if error is None else f"{type(error).__name__}: {error}"[:60000]
+        self._leases.fail(self._connection(), delivery, text)
 
     def flush(self) -> None:
         """Write the buffered acks, retries and releases: one UPDATE (or DELETE) each,
         in autocommit; runs on the source actor's thread when its mailbox is empty."""
-        if self._conn is None or not (self._acks or self._retries or self._releases):
+        if self._leases.buffered and self._on_source_thread():
+            self._leases.flush(self._connection())
+
+    def keepalive(self) -> None:
+        """Renew the leases of the rows handed out and not settled (one UPDATE, the
+        server's clock); runs on the source actor's thread every `lease_s / 3`, also
+        while every credit is held by a long handler. A row another worker took in the
+        meantime is reported lost (see Leases). Does nothing on other threads."""
+        if not self._on_source_thread():
             return
-        with self._conn.cursor() as cursor:
-            if self._acks:
-                _execute_in_chunks(cursor, self._sql_ack, (), self._acks)
-                self._acks = []
-            while self._retries:
-                delay_us, ids = next(iter(self._retries.items()))
-                _execute_in_chunks(cursor, self._sql_retry, (delay_us,), ids)
-                del self._retries[delay_us]
-            if self._releases:
-                _execute_in_chunks(cursor, self._sql_release, (), self._releases)
-                self._releases = []
+        leases = self._leases
+        if leases.buffered:
+            leases.flush(self._connection())
+        if leases.held:
+            leases.renew(self._connection())
 
-    # -- producers (any thread) -----------------------------------------------------------
+    # -- producers (any thread) ---------------------------------------------------------
 
-    def put(self, body: Any, *, delay_s: float = 0.0) -> int:
-        """Enqueue one JSON-serialisable body (due after `delay_s`); returns the row id.
-        Thread-safe: uses a pooled connection (the table must exist: open the queue, or
-        call `create_table()` once)."""
-        payload = encode_json(body, "body")
-        delay_us = int(check_number("delay_s", delay_s) * 1_000_000)
+    def put(self, body: Any, meta: dict[str, Any] | None = None, *, delay_s: float = 0.0) -> int:
+        """Enqueue one JSON body with optional JSON meta, due after `delay_s`; returns the
+        row id once committed. Any thread, with or without a running app; creates the
+        table on first use (auto_create). EncodeError, before anything is written, for
+        a body or meta that is not valid JSON (objects, NaN, Infinity)."""
+        return self._producer.put(body, meta, delay_s)
 
-        def insert(conn: Any) -> int:
-            with conn.cursor() as cursor:
-                cursor.execute(self._sql_put, (payload, delay_us))
-                return int(cursor.lastrowid)
-
-        return int(self.connector.run_pooled(insert))
-
-    def put_many(self, bodies: Iterable[Any], *, delay_s: float = 0.0) -> int:
-        """Enqueue many bodies in one transaction (multi-row INSERT); returns how many."""
-        delay_us = int(check_number("delay_s", delay_s) * 1_000_000)
-        rows = [(encode_json(body, "body"), delay_us) for body in bodies]
-
-        def insert(conn: Any) -> int:
-            with conn.cursor() as cursor:
-                conn.begin()
-                try:
-                    for start in range(0, len(rows), 1000):
-                        cursor.executemany(self._sql_put, rows[start : start + 1000])
-                    conn.commit()
-                except BaseException:
-                    conn.rollback()
-                    raise
-            return len(rows)
-
-        return int(self.connector.run_pooled(insert))
+    def put_many(
+        self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
+    ) -> int:
+        """Enqueue many bodies (each with `meta`) in one transaction (multi-row INSERTs);
+        returns how many. If one body is not valid JSON, EncodeError names it and
+        nothing is written."""
+        return self._producer.put_many(bodies, meta, delay_s)
 
     async def publish(self, body: Any, meta: dict[str, Any] | None = None) -> int:
-        """Enqueue from async code (the insert runs in a thread)."""
-        return await asyncio.to_thread(self.put, body)
+        """`put` from async code (the insert runs in a thread); returns the row id."""
+        return await asyncio.to_thread(self._producer.put, body, meta, 0.0)
 
-    def create_table(self) -> None:
-        """Create the managed table now (any thread), e.g. before producers `put`."""
-        with self.connector.pooled() as conn:
-            self.ensure_table(conn)
+    # -- the sink side (the sink actor's thread) ---------------------------------------
+
+    def publish_batch(self, items: list[tuple[Any, Any]]) -> dict[int, BaseException] | None:
+        """Enqueue results gathered by the SinkActor in one transaction; an item that is
+        not valid JSON is returned as {index: EncodeError} and the rest are written."""
+        return self._producer.publish_batch(items)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -409,27 +231,6 @@ class TableQueue(Source):
             "table": self.table,
             "batch_size": self.batch_size,
             "lease_s": self.lease_s,
+            "fenced": self.columns.lease_token is not None,
             "server": self.connector.url,
         }
-
-
-def _execute_in_chunks(cursor: Any, sql: str, leading: tuple[Any, ...], ids: list[int]) -> None:
-    for start in range(0, len(ids), _MAX_IDS_PER_STATEMENT):
-        chunk = ids[start : start + _MAX_IDS_PER_STATEMENT]
-        cursor.execute(sql + f"({placeholders(len(chunk))})", (*leading, *chunk))
-
-
-def _check_server_supports_skip_locked(conn: Any, target: str) -> None:
-    version = str(conn.get_server_info())
-    if version.startswith("5.5.5-"):  # how MariaDB 10+ announces itself to old clients
-        version = version[len("5.5.5-") :]
-    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
-    if match is None:
-        return
-    numbers = tuple(int(part) for part in match.groups())
-    needed = (10, 6, 0) if "mariadb" in version.lower() else (8, 0, 1)
-    if numbers < needed:
-        raise ConnectionError(
-            f"{target} runs {version}; the table queue needs SELECT ... FOR UPDATE SKIP "
-            f"LOCKED (MariaDB 10.6+ or MySQL 8.0.1+)"
-        )

@@ -1,5 +1,6 @@
 """MySQLStateStore: a StateStore in one MySQL/MariaDB table, shared by every process;
-made by MySQLConnector.state_store, called from worker threads."""
+made by MySQLConnector.state_store, called from worker threads. Expiry follows the
+database server's clock."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 
 _MISSING = object()
 
+# The database server's clock in epoch seconds (microseconds): every expiry is decided
+# by it, never by the clock of the host that calls.
+_DB_NOW = "UNIX_TIMESTAMP(NOW(6))"
+
 # How often a transaction is run again after InnoDB chose it as the victim of a deadlock
 # (or a lock wait timed out).
 _DEADLOCK_RETRIES = 5
@@ -30,7 +35,8 @@ class MySQLStateStore(StateStore):
     `expires_at` epoch seconds or NULL), shared by every process and host that use the
     same database. `incr`, `update`, `pop` and `claim` are atomic across them (row locks
     in one transaction). Called from worker threads: each call takes a connection from
-    the connector's pool. Claim expiry uses the callers' clocks (keep hosts in NTP sync).
+    the connector's pool. Claims expire by the database server's clock
+    (`UNIX_TIMESTAMP(NOW(6))`), so the hosts' clocks do not matter.
     """
 
     blocking = True
@@ -43,10 +49,10 @@ class MySQLStateStore(StateStore):
         self.connector = connector
         self.table = table
         t = self._table = quote_ident(table, "table")
-        self._last_purge = time.time()
+        self._last_purge = time.monotonic()
         self._sql_get = (
             f"SELECT `value` FROM {t} WHERE `key` = %s "
-            "AND (`expires_at` IS NULL OR `expires_at` > %s)"
+            f"AND (`expires_at` IS NULL OR `expires_at` > {_DB_NOW})"
         )
         self._sql_set = (
             f"INSERT INTO {t} (`key`, `value`, `expires_at`) VALUES (%s, %s, NULL) "
@@ -59,13 +65,20 @@ class MySQLStateStore(StateStore):
             f"INSERT INTO {t} (`key`, `value`, `expires_at`) VALUES (%s, 'null', 0) "
             "ON DUPLICATE KEY UPDATE `key` = `key`"
         )
-        self._sql_lock = f"SELECT `value`, `expires_at` FROM {t} WHERE `key` = %s FOR UPDATE"
+        self._sql_lock = (
+            f"SELECT `value`, `expires_at` IS NULL OR `expires_at` > {_DB_NOW} "
+            f"FROM {t} WHERE `key` = %s FOR UPDATE"
+        )
         self._sql_delete = f"DELETE FROM {t} WHERE `key` = %s"
         self._sql_delete_expired = (
-            f"DELETE FROM {t} WHERE `key` = %s AND `expires_at` IS NOT NULL AND `expires_at` <= %s"
+            f"DELETE FROM {t} WHERE `key` = %s AND `expires_at` IS NOT NULL "
+            f"AND `expires_at` <= {_DB_NOW}"
         )
         self._sql_claim = (
-            f"INSERT IGNORE INTO {t} (`key`, `value`, `expires_at`) VALUES (%s, %s, %s)"
+            f"INSERT IGNORE INTO {t} (`key`, `value`, `expires_at`) VALUES (%s, %s, {_DB_NOW} + %s)"
+        )
+        self._sql_purge = (
+            f"DELETE FROM {t} WHERE `expires_at` IS NOT NULL AND `expires_at` <= {_DB_NOW}"
         )
         create = (
             f"CREATE TABLE IF NOT EXISTS {t} (`key` VARCHAR(255) NOT NULL PRIMARY KEY, "
@@ -120,7 +133,7 @@ class MySQLStateStore(StateStore):
         key = self._check_key(key)
 
         def read(cursor: Any) -> Any:
-            cursor.execute(self._sql_get, (key, time.time()))
+            cursor.execute(self._sql_get, (key,))
             return cursor.fetchone()
 
         row = self._run(read)
@@ -143,8 +156,7 @@ class MySQLStateStore(StateStore):
         def run(cursor: Any) -> Any:
             cursor.execute(self._sql_placeholder, (key,))
             cursor.execute(self._sql_lock, (key,))
-            raw, expires_at = cursor.fetchone()
-            live = expires_at is None or expires_at > time.time()
+            raw, live = cursor.fetchone()
             return change(cursor, json.loads(raw) if live else _MISSING)
 
         return self._run(run, transaction=True)
@@ -179,23 +191,17 @@ class MySQLStateStore(StateStore):
         ttl_s = check_ttl(ttl_s)
         key = self._check_key(key)
         encoded = self._encode(key, value)
-        if time.time() - self._last_purge >= self.PURGE_EVERY_S:
+        if time.monotonic() - self._last_purge >= self.PURGE_EVERY_S:
             self.purge_expired()
 
         def run(cursor: Any) -> bool:
-            now = time.time()
-            cursor.execute(self._sql_delete_expired, (key, now))
-            cursor.execute(self._sql_claim, (key, encoded, now + ttl_s))
+            cursor.execute(self._sql_delete_expired, (key,))
+            cursor.execute(self._sql_claim, (key, encoded, ttl_s))
             return bool(cursor.rowcount == 1)
 
         return bool(self._run(run, transaction=True))
 
     def purge_expired(self) -> int:
         """Delete expired claims; returns how many."""
-        self._last_purge = time.time()
-        sql = f"DELETE FROM {self._table} WHERE `expires_at` IS NOT NULL AND `expires_at` <= %s"
-
-        def run(cursor: Any) -> int:
-            return int(cursor.execute(sql, (time.time(),)))
-
-        return int(self._run(run))
+        self._last_purge = time.monotonic()
+        return int(self._run(lambda cursor: cursor.execute(self._sql_purge, ())))

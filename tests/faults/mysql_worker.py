@@ -1,6 +1,10 @@
 """A onestep worker process on a MySQL table queue, for the MySQL integration and fault
-tests: it logs "<n> <pid>" per execution of item {"n": n} with one os.write (which a
-SIGKILL cannot tear) and runs until SIGTERM (app.run(): graceful shutdown, exit 0).
+tests. It logs "ready <pid>" once started; per execution of item {"n": n} it logs
+"start <n> <pid>" when the handler starts,
+"end <n> <pid> <lease_lost>" when it returns (`work` mode), and "succeeded <n> <pid>
+<lease_lost>" from the succeeded event, each with one os.write (which a SIGKILL cannot
+tear); <lease_lost> is 1 if the delivery's meta says its lease was lost. It runs until
+SIGTERM (app.run(): graceful shutdown, exit 0).
 """
 
 from __future__ import annotations
@@ -40,20 +44,35 @@ def main() -> int:
     pid = os.getpid()
     pause = threading.Event()
 
+    def write(what: str, n: int, meta: dict[str, Any] | None = None) -> None:
+        lost = "" if meta is None else f" {int(bool(meta.get('lease_lost')))}"
+        os.write(log, f"{what} {n} {pid}{lost}\n".encode())
+
+    @app.on_startup
+    def ready(app: OneStepApp) -> None:
+        os.write(log, f"ready {pid}\n".encode())
+
+    @app.on_event
+    def on_event(event: Any) -> None:
+        if event.kind == "succeeded" and "n" in event.meta:
+            write("succeeded", event.meta["n"], event.meta)
+
     if args.mode == "block":
 
         @app.task(source=queue, concurrency=args.concurrency)
         async def block(ctx: Any, item: Any) -> None:
-            os.write(log, f"{item['n']} {pid}\n".encode())
+            write("start", item["n"])
             await asyncio.sleep(3600)  # cancelled by the shutdown
 
     else:
 
         @app.task(source=queue, concurrency=args.concurrency)
         def work(ctx: Any, item: Any) -> None:
-            os.write(log, f"{item['n']} {pid}\n".encode())
+            ctx.current.meta["n"] = item["n"]  # for the succeeded event
+            write("start", item["n"])
             if args.work_s:
                 pause.wait(args.work_s)
+            write("end", item["n"], ctx.current.meta)
 
     app.run()
     print("worker stopped cleanly", flush=True)

@@ -140,11 +140,28 @@ class Worker:
             command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
 
-    def executed(self) -> list[int]:
-        """The item numbers this worker started, in order (one line per execution)."""
+    def lines(self, what: str) -> list[list[str]]:
+        """The fields after `what` of every log line of that kind, in order."""
         if not self.log.exists():
             return []
-        return [int(line.split()[0]) for line in self.log.read_text().splitlines() if line]
+        lines = [line.split() for line in self.log.read_text().splitlines()]
+        return [fields[1:] for fields in lines if fields and fields[0] == what]
+
+    def ready(self) -> bool:
+        """Whether the worker's app has started (its startup hook ran)."""
+        return bool(self.lines("ready"))
+
+    def executed(self) -> list[int]:
+        """The item numbers this worker started, in order (one line per execution)."""
+        return [int(fields[0]) for fields in self.lines("start")]
+
+    def finished(self) -> dict[int, bool]:
+        """Item number -> whether its lease was lost, for every handler that returned."""
+        return {int(fields[0]): fields[2] == "1" for fields in self.lines("end")}
+
+    def succeeded(self) -> dict[int, bool]:
+        """Item number -> the `lease_lost` of its succeeded event's meta."""
+        return {int(fields[0]): fields[2] == "1" for fields in self.lines("succeeded")}
 
     def stop(self, timeout: float = TIMEOUT) -> tuple[int, str]:
         if self.process.poll() is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import multiprocessing
 import os
 import queue
@@ -38,7 +39,7 @@ from mysql_support import (
 )
 
 import adapters.mysql._state
-import onestep._state
+from actors import EncodeError
 from onestep import (
     MaxAttempts,
     MemoryQueue,
@@ -219,7 +220,7 @@ def test_an_existing_table_with_its_own_column_names(connector, tables):
         f"CREATE TABLE {quote(jobs)} (job_id BIGINT AUTO_INCREMENT PRIMARY KEY, body JSON, "
         "state VARCHAR(20) NOT NULL DEFAULT 'pending', tries INT NOT NULL DEFAULT 0, "
         "run_after DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
-        "lease_end DATETIME(6) NULL, error TEXT NULL)"
+        "lease_end DATETIME(6) NULL, error TEXT NULL, headers JSON NULL, owner CHAR(32) NULL)"
     )
     source = connector.table_queue(
         jobs,
@@ -231,19 +232,25 @@ def test_an_existing_table_with_its_own_column_names(connector, tables):
         available_at_column="run_after",
         leased_until_column="lease_end",
         last_error_column="error",
+        meta_column="headers",
+        lease_token_column="owner",
         poll_interval_s=0.05,
     )
-    source.put({"n": 1})
+    row_id = source.put({"n": 1}, {"trace": "abc"})
     got: queue.Queue[Any] = queue.Queue()
     app = OneStepApp("legacy")
 
     @app.task(source=source)
     def handle(ctx: Any, item: Any) -> None:
-        got.put(item)
+        got.put((item, dict(ctx.current.meta)))
 
     with Running(app):
-        assert got.get(timeout=TIMEOUT) == {"n": 1}
-    assert query(f"SELECT state, tries, lease_end FROM {quote(jobs)}") == [("done", 1, None)]
+        assert got.get(timeout=TIMEOUT) == ({"n": 1}, {"trace": "abc", "id": row_id})
+    [(state, tries, lease_end, owner)] = query(
+        f"SELECT state, tries, lease_end, owner FROM {quote(jobs)}"
+    )
+    assert (state, tries, lease_end) == ("done", 1, None)
+    assert len(owner) == 32  # the token of the claim that settled it
 
 
 def test_an_existing_table_without_a_named_column_fails_at_startup(connector, tables):
@@ -254,8 +261,12 @@ def test_an_existing_table_without_a_named_column_fails_at_startup(connector, ta
     @app.task(source=connector.table_queue(jobs, auto_create=False))
     def handle(ctx: Any, item: Any) -> None: ...
 
-    with pytest.raises(StartupError, match="lacks a column"):
+    with pytest.raises(StartupError, match="lacks column") as info:
         app.start()
+    message = str(info.value)
+    for option in ("status_column", "attempts_column", "available_at_column"):
+        assert option in message
+    assert f"ALTER TABLE `{jobs}` ADD COLUMN `meta` LONGTEXT NULL" in message
 
 
 # -- the sink ----------------------------------------------------------------------------------
@@ -306,11 +317,67 @@ def test_the_sink_can_create_its_table(connector, tables):
     assert query(f"SELECT id, n, x, tags FROM {quote(results)}") == [("a", 2, 1.5, "[]")]
 
 
+def test_one_unencodable_result_of_200_fails_alone_with_kind_encode(connector, tables):
+    results = tables("results")
+    query(f"CREATE TABLE {quote(results)} (n INT PRIMARY KEY, half DOUBLE, info LONGTEXT)")
+    source = MemoryQueue("numbers")
+    for n in range(200):
+        source.put(n)
+    dead = MemoryQueue("dead")
+    app = OneStepApp("encode")
+    done = count_events(app, "succeeded", 199)
+
+    @app.task(source=source, emit=connector.table_sink(results), dead_letter=dead, concurrency=50)
+    def to_row(ctx: Any, n: int) -> Any:
+        # n=123 holds a NaN in its JSON column: it cannot be written, the others can
+        return {"n": n, "half": n / 2, "info": {"bad": math.nan} if n == 123 else {"ok": n}}
+
+    with Running(app):
+        record = dead.get(timeout=TIMEOUT)
+        assert done.wait(TIMEOUT)
+    assert record["payload"] == 123
+    assert record["failure"]["kind"] == "encode"
+    assert "column 'info'" in record["failure"]["message"]
+    assert dead.qsize() == 0
+    rows = query(f"SELECT n FROM {quote(results)} ORDER BY n")
+    assert [n for (n,) in rows] == [n for n in range(200) if n != 123]
+
+
+def test_publish_batch_writes_the_encodable_items_and_returns_the_others(connector, tables):
+    results = tables("results")
+    query(f"CREATE TABLE {quote(results)} (k INT PRIMARY KEY, x DOUBLE, j LONGTEXT)")
+    sink = connector.table_sink(results)
+    sink.open()
+    try:
+        refused = sink.publish_batch(
+            [
+                ({"k": 1, "x": 0.5}, None),
+                ({"k": 2, "x": math.inf}, None),
+                ([{"k": 3}, {"k": 4, "j": {"v": math.nan}}], None),  # one bad row: both out
+                ({"k": 5, "j": [1, "two"]}, None),
+                ({7: "not a column name"}, None),
+                ("text", None),
+            ]
+        )
+    finally:
+        sink.close()
+    assert refused is not None and sorted(refused) == [1, 2, 4, 5]
+    assert all(isinstance(error, EncodeError) for error in refused.values())
+    assert "column 'x'" in str(refused[1]) and "not a finite number" in str(refused[1])
+    assert "column 'j'" in str(refused[2]) and "not valid JSON" in str(refused[2])
+    assert query(f"SELECT k, x, j FROM {quote(results)} ORDER BY k") == [
+        (1, 0.5, None),
+        (5, None, '[1,"two"]'),
+    ]
+
+
 @pytest.mark.parametrize("body", [1, "text", [1, 2], {}], ids=repr)
 def test_the_sink_refuses_what_is_not_a_dict_or_list_of_dicts(connector, tables, body):
     sink = connector.table_sink(tables("refuse"))
-    with pytest.raises((TypeError, ValueError)):
-        sink.publish_batch([(body, None)])
+    refused = sink.publish_batch([(body, None)])
+    assert refused is not None and isinstance(refused[0], EncodeError)
+    with pytest.raises(EncodeError, match="dict"):
+        sink.publish(body)
 
 
 # -- arguments, URLs and credentials -------------------------------------------------------
@@ -382,6 +449,33 @@ def test_bad_credentials_or_address_fail_at_startup_without_the_password(mysql_u
     assert "s3cret" not in text
     assert "127.0.0.1" in text
     assert "test" in text
+
+
+def test_a_wrong_password_through_the_cli_prints_one_clean_line(mysql_url, tmp_path):
+    app_file = tmp_path / "wrong_password_app.py"
+    app_file.write_text(
+        "from onestep import MySQLConnector, OneStepApp\n"
+        "db = MySQLConnector('mysql://root:s3cret-pw@127.0.0.1:3306/test', "
+        "connect_timeout_s=3)\n"
+        "app = OneStepApp('wrong-password')\n"
+        "@app.task(source=db.table_queue('never_made'))\n"
+        "def handle(ctx, item):\n"
+        "    pass\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "onestep", "run", str(app_file)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert "s3cret" not in completed.stderr + completed.stdout
+    [line] = completed.stderr.strip().splitlines()
+    assert "Access denied for user 'root'" in line
+    assert "127.0.0.1:3306" in line and "'test'" in line
 
 
 # -- quoting -----------------------------------------------------------------------------------
@@ -469,11 +563,46 @@ def store(connector, tables) -> Any:
 
 @pytest.fixture
 def fake_time(monkeypatch) -> Any:
+    """The contract's FakeTime as the database server's clock (the store's only clock):
+    every pooled operation runs with its session's TIMESTAMP set to the fake time, so
+    NOW() returns it, and reset afterwards."""
     fake = _contract.FakeTime()
-    namespace = SimpleNamespace(time=fake.time, monotonic=fake.monotonic)
-    monkeypatch.setattr(onestep._state, "time", namespace)
-    monkeypatch.setattr(adapters.mysql._state, "time", namespace)
+    run_pooled = MySQLConnector.run_pooled
+
+    def at_fake_time(self: MySQLConnector, operation: Any) -> Any:
+        def on(conn: Any) -> Any:
+            with conn.cursor() as cursor:
+                cursor.execute("SET TIMESTAMP = %s", (fake.now,))
+            try:
+                return operation(conn)
+            finally:
+                with conn.cursor() as cursor:
+                    cursor.execute("SET TIMESTAMP = DEFAULT", ())
+
+        return run_pooled(self, on)
+
+    monkeypatch.setattr(MySQLConnector, "run_pooled", at_fake_time)
     return fake
+
+
+def test_claims_expire_by_the_database_clock_not_the_hosts(store, monkeypatch):
+    """A host whose clock is a day off claims as if it were right: the expiry is the
+    server's NOW() plus the ttl."""
+    real_time = time.time
+    skewed = SimpleNamespace(time=lambda: real_time() + 86_400.0, monotonic=time.monotonic)
+    monkeypatch.setattr(adapters.mysql._state, "time", skewed)
+    [(before,)] = query("SELECT UNIX_TIMESTAMP(NOW(6))")
+    assert store.claim("tick", 30)
+    [(after,)] = query("SELECT UNIX_TIMESTAMP(NOW(6))")
+    [(expires_at,)] = query(
+        f"SELECT expires_at FROM {quote(store.table)} WHERE `key` = %s", ("tick",)
+    )
+    assert float(before) + 30 <= expires_at <= float(after) + 30
+    assert store.claim("tick", 30) is False
+    # expired by the server's clock: another claim wins
+    query(f"UPDATE {quote(store.table)} SET expires_at = UNIX_TIMESTAMP(NOW(6)) - 0.001")
+    assert store.get("tick", "gone") == "gone"
+    assert store.claim("tick", 30) is True
 
 
 def test_the_store_is_a_blocking_state_store(store):
