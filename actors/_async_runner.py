@@ -12,6 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ._failure import failure_from, timeout_failure
+from ._runtime import subscribe_source
 
 if TYPE_CHECKING:
     from ._runtime import TaskRuntime
@@ -42,8 +43,11 @@ class AsyncRunner:
 
     def start_pullers(self) -> None:
         """Start one puller per credit; runs on the event-loop thread."""
-        self.runtime.source.subscribe(self.wake_up)
-        self.runtime.ledger.on_free = self.wake_up
+        runtime = self.runtime
+        runtime.source_wakes_when_due = subscribe_source(
+            runtime.source, self.wake_up, runtime.timer
+        )
+        runtime.ledger.on_free = self.wake_up
         for _ in range(self.runtime.task.concurrency):
             self._track(self._pull())
 
@@ -92,8 +96,7 @@ class AsyncRunner:
                 await self._park()
                 continue
             delivery = batch[0]
-            if not ledger.add(delivery):  # stop() came while we fetched it
-                runtime.source.release(delivery)
+            if not ledger.add(delivery):  # stop() came while we fetched it: given back
                 return
             if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
                 continue
