@@ -59,10 +59,10 @@ class Stepper:
             raise AssertionError("the stepped operation neither stopped nor finished")
         return self
 
-    def resume(self) -> None:
-        """Let the stopped operation run to its end (and wait for it)."""
+    def resume(self, wait: bool = True) -> None:
+        """Let the stopped operation run on, and (with `wait`) wait for its end."""
         self._resume.set()
-        if not self.finished.wait(SETTLE_S):
+        if wait and not self.finished.wait(SETTLE_S):
             raise AssertionError("the stepped operation did not finish once resumed")
 
     def _run(self) -> None:
