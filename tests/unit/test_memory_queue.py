@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from actors import Timer
-from onestep import Delivery, MemoryQueue
-from tests.helpers import preempting
+from onestep import Delivery, MemoryQueue, OneStepApp
+from tests.helpers import preempting, running
 from tests.interleave import SETTLE_S, Other, Stepper, each_stop
 
 
@@ -242,6 +242,216 @@ def test_offer_appends_without_blocking():
     assert q.offer("x", {"m": 1}) is True
     [delivery] = q.fetch(1)
     assert (delivery.payload, delivery.meta) == ("x", {"m": 1})
+
+
+# -- the producer API: put / put_many with meta and delay_s ------------------------------
+
+
+def test_put_many_puts_each_body_in_order_with_its_own_copy_of_meta():
+    q = MemoryQueue("q")
+    meta = {"source": "batch"}
+    assert q.put_many(iter([1, 2, 3]), meta) == 3
+    batch = q.fetch(10)
+    assert [d.payload for d in batch] == [1, 2, 3]
+    assert [d.meta for d in batch] == [meta] * 3
+    batch[0].meta["changed"] = True  # a handler changing its meta changes no other's
+    assert batch[1].meta == {"source": "batch"} and meta == {"source": "batch"}
+    assert q.put_many([]) == 0
+    assert q.qsize() == 0
+
+
+def test_put_and_put_many_from_several_threads_without_an_app():
+    q = MemoryQueue("q")
+    start = threading.Barrier(4)
+
+    def producer(n: int) -> None:
+        start.wait(5)
+        for i in range(50):
+            q.put((n, i), {"n": n})
+        assert q.put_many([(n, i) for i in range(50, 100)], {"n": n}) == 50
+
+    threads = [threading.Thread(target=producer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    batch = q.fetch(1000)
+    assert sorted(d.payload for d in batch) == [(n, i) for n in range(4) for i in range(100)]
+    assert all(d.meta == {"n": d.payload[0]} for d in batch)
+    for n in range(4):  # each producer's messages stay in its order
+        mine = [d.payload[1] for d in batch if d.payload[0] == n]
+        assert mine == list(range(100))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_put_and_put_many_from_several_threads_reach_a_running_task_with_their_meta(kind):
+    incoming = MemoryQueue("in")
+    seen: queue.Queue[Any] = queue.Queue()
+    app = OneStepApp("producers")
+
+    if kind == "sync":
+
+        @app.task(source=incoming, concurrency=4)
+        def record(ctx, item):
+            seen.put((item, dict(ctx.current.meta)))
+
+    else:
+
+        @app.task(source=incoming, concurrency=4)
+        async def record_async(ctx, item):
+            seen.put((item, dict(ctx.current.meta)))
+
+    def producer(n: int) -> None:
+        for i in range(20):
+            incoming.put((n, i), {"producer": n, "i": i})
+        incoming.put_many([(n, i) for i in range(20, 40)], {"producer": n})
+
+    with running(app):
+        threads = [threading.Thread(target=producer, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        got = [seen.get(timeout=5) for _ in range(3 * 40)]
+        for thread in threads:
+            thread.join(5)
+    assert sorted(item for item, _ in got) == [(n, i) for n in range(3) for i in range(40)]
+    for (n, i), meta in got:
+        assert meta == ({"producer": n, "i": i} if i < 20 else {"producer": n})
+
+
+def test_a_delayed_put_counts_in_qsize_and_is_ready_after_its_delay():
+    q = MemoryQueue("q")
+    put_at = time.monotonic()
+    q.put("later", {"k": 1}, delay_s=0.2)
+    q.put_many(["a", "b"], delay_s=0.2)
+    assert q.qsize() == 3 and not q.empty()
+    assert q.fetch(10) == []
+    assert q.drain() == []
+    first = q.take(3, 5.0)
+    assert time.monotonic() - put_at >= 0.2
+    rest = first[1:] + q.take(3, 5.0) if len(first) < 3 else first[1:]
+    assert [d.payload for d in [first[0], *rest]] == ["later", "a", "b"]
+    assert first[0].meta == {"k": 1}
+    assert q.qsize() == 0
+
+
+def test_a_delayed_put_wakes_a_take_that_waits_with_a_long_timeout():
+    q = MemoryQueue("q")
+    waiting = threading.Event()
+    got: queue.Queue[Any] = queue.Queue()
+
+    def consumer() -> None:
+        waiting.set()
+        got.put((q.take(1, 30.0), time.monotonic()))
+
+    thread = threading.Thread(target=consumer)
+    thread.start()
+    assert waiting.wait(5)
+    put_at = time.monotonic()
+    q.put("x", delay_s=0.15)
+    batch, taken_at = got.get(timeout=10)  # 30 s would mean the take was never woken
+    thread.join(5)
+    assert [d.payload for d in batch] == ["x"]
+    assert taken_at - put_at >= 0.15
+
+
+class ActorDrivenQueue(MemoryQueue):
+    """A MemoryQueue the runtime drives through its SourceActor (not direct mode)."""
+
+    thread_safe = False
+
+
+@pytest.mark.parametrize(
+    ("kind", "queue_class"),
+    [("sync", MemoryQueue), ("async", MemoryQueue), ("sync", ActorDrivenQueue)],
+    ids=["sync-direct", "async-direct", "source-actor"],
+)
+def test_a_delayed_put_to_an_idle_task_runs_after_the_delay(kind, queue_class):
+    incoming = queue_class("in")
+    handled: queue.Queue[tuple[Any, float]] = queue.Queue()
+    app = OneStepApp("delayed")
+
+    if kind == "sync":
+
+        @app.task(source=incoming)
+        def record(ctx, item):
+            handled.put((item, time.monotonic()))
+
+    else:
+
+        @app.task(source=incoming)
+        async def record_async(ctx, item):
+            handled.put((item, time.monotonic()))
+
+    with running(app):
+        incoming.put("warm-up")  # the task has handled a message and sleeps on an empty queue
+        assert handled.get(timeout=5)[0] == "warm-up"
+        put_at = time.monotonic()
+        incoming.put("late", delay_s=0.3)
+        item, handled_at = handled.get(timeout=10)  # never woken: nothing would come
+    assert item == "late"
+    assert handled_at - put_at >= 0.3
+
+
+def test_put_many_on_a_bounded_queue_waits_for_room_until_all_are_in():
+    q = MemoryQueue("q", maxsize=3)
+    consumed: list[Any] = []
+    started = threading.Event()
+
+    def consumer() -> None:
+        started.set()
+        while len(consumed) < 10:
+            consumed.append(q.get(timeout=5))
+
+    thread = threading.Thread(target=consumer)
+    thread.start()
+    assert started.wait(5)
+    assert q.put_many(range(10), timeout=10) == 10
+    thread.join(10)
+    assert consumed == list(range(10))
+    assert q.qsize() == 0
+
+
+def test_put_many_on_a_full_bounded_queue_raises_full_after_its_timeout_keeping_what_fit():
+    q = MemoryQueue("q", maxsize=3)
+    q.put("first")
+    start = time.monotonic()
+    with pytest.raises(queue.Full, match="the first 2 of the 5 messages were put"):
+        q.put_many(["a", "b", "c", "d", "e"], timeout=0.1)
+    assert time.monotonic() - start >= 0.1
+    assert q.drain() == ["first", "a", "b"]
+
+
+def test_a_bounded_queue_counts_delayed_messages_against_maxsize():
+    q = MemoryQueue("q", maxsize=2)
+    q.put("now")
+    q.put("later", delay_s=60)
+    assert q.offer("more") is False
+    with pytest.raises(queue.Full):
+        q.put("more", timeout=0)
+    assert q.qsize() == 2
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda q: q.put(1, delay_s=-1), "delay_s must be a number >= 0"),
+        (lambda q: q.put(1, delay_s=float("nan")), "delay_s must be a finite number"),
+        (lambda q: q.put(1, delay_s=True), "delay_s must be a number"),
+        (lambda q: q.put(1, delay_s=31 * 86_400), "delay_s must be at most"),
+        (lambda q: q.put(1, timeout=-1), "timeout must be a number >= 0"),
+        (lambda q: q.put(1, meta=["not", "a", "dict"]), "meta must be a dict or None"),
+        (lambda q: q.put_many("abc"), "bodies must be an iterable of message bodies"),
+        (lambda q: q.put_many(5), "bodies must be an iterable of message bodies"),
+        (lambda q: q.put_many({"a": 1}), "bodies must be an iterable of message bodies"),
+        (lambda q: q.put_many([1], delay_s="soon"), "delay_s must be a number"),
+        (lambda q: q.put_many([1], meta=3), "meta must be a dict or None"),
+    ],
+)
+def test_bad_producer_arguments_raise_naming_the_parameter_and_put_nothing(call, match):
+    q = MemoryQueue("q")
+    with pytest.raises(ValueError, match=match):
+        call(q)
+    assert q.qsize() == 0
 
 
 # -- the lock-free paths under stress ----------------------------------------------------
