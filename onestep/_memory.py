@@ -143,13 +143,16 @@ class MemoryQueue(Source, Sink):
     def offer(self, body: Any, meta: dict[str, Any] | None = None) -> bool:
         """Append without blocking; False if the queue is full. The runtime uses it to
         publish from any thread without a trip through the sink actor."""
+        # Delivery(body) without the keyword when there is no meta: a keyword argument
+        # made creating a Delivery about a third slower (timeit).
+        delivery = Delivery(body) if meta is None else Delivery(body, meta=meta)
         if self._lock_free_put:
             # inlined _append_ready: this is every emitted result's path
-            self._items.append(Delivery(body, meta=meta))
+            self._items.append(delivery)
             if self._consumers_waiting or self._armed:
                 self._wake(1)
             return True
-        return self.offer_delivery(Delivery(body, meta=meta))
+        return self.offer_delivery(delivery)
 
     def offer_delivery(self, delivery: Delivery) -> bool:
         """Append a ready-made Delivery (one carrying a `reply`, say) without blocking;
@@ -389,14 +392,27 @@ class MemoryQueue(Source, Sink):
         subscriber's wakeup."""
         if not self._lock_free:
             return self._fetch_locked(limit)
-        self._ready_due()
-        batch = self._pop(limit)
+        # The fast path inline, as in take(): an async puller's fetch(1) per message.
+        if self._delayed:
+            self._ready_due()
+        items = self._items
+        if not items:
+            batch: list[Delivery] = []
+        elif limit == 1:
+            try:
+                batch = [items.popleft()]
+            except IndexError:  # another consumer took the last one
+                batch = []
+        else:
+            batch = self._pop(limit)
         if not batch:
             # Arm, then look again: a producer that appended before this read `_armed`
             # as False, so the message would wait unseen until the next put.
             self._armed = True
             batch = self._pop(limit)
-        if batch and self._producers_waiting:
+            if not batch:
+                return batch
+        if self._producers_waiting:
             self._room_freed(len(batch))
         return batch
 
@@ -412,7 +428,26 @@ class MemoryQueue(Source, Sink):
 
     def take(self, limit: int, timeout: float) -> list[Delivery]:
         """Like `fetch`, but wait up to `timeout` seconds for a message to be ready."""
-        return self._take(limit, _monotonic() + timeout)
+        if self._lock_free:
+            # The fast path inline (a direct-mode worker's take(1) per message): four
+            # method calls fewer made take() about twice as fast (timeit, 1.7 -> 0.8 us
+            # on a loaded machine).
+            if self._delayed:
+                self._ready_due()
+            items = self._items
+            if items:
+                if limit == 1:
+                    try:
+                        batch = [items.popleft()]
+                    except IndexError:  # another consumer took the last one
+                        batch = []
+                else:
+                    batch = self._pop(limit)
+                if batch:
+                    if self._producers_waiting:
+                        self._room_freed(len(batch))
+                    return batch
+        return self._take_waiting(limit, _monotonic() + timeout)
 
     def _take(self, limit: int, deadline: float | None) -> list[Delivery]:
         if self._lock_free:
