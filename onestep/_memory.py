@@ -143,8 +143,8 @@ class MemoryQueue(Source, Sink):
     def offer(self, body: Any, meta: dict[str, Any] | None = None) -> bool:
         """Append without blocking; False if the queue is full. The runtime uses it to
         publish from any thread without a trip through the sink actor."""
-        # Delivery(body) without the keyword when there is no meta: a keyword argument
-        # made creating a Delivery about a third slower (timeit).
+        # Delivery(body) without the keyword when there is no meta: passing meta=None
+        # made creating a Delivery about a third slower (timeit: 1.34 -> 1.76 us).
         delivery = Delivery(body) if meta is None else Delivery(body, meta=meta)
         if self._lock_free_put:
             # inlined _append_ready: this is every emitted result's path
@@ -429,9 +429,9 @@ class MemoryQueue(Source, Sink):
     def take(self, limit: int, timeout: float) -> list[Delivery]:
         """Like `fetch`, but wait up to `timeout` seconds for a message to be ready."""
         if self._lock_free:
-            # The fast path inline (a direct-mode worker's take(1) per message): four
-            # method calls fewer made take() about twice as fast (timeit, 1.7 -> 0.8 us
-            # on a loaded machine).
+            # The fast path inline (a direct-mode worker's take(1) per message): three
+            # calls and a clock read fewer made take(1) about a quarter faster (timeit,
+            # same process: 2.1 -> 1.6 us on the loaded 2-core machine).
             if self._delayed:
                 self._ready_due()
             items = self._items
