@@ -21,8 +21,9 @@ class Ledger:
     No lock on the per-message path (add, remove, wait_settled): with eight direct-mode
     workers, three lock round trips a message on one shared lock made the workers convoy
     (benchmarks/memory_pipeline.py sync-c8: 24% of worker samples waited on it; this
-    class and MemoryQueue's lock-free paths together: sync-c8 from 0.10 to 0.28 of the raw
-    loop, 1.8 to 0.01 context switches a message). It relies on `GIL_ATOMIC` (see
+    class and MemoryQueue's lock-free paths together took sync-c8 from 0.15 to 0.77 of
+    the raw loop and from 1.7 to 0.012 context switches a message, medians of three runs;
+    benchmarks/README.md, "The lock convoy"). It relies on `GIL_ATOMIC` (see
     actors/_atomic.py): each dict operation below is one atomic step, and where two
     threads race, each writes its own side first and then reads the other's, so at least
     one of them sees the other:

@@ -35,11 +35,12 @@ class MemoryQueue(Source, Sink):
     The per-message path takes no lock (under the GIL; see actors/_atomic.py): ready
     messages live in a deque whose `append`, `appendleft` and `popleft` are atomic, so
     eight workers taking from one queue no longer convoy on its lock (with the Ledger's
-    lock-free path: benchmarks/memory_pipeline.py sync-c8 from 0.10 to 0.28 of the raw
-    loop). The lock and its Conditions serve the slow paths only: a consumer that waits
-    because the queue is empty, a producer that waits for room in a bounded queue (such
-    producers also append under the lock, so the bound is exact), delayed messages (a
-    heap), drain and remove_if. A lock-free producer appends first and then reads
+    lock-free path: benchmarks/memory_pipeline.py sync-c8 from 0.15 to 0.77 of the raw
+    loop, sync-c1 from 0.32 to 0.78; benchmarks/README.md, "The lock convoy"). The lock
+    and its Conditions serve the slow paths only: a consumer that waits because the
+    queue is empty, a producer that waits for room in a bounded queue (such producers
+    also append under the lock, so the bound is exact), delayed messages (a heap), drain
+    and remove_if. A lock-free producer appends first and then reads
     whether anyone waits (`_consumers_waiting`, `_armed`); a consumer about to wait
     registers first and then looks at the deque again. Either the producer sees the
     waiter and wakes it under the lock, or the waiter sees the message: no wake-up is
