@@ -4,6 +4,7 @@ It imports only pykka and the standard library; `onestep` drives it through the
 protocols in `actors._ports`.
 """
 
+from ._atomic import GIL_ATOMIC
 from ._failure import EncodeError, HandlerFailed, failure_from, timeout_failure
 from ._loop import EventLoopThread
 from ._ports import EventRecord, Failure, RetryPort, SinkPort, SourcePort, TaskPort
@@ -13,6 +14,7 @@ from ._system import ActorSystem, StartupError
 from ._timer import Timer
 
 __all__ = [
+    "GIL_ATOMIC",
     "ActorSystem",
     "AppFailed",
     "EncodeError",

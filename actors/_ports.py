@@ -55,7 +55,10 @@ class SourcePort(Protocol):
     settling, and before close: a source may buffer acks and write them in one batch),
     `poll_delay()` (a clocked source: seconds until it should be fetched again; it is
     also fetched with limit 0 while the task has no credit), `subscribe(wakeup)` (the
-    source calls `wakeup()` from any thread when it has messages after an empty fetch),
+    source calls `wakeup()` from any thread when it has messages after an empty fetch;
+    if it also takes a `call_later` argument, the runtime passes its timer's
+    `call_later(delay_s, callback)` so the source can wake it when a delayed message
+    falls due),
     `poll_interval_s` (idle polling period otherwise), `thread_safe` with `take` (direct
     mode, see TaskRuntime).
     """

@@ -6,16 +6,17 @@ SourceActor, or inline in direct mode), publishes results and reports failures.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._base import ACK, FAIL, RETRY, Settle
 from ._events import EventEmitter
 from ._failure import failure_from
-from ._ledger import Ledger
+from ._ledger import new_ledger
 from ._loop import EventLoopThread
 from ._ports import Failure, TaskPort
 from ._sink import PublishJob, SinkRoute
@@ -47,6 +48,22 @@ def _supports_direct_mode(source: Any, is_async: bool) -> bool:
     if is_async:
         return callable(getattr(source, "subscribe", None))
     return callable(getattr(source, "take", None))
+
+
+def subscribe_source(source: Any, wakeup: Callable[[], None], timer: Timer) -> bool:
+    """Call `source.subscribe(wakeup)`, passing `call_later=timer.call_later` when the
+    source accepts it (MemoryQueue does: it then wakes `wakeup` itself when a delayed
+    message falls due). True if it did. Runs on the subscriber's thread."""
+    subscribe = source.subscribe
+    try:
+        parameters = inspect.signature(subscribe).parameters
+    except (TypeError, ValueError):
+        parameters = {}  # type: ignore[assignment]
+    if "call_later" in parameters:
+        subscribe(wakeup, call_later=timer.call_later)
+        return True
+    subscribe(wakeup)
+    return False
 
 
 class TaskRuntime:
@@ -86,7 +103,12 @@ class TaskRuntime:
         self.dead_letter = tuple(dead_letter)
         self.events = events
         self.direct = _supports_direct_mode(source, task.is_async)
-        self.ledger = Ledger(task.concurrency)
+        # In direct mode a worker or puller whose add() comes after stop() has its
+        # delivery given back by the ledger (thread-safe sources only, hence direct).
+        self.ledger = new_ledger(task.concurrency, source.release if self.direct else None)
+        # Set by subscribe_source: the source wakes its subscriber when a delayed
+        # message falls due, so a delayed retry needs no wake-up of our own.
+        self.source_wakes_when_due = False
         # Direct mode: set once the SourceActor has opened the source.
         self.source_open = threading.Event()
         self.source_ref: Any = None
@@ -157,7 +179,7 @@ class TaskRuntime:
                 source.ack(delivery)
             elif action is RETRY:
                 source.retry(delivery, delay_s)
-                if delay_s and self.runner is not None:
+                if delay_s and self.runner is not None and not self.source_wakes_when_due:
                     # an async task's pullers sleep until woken: wake them when it is due
                     self.timer.call_later(delay_s, self.runner.wake_up)
             elif action is FAIL:

@@ -30,6 +30,7 @@ from ._base import (
 from ._keepalive import Keepalive
 from ._loop import EventLoopThread
 from ._ports import SourcePort
+from ._runtime import subscribe_source
 from ._timer import MAX_DELAY_S, Timer, TimerHandle
 
 if TYPE_CHECKING:
@@ -126,10 +127,9 @@ class SourceActor(EngineActor):
             self._loop.call(opener)
         self._opened = True
         self._keepalive.start(self.actor_ref)
-        subscribe = getattr(self.source, "subscribe", None)
-        if subscribe is not None and not self._runtime.direct:
+        if callable(getattr(self.source, "subscribe", None)) and not self._runtime.direct:
             self._wakeable = True
-            subscribe(self._wake)
+            subscribe_source(self.source, self._wake, self._timer)
 
     def _wake(self) -> None:
         """Called by the source from any thread when it has messages again."""

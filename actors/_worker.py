@@ -104,8 +104,7 @@ class Worker:
             if not batch:
                 continue
             delivery = batch[0]
-            if not ledger.add(delivery):  # stop() came while take() waited
-                source.release(delivery)
+            if not ledger.add(delivery):  # stop() came while take() waited: given back
                 return
             if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
                 ledger.wait_settled(delivery, settled)

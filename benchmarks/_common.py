@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: child processes, peak RSS, best-of-K, output.
+"""Helpers shared by the benchmarks: child processes, peak RSS, best-of-K or median, output.
 
 Each measurement runs in a fresh child process (the benchmark script re-executed with
 hidden `--child ...` arguments), so its peak RSS belongs to that measurement alone. The
@@ -13,6 +13,7 @@ import argparse
 import itertools
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -122,12 +123,14 @@ def emit_child_result(**values: Any) -> None:
 
 @dataclass
 class Trial:
-    """The best of K runs of one side (onestep or baseline) of one case."""
+    """The best (or, with `median`, the median) of K runs of one side (onestep or
+    baseline) of one case."""
 
     rates: list[float] = field(default_factory=list)
     peaks: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     extra: list[dict[str, Any]] = field(default_factory=list)
+    median: bool = False
 
     def add(self, result: dict[str, Any]) -> None:
         if "error" in result:
@@ -139,8 +142,16 @@ class Trial:
 
     @property
     def rate(self) -> float | None:
-        """The best (highest) rate of the runs, msgs/s."""
-        return max(self.rates) if self.rates else None
+        """The best (highest) rate of the runs, or their median, msgs/s."""
+        if not self.rates:
+            return None
+        return statistics.median(self.rates) if self.median else max(self.rates)
+
+    def switches_per_message(self, messages: int) -> float | None:
+        """Context switches of the child process per message (the median of the runs):
+        the whole child, start-up and shutdown included."""
+        counts = [run["context_switches"] for run in self.extra if "context_switches" in run]
+        return statistics.median(counts) / messages if counts else None
 
     @property
     def peak_rss_mb(self) -> float | None:
@@ -180,13 +191,15 @@ def run_cases(
     child_args: Sequence[str],
     timeout_s: float,
     baseline_case: Any = None,
+    median: bool = False,
 ) -> list[CaseResult]:
     """Measure each case `repeat` times, alternating onestep and baseline children so
     drift (thermal, other load) hits both sides alike. `baseline_case(case)` names the
-    baseline measured beside `case` (default: the case itself)."""
+    baseline measured beside `case` (default: the case itself). With `median` each side
+    reports the median of its runs instead of the best."""
     results = []
     for case in cases:
-        result = CaseResult(case, Trial(), Trial())
+        result = CaseResult(case, Trial(median=median), Trial(median=median))
         base = case if baseline_case is None else baseline_case(case)
         for _ in range(max(1, repeat)):
             result.onestep.add(run_child(script, "onestep", case, child_args, timeout_s))
@@ -195,16 +208,32 @@ def run_cases(
     return results
 
 
-def print_results(results: Sequence[CaseResult], *, as_json: bool, title: str) -> None:
+def print_results(
+    results: Sequence[CaseResult], *, as_json: bool, title: str, messages: int | None = None
+) -> None:
+    """Print a table, or one JSON line per case. With `messages`, also the onestep
+    child's context switches per message (`cs/msg`, JSON key `context_switches_per_msg`)."""
+
+    def switches(r: CaseResult) -> float | None:
+        return None if messages is None else r.onestep.switches_per_message(messages)
+
     if as_json:
         for result in results:
-            print(json.dumps(result.as_json()), flush=True)
+            line = result.as_json()
+            if messages is not None:
+                per_message = switches(result)
+                line["context_switches_per_msg"] = (
+                    None if per_message is None else round(per_message, 4)
+                )
+            print(json.dumps(line), flush=True)
         return
     print(title)
     header = (
         f"{'case':<10} {'onestep msg/s':>14} {'baseline msg/s':>15} {'ratio':>7} "
         f"{'peak RSS MB':>12} {'baseline RSS MB':>16}"
     )
+    if messages is not None:
+        header += f" {'cs/msg':>7}"
     print(header)
     print("-" * len(header))
 
@@ -212,11 +241,14 @@ def print_results(results: Sequence[CaseResult], *, as_json: bool, title: str) -
         return "n/a" if value is None else format(value, spec)
 
     for r in results:
-        print(
+        row = (
             f"{r.case:<10} {fmt(r.onestep.rate, ',.0f'):>14} {fmt(r.baseline.rate, ',.0f'):>15} "
             f"{fmt(r.ratio, '.3f'):>7} {fmt(r.onestep.peak_rss_mb, '.1f'):>12} "
             f"{fmt(r.baseline.peak_rss_mb, '.1f'):>16}"
         )
+        if messages is not None:
+            row += f" {fmt(switches(r), '.3f'):>7}"
+        print(row)
     for r in results:
         for side, trial in (("onestep", r.onestep), ("baseline", r.baseline)):
             for error in trial.errors:

@@ -4,6 +4,7 @@ Run from the repository root:
 
     python benchmarks/memory_pipeline.py                 # all cases, 100,000 messages
     python benchmarks/memory_pipeline.py --repeat 3      # best of 3
+    python benchmarks/memory_pipeline.py --repeat 3 --median   # median of 3
     python benchmarks/memory_pipeline.py --json          # one JSON object per case
     python benchmarks/memory_pipeline.py --case sync-c1 --messages 20000
 
@@ -19,7 +20,9 @@ on an Event that the output queue sets when it accepts the N-th message. The rat
 (N - 1) / (time of the N-th output - time of the first output): steady-state processing,
 without actor start-up or shutdown. The output queue is a MemoryQueue subclass whose
 `offer` also counts (one `next()` on an itertools.count and a compare per message). The
-baseline is timed the same way, from its first `put` to its N-th.
+baseline is timed the same way, from its first `put` to its N-th. Beside each rate it
+prints the onestep child's context switches per message (`cs/msg`): a lock convoy
+between the workers shows as one or more per message.
 
 It never asserts anything: it only reports (DESIGN.md section 6). See benchmarks/README.md.
 """
@@ -155,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         "queue.Queue baseline; each side of each case in its own child process."
     )
     add_common_args(parser, messages=DEFAULT_MESSAGES)
+    parser.add_argument(
+        "--median",
+        action="store_true",
+        help="report the median of the --repeat runs instead of the best",
+    )
     args = parse_common_args(parser, argv, CASES, check_case=parse_case)
 
     if args.child:
@@ -171,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         # a child gets a little longer than its own wait, to start and to stop
         timeout_s=args.timeout + 60.0,
         baseline_case=lambda case: "raw-1-thread",
+        median=args.median,
     )
+    summary = "median" if args.median else "best"
     title = (
         f"MemoryQueue -> no-op -> MemoryQueue, {args.messages:,} messages, "
-        f"best of {args.repeat}, Python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)"
+        f"{summary} of {args.repeat}, Python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)"
     )
-    print_results(results, as_json=args.json, title=title)
+    print_results(results, as_json=args.json, title=title, messages=args.messages)
     return 0
 
 

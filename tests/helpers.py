@@ -1,10 +1,11 @@
-"""Helpers shared by the test suites: running an app for the length of a block, and a
-plain list-backed Source that goes through the SourceActor (not MemoryQueue's direct
-mode)."""
+"""Helpers shared by the test suites: running an app for the length of a block, forcing
+thread switches (for stress tests of the lock-free paths), and a plain list-backed Source
+that goes through the SourceActor (not MemoryQueue's direct mode)."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,21 @@ def running(app: OneStepApp) -> Iterator[OneStepApp]:
         yield app
     finally:
         app.stop()
+
+
+@contextlib.contextmanager
+def preempting(interval_s: float = 1e-6) -> Iterator[None]:
+    """Make the interpreter switch threads every `interval_s` (its default is 5 ms), so
+    that threads are preempted far more often and races between two steps of a lock-free
+    operation have many more chances to show up. (A switch happens only where the
+    interpreter checks for one, at a Python call or a loop's jump back: tests/interleave.py
+    tries every bytecode instead.)"""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(interval_s)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 class ListSource(Source):
