@@ -74,12 +74,17 @@ class Timer:
     def call_later(self, delay_s: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """Run `callback(*args)` on the timer thread after `delay_s` seconds.
 
-        Callable from any thread. The callback must not block.
+        Callable from any thread. The callback must not block. After `stop()` the call is
+        dropped (a MemoryQueue outliving its app still asks it to wake its subscriber), so
+        a stopped timer's heap never grows.
         """
         if not 0.0 <= delay_s <= MAX_DELAY_S:  # one comparison; false for NaN too
             delay_s = _clamped(delay_s, callback)
         handle = TimerHandle(time.monotonic() + delay_s, callback, args)
         with self._cond:
+            if self._stopped:
+                handle.cancelled = True
+                return handle
             heapq.heappush(self._heap, (handle.when, next(self._counter), handle))
             if self._heap[0][2] is handle:
                 self._cond.notify()

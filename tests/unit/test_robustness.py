@@ -97,6 +97,31 @@ def test_a_timer_callback_that_raises_does_not_stop_the_timer(error):
         timer.stop()
 
 
+def test_a_stopped_timer_drops_new_calls_instead_of_keeping_them():
+    timer = Timer()
+    timer.start()
+    timer.stop()
+    handle = timer.call_later(0.0, lambda: None)
+    assert handle.cancelled
+    assert timer._heap == []
+
+
+def test_a_delayed_put_after_the_app_stopped_leaves_nothing_on_its_timer():
+    app = OneStepApp("late-put")
+    source = MemoryQueue("in")
+
+    @app.task(source=source)
+    async def noop(ctx, item):
+        return None
+
+    with running(app):
+        timer = app._system.timer
+    for n in range(3):
+        source.put(n, delay_s=60.0 - n)  # each becomes the earliest: asks the timer
+    assert timer._heap == []
+    assert source.qsize() == 3
+
+
 def test_a_timer_thread_that_dies_calls_on_death(monkeypatch):
     def broken(self: Timer) -> None:
         raise OverflowError("timestamp out of range for platform time_t")
