@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from actors import AppFailed, Failure, StartupError
+from actors import AppFailed, EncodeError, Failure, StartupError
 
 from ._app import OneStepApp
 from ._context import TaskContext
@@ -28,6 +28,7 @@ from ._version import __version__
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {
     "MySQLConnector": "adapters.mysql",
+    "PublishRefused": "adapters.rabbitmq",
     "RabbitMQConnector": "adapters.rabbitmq",
     "WebhookSource": "adapters.webhook",
 }
@@ -36,6 +37,7 @@ __all__ = [
     "AppFailed",
     "CronSource",
     "Delivery",
+    "EncodeError",
     "ExponentialBackoff",
     "Failure",
     "InMemoryMetrics",

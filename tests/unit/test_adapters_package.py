@@ -32,3 +32,13 @@ def test_onestep_reexports_every_connector():
     assert onestep.WebhookSource is WebhookSource
     with pytest.raises(AttributeError, match="NoSuchConnector"):
         onestep.NoSuchConnector  # noqa: B018
+
+
+def test_onestep_exports_the_errors_a_producer_raises():
+    from actors import EncodeError
+    from adapters.rabbitmq import PublishRefused
+
+    assert onestep.EncodeError is EncodeError
+    assert onestep.PublishRefused is PublishRefused
+    assert "EncodeError" in onestep.__all__
+    assert "PublishRefused" in dir(onestep)
