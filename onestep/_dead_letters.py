@@ -151,6 +151,7 @@ class DeadLetters:
         raises, what was put back and not yet removed is still a dead letter too."""
         put_back = _put_back_for(self.source, self.task, keep_attempts)
         replayed = 0
+        # put back on the source and not yet removed from the dead-letter sink
         pending: builtins.list[Hashable] = []
         try:
             for entry in self._entries(limit):
@@ -158,11 +159,25 @@ class DeadLetters:
                 put_back(letter.payload, letter.meta, letter.attempts if keep_attempts else 0)
                 pending.append(entry.id)
                 if len(pending) >= REPLAY_CHUNK:
-                    replayed += self._remove(pending)
-                    pending = []
-        finally:
+                    chunk, pending = pending, []
+                    replayed += self._remove(chunk)
+        except BaseException:
+            # a put failed: remove what the source did accept, so that only a failed
+            # removal (here or of a chunk) leaves duplicates
             if pending:
-                replayed += self._remove(pending)
+                try:
+                    self._remove(pending)
+                except Exception:
+                    logger.exception(
+                        "replay of task %r: %d dead letter(s) put back on the source but "
+                        "not removed from %r: they will be replayed again",
+                        self.task,
+                        len(pending),
+                        self.sink_name,
+                    )
+            raise
+        if pending:
+            replayed += self._remove(pending)
         return replayed
 
     def discard(self, limit: int | None = None) -> int:

@@ -74,15 +74,27 @@ class _OutcomeCounter:
     def __init__(self, counts: dict[str, dict[str, int]]) -> None:
         self.counts = counts
         self.events = 0
+        #: Events of any kind per task, to name the tasks still working at a timeout.
+        self.per_task: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def __call__(self, record: EventRecord) -> None:
         kind, task = record[0], record[1]
         with self._lock:
             self.events += 1
+            self.per_task[task] = self.per_task.get(task, 0) + 1
             outcomes = self.counts.get(task)
             if outcomes is not None and kind in outcomes:
                 outcomes[kind] += 1
+
+    def active_since(self, before: dict[str, int]) -> list[str]:
+        """The tasks with events since `before` (a copy of `per_task`)."""
+        with self._lock:
+            return [task for task, n in self.per_task.items() if before.get(task) != n]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.per_task)
 
 
 def _wait_idle(app: OneStepApp, tally: _OutcomeCounter, deadline: float) -> list[str]:
@@ -91,11 +103,17 @@ def _wait_idle(app: OneStepApp, tally: _OutcomeCounter, deadline: float) -> list
     pause = threading.Event()
     idle_since: float | None = None
     events_then = -1
-    busy: list[str] = []
+    # what was busy when last something was, and the events per task a poll ago: a
+    # message in transit between a source and a ledger shows in neither, so at the
+    # deadline these name what kept working
+    last_busy: list[str] = []
+    per_task_then: dict[str, int] = {}
     while not app.wait_for_shutdown_request(0):
         now = time.monotonic()
         busy = _busy(app)
         events = tally.events
+        if busy:
+            last_busy = busy
         if busy or events != events_then:
             idle_since = None
         elif idle_since is None:
@@ -104,7 +122,14 @@ def _wait_idle(app: OneStepApp, tally: _OutcomeCounter, deadline: float) -> list
             return []
         events_then = events
         if now >= deadline:
-            return busy or ["it was still working (events kept coming)"]
+            named = busy or last_busy
+            named += [
+                f"task {task!r} kept handling messages"
+                for task in tally.active_since(per_task_then)
+                if not any(f"task {task!r}" in phrase for phrase in named)
+            ]
+            return named or ["events kept coming"]
+        per_task_then = tally.snapshot()
         pause.wait(POLL_S)
     return []
 
