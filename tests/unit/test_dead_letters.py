@@ -207,7 +207,7 @@ def test_a_replay_that_fails_after_the_put_duplicates_and_never_loses() -> None:
 
 def test_a_replay_removes_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     kept = BrowsableSink()
-    app, orders, _, broken = failing_app(kept)
+    app, orders, _, _ = failing_app(kept)
     put_orders(orders, [1, 3, 5, 7, 9])
     run_until_idle(app)
     monkeypatch.setattr(dead_letters_module, "REPLAY_CHUNK", 2)
@@ -243,7 +243,7 @@ def test_dead_letters_errors_name_the_problem() -> None:
     def two_sinks(ctx, item):
         return None
 
-    with pytest.raises(ValueError, match="has no task 'nope'.*'no_dead_letter', 'two_sinks'"):
+    with pytest.raises(ValueError, match=r"has no task 'nope'.*'no_dead_letter', 'two_sinks'"):
         app.dead_letters("nope")
     with pytest.raises(ValueError, match="task 'no_dead_letter' has no dead_letter sink"):
         app.dead_letters("no_dead_letter")
