@@ -44,9 +44,10 @@ REPLAY_CHUNK = 100
 
 
 class NotBrowsable(TypeError):
-    """The dead-letter sink cannot list its dead letters (a sink without `browse`, a
-    table sink that keeps no meta), or cannot from this process (a MemoryQueue seen
-    from another process); the message says why and what would work."""
+    """The dead-letter sink cannot list its dead letters (a sink without `browse` and
+    `remove`, a table sink that keeps no meta); the message says why and what would
+    work. (A MemoryQueue can be listed, from its own process only: see
+    `DeadLetters.process_local`.)"""
 
 
 class NotReplayable(TypeError):

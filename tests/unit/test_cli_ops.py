@@ -215,3 +215,14 @@ def test_dlq_needs_a_task(invoke):
     result = invoke("dlq", "list", "cli_apps.ops:dlq")
     assert result.exit_code == 2
     assert "Missing option '--task'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["list", "replay", "discard"])
+def test_dlq_exits_1_when_the_server_fails(invoke, command):
+    result = invoke("dlq", command, "cli_apps.ops:dlq", "--task", "down")
+    assert result.exit_code == 1
+    doing = {"list": "listing", "replay": "replaying", "discard": "discarding"}[command]
+    assert result.stderr == (
+        f"Error: {doing} the dead letters of task 'down' in 'down-sink' failed: "
+        "ConnectionError: cannot connect to the dead-letter server at db.invalid:3306\n"
+    )

@@ -204,3 +204,17 @@ def no_dead_letter(ctx, item):
 @dlq.task(source=MemoryQueue("two-in"), dead_letter=[MemoryQueue("one"), MemoryQueue("two")])
 def two_sinks(ctx, item):
     return None
+
+
+class DownDeadLetters(KeptDeadLetters):
+    """A browsable dead-letter sink whose server is down."""
+
+    name = "down-sink"
+
+    def browse(self, limit=None, match=None):
+        raise ConnectionError("cannot connect to the dead-letter server at db.invalid:3306")
+
+
+@dlq.task(source=PutSource(), dead_letter=DownDeadLetters(), name="down")
+def down_server(ctx, item):
+    return None
