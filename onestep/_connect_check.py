@@ -46,6 +46,17 @@ class EndpointCheck:
     def ok(self) -> bool:
         return self.error is None
 
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form `onestep check --connect --json` lists under `connections`."""
+        return {
+            "role": self.role,
+            "name": self.name,
+            "type": self.kind,
+            "uses": list(self.uses),
+            "ok": self.ok,
+            "error": self.error,
+        }
+
     def line(self) -> str:
         """`source 'jobs' (RabbitMQQueue; task 'work'): ok` or `...: error: <why>`."""
         where = "; ".join((self.kind, *self.uses))

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from ._app import OneStepApp
-from ._connect_check import EndpointCheck, check_connections
+from ._connect_check import check_connections
 from ._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable
 from ._loader import TargetError, load_app
 from ._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
@@ -90,7 +90,7 @@ def check(target: str, as_json: bool, connect: bool) -> None:
     checks = check_connections(app) if connect and app.tasks else None
     if as_json:
         if checks is not None:
-            description["connections"] = [_check_dict(item) for item in checks]
+            description["connections"] = [item.as_dict() for item in checks]
         click.echo(json.dumps(description, indent=2, default=str))
     else:
         click.echo(format_graph(description))
@@ -103,17 +103,6 @@ def check(target: str, as_json: bool, connect: bool) -> None:
     if checks is not None and not all(item.ok for item in checks):
         failed = sum(not item.ok for item in checks)
         _fail(f"Error: {failed} of {len(checks)} endpoint(s) failed to open", EXIT_CRASHED)
-
-
-def _check_dict(item: EndpointCheck) -> dict[str, Any]:
-    return {
-        "role": item.role,
-        "name": item.name,
-        "type": item.kind,
-        "uses": list(item.uses),
-        "ok": item.ok,
-        "error": item.error,
-    }
 
 
 # -- dead letters ------------------------------------------------------------------------
