@@ -15,6 +15,7 @@ from actors import AppFailed, EncodeError, Failure, StartupError
 from ._app import OneStepApp
 from ._context import TaskContext
 from ._cron import CronSource
+from ._dead_letters import DeadLetter, DeadLetterEntry, DeadLetters, NotBrowsable, NotReplayable
 from ._delivery import Delivery, Sink, Source, SourceContext
 from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
 from ._interval import IntervalSource
@@ -36,6 +37,9 @@ _LAZY = {
 __all__ = [
     "AppFailed",
     "CronSource",
+    "DeadLetter",
+    "DeadLetterEntry",
+    "DeadLetters",
     "Delivery",
     "EncodeError",
     "ExponentialBackoff",
@@ -47,6 +51,8 @@ __all__ = [
     "MaxAttempts",
     "MemoryQueue",
     "NoRetry",
+    "NotBrowsable",
+    "NotReplayable",
     "OneStepApp",
     "RetryPolicy",
     "SQLiteStateStore",

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from actors import ActorSystem, AppFailed, EventRecord, RestartPolicy
 
 from ._checks import check_delay, check_int, check_number
+from ._dead_letters import DeadLetters, dead_letters_of
 from ._delivery import SourceContext
 from ._events import TaskEvent
 from ._state import InMemoryStateStore, StateStore
@@ -66,6 +67,10 @@ class OneStepApp:
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self._tasks: dict[str, TaskSpec] = {}
         self._event_handlers: list[Callable[[TaskEvent], Any]] = []
+        # Internal listeners of the raw event records (onestep.testing.run_until_idle
+        # counts outcomes with one); unlike handlers they see no TaskEvent and are not
+        # part of describe(). Events flow while either list is non-empty.
+        self._event_taps: list[Callable[[EventRecord], None]] = []
         self._startup_hooks: list[Callable[[OneStepApp], Any]] = []
         self._shutdown_hooks: list[Callable[[OneStepApp], Any]] = []
         self._system: ActorSystem | None = None
@@ -168,6 +173,14 @@ class OneStepApp:
             "event_handlers": [_callable_name(h) for h in self._event_handlers],
         }
 
+    def dead_letters(self, task: str, *, sink: Any = None) -> DeadLetters:
+        """The dead letters of `task` in its dead-letter sink (`sink`, the object or its
+        name, when it has several): `.list(limit)`, `.replay(limit, keep_attempts=)`,
+        `.discard(limit)`. Works with the app stopped or running; each call runs on the
+        calling thread. ValueError for an unknown task or sink, or a task without a
+        dead-letter sink; NotBrowsable for a sink that cannot list its dead letters."""
+        return dead_letters_of(self, task, sink)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -182,7 +195,7 @@ class OneStepApp:
             self._failure = None
             system = ActorSystem(
                 list(self._tasks.values()),
-                on_event=self._deliver_event if self._event_handlers else None,
+                on_event=self._deliver_event if self._event_handlers or self._event_taps else None,
                 on_fatal=self._fatal,
                 restarts=self.restarts,
             )
@@ -373,6 +386,10 @@ class OneStepApp:
 
     def _deliver_event(self, record: EventRecord) -> None:
         """Runs on the event actor's thread."""
+        for tap in self._event_taps:
+            tap(record)
+        if not self._event_handlers:
+            return
         kind, task, source, attempts, emitted_at, duration_s, failure, meta = record
         event = TaskEvent(
             kind,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -192,7 +193,9 @@ class TaskSpec:
     def dead_letter_record(
         self, delivery: Delivery, failure: Failure
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The DESIGN §3 dead-letter body and meta; `original_attempts` counts executions."""
+        """The DESIGN §3 dead-letter body and meta; `original_attempts` counts executions,
+        and `dead_letter_id` (a random uuid4 hex) names this dead letter, so that the
+        dead-letter tooling finds it again in a queue that has no ids of its own."""
         executions = delivery.attempts + (0 if failure.kind == "decode" else 1)
         body = {"payload": delivery.payload, "failure": failure.as_dict()}
         meta = {
@@ -201,6 +204,7 @@ class TaskSpec:
             "source": self.source_name,
             "original_meta": dict(delivery.meta),
             "original_attempts": executions,
+            "dead_letter_id": uuid.uuid4().hex,
         }
         return body, meta
 

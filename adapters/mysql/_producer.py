@@ -39,7 +39,7 @@ class Producer:
         values = "%s, %s, " if self.has_meta else "%s, "
         self._sql_put = (
             f"INSERT INTO {t} ({names}) VALUES "
-            f"({values}'pending', 0, NOW(6) + INTERVAL %s MICROSECOND)"
+            f"({values}'pending', %s, NOW(6) + INTERVAL %s MICROSECOND)"
         )
         # only placeholders in VALUES: pymysql's executemany then sends one multi-row
         # INSERT per chunk instead of one statement per row
@@ -67,10 +67,12 @@ class Producer:
 
     # -- writing (any thread, on a pooled connection) ---------------------------------------
 
-    def put(self, body: Any, meta: Any, delay_s: Any) -> int:
-        """Insert one message; returns its row id once committed."""
+    def put(self, body: Any, meta: Any, delay_s: Any, attempts: int = 0) -> int:
+        """Insert one message (with `attempts` executions so far); returns its row id
+        once committed."""
         delay_us = _delay_us(delay_s)
-        args = (*self.row(encode_strict_json(body, "body"), self.encode_meta(meta)), delay_us)
+        row = self.row(encode_strict_json(body, "body"), self.encode_meta(meta))
+        args = (*row, attempts, delay_us)
 
         def insert(conn: Any) -> int:
             with conn.cursor() as cursor:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from onestep import Delivery, Source
 from onestep._checks import check_delay, check_int, check_number
+from onestep._dead_letters import DeadLetterEntry
 
+from ._browse import PendingRows
 from ._connection import close_quietly, quote_ident
 from ._leases import Leases
 from ._producer import Producer
@@ -72,6 +74,7 @@ class TableQueue(Source):
         self.columns = columns
         self._schema = QueueSchema(table, quoted_table, columns, auto_create=self.auto_create)
         self._producer = Producer(connector, self._schema)
+        self._pending = PendingRows(connector, table, quoted_table, columns)
         self._leases = Leases(
             name=self.name,
             table=table,
@@ -198,12 +201,21 @@ class TableQueue(Source):
 
     # -- producers (any thread) ---------------------------------------------------------
 
-    def put(self, body: Any, meta: dict[str, Any] | None = None, *, delay_s: float = 0.0) -> int:
+    def put(
+        self,
+        body: Any,
+        meta: dict[str, Any] | None = None,
+        *,
+        delay_s: float = 0.0,
+        attempts: int = 0,
+    ) -> int:
         """Enqueue one JSON body with optional JSON meta, due after `delay_s`; returns the
         row id once committed. Any thread, with or without a running app; creates the
-        table on first use (auto_create). EncodeError, before anything is written, for
-        a body or meta that is not valid JSON (objects, NaN, Infinity)."""
-        return self._producer.put(body, meta, delay_s)
+        table on first use (auto_create). `attempts` is the executions the message
+        already had (the attempts column; a dead-letter replay that keeps them sets it).
+        EncodeError, before anything is written, for a body or meta that is not valid
+        JSON (objects, NaN, Infinity)."""
+        return self._producer.put(body, meta, delay_s, check_int("attempts", attempts, minimum=0))
 
     def put_many(
         self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
@@ -216,6 +228,28 @@ class TableQueue(Source):
     async def publish(self, body: Any, meta: dict[str, Any] | None = None) -> int:
         """`put` from async code (the insert runs in a thread); returns the row id."""
         return await asyncio.to_thread(self._producer.put, body, meta, 0.0)
+
+    # -- operations tooling (any thread) -------------------------------------------------
+
+    def browse(
+        self,
+        limit: int | None = None,
+        match: Callable[[DeadLetterEntry], bool] | None = None,
+    ) -> list[DeadLetterEntry]:
+        """The first `limit` pending rows (all with None) that `match` accepts, by row
+        id, without claiming any; the row id is the entry's id. The dead-letter tooling
+        calls it on its own thread (pooled connections). NotBrowsable, when a match is
+        asked for, for a table without a meta column (its rows name no task)."""
+        return self._pending.browse(limit, match)
+
+    def remove(self, ids: Iterable[Hashable]) -> int:
+        """Delete the pending rows with these ids; returns how many. Any thread."""
+        return self._pending.remove(ids)
+
+    def depth(self) -> int:
+        """Rows waiting to be claimed (`pending`, due now or later: delayed retries
+        included); one COUNT on the status index. Any thread."""
+        return self._pending.count()
 
     # -- the sink side (the sink actor's thread) ---------------------------------------
 

@@ -11,6 +11,7 @@ import pymysql.err
 from actors import EncodeError
 from onestep import Sink
 from onestep._checks import check_int
+from onestep._dead_letters import NotBrowsable
 
 from ._connection import (
     close_quietly,
@@ -151,6 +152,27 @@ class TableSink(Sink):
         with conn.cursor() as cursor:
             cursor.execute(sql, ())
         self._created = True
+
+    # -- operations tooling --------------------------------------------------------------
+
+    def browse(self, limit: int | None = None, match: Any = None) -> list[Any]:
+        """Always NotBrowsable: see `_refusal`."""
+        raise NotBrowsable(self._refusal())
+
+    def remove(self, ids: Any) -> int:
+        """Always NotBrowsable: see `_refusal`."""
+        raise NotBrowsable(self._refusal())
+
+    def _refusal(self) -> str:
+        # A dead letter written here is the body's columns only ("payload", "failure"),
+        # without the meta that names its task and keeps the original meta, and rows
+        # have no id the sink knows: it cannot be listed per task or replayed faithfully.
+        return (
+            f"table sink {self.name!r} cannot list or replay dead letters: it writes only "
+            "the body's columns (payload, failure), not the meta that names the task and "
+            "keeps the original meta, and knows no row id; use "
+            f"connector.table_queue({self.table!r}) as dead_letter instead (it keeps both)"
+        )
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ class _Handle:
 
     __slots__ = ("body", "consumer", "properties", "tag")
 
-    def __init__(self, consumer: _Consumer, tag: int, properties: Any, body: bytes) -> None:
+    def __init__(self, consumer: _Consumer | None, tag: int, properties: Any, body: bytes) -> None:
         self.consumer = consumer
         self.tag = tag
         self.properties = properties

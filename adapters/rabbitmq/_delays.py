@@ -91,6 +91,11 @@ class DelayQueues:
                 self._declared_at[ms] = now
         return name
 
+    def in_use(self) -> list[str]:
+        """The delay queues this process declared (for retries or delayed puts)."""
+        with self._lock:
+            return [f"{self.work_queue}.delay.{ms}" for ms in sorted(self._declared_at)]
+
     def forget(self) -> None:
         """Declare every delay queue again before its next use (after a publish to one
         came back unroutable: someone deleted it). Callable from any thread."""

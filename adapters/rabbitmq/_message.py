@@ -27,8 +27,9 @@ JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
 
 
-def decode_message(consumer: _Consumer, tag: int, properties: Any, body: bytes) -> Delivery:
-    """The Delivery of a message `consumer` received; runs on the source actor's thread."""
+def decode_message(consumer: _Consumer | None, tag: int, properties: Any, body: bytes) -> Delivery:
+    """The Delivery of a message `consumer` received; runs on the source actor's thread
+    (and on the thread browsing a queue, without a consumer)."""
     headers = properties.headers or {}
     attempts = headers.get(ATTEMPTS_HEADER, 0)
     if type(attempts) is not int or attempts < 0:

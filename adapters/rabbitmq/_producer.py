@@ -19,7 +19,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pika.exceptions
 
@@ -27,6 +27,8 @@ from ._publisher import PublishRefused, _Publisher
 from ._quiet import quiet
 
 logger = logging.getLogger("onestep.rabbitmq")
+
+T = TypeVar("T")
 
 #: Connections kept open for the next `put` once their thread is done with them; more than
 #: this many threads putting at once get connections of their own that close afterwards.
@@ -113,6 +115,30 @@ class ProducerPool:
                 raise
             self._give_back(producer)
             return len(batch)
+        raise AssertionError("unreachable")
+
+    def run(self, operation: Callable[[Any], T]) -> T:
+        """Return `operation(connection)` run on a pooled connection (it opens and
+        closes the channels it needs); runs on the calling thread. A connection lost
+        meanwhile is replaced and the operation run once more; ConnectionError when the
+        broker cannot be reached even on a fresh connection."""
+        for attempt in (1, 2):
+            producer = self._take()
+            try:
+                result = operation(producer.connection)
+            except _CONNECTION_ERRORS as exc:
+                producer.close()
+                if attempt == 2:
+                    raise ConnectionError(
+                        f"lost the connection to RabbitMQ at {self._where}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from None
+                continue
+            except BaseException:
+                producer.close()
+                raise
+            self._give_back(producer)
+            return result
         raise AssertionError("unreachable")
 
     def _take(self) -> _Producer:

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -16,8 +16,10 @@ import pika.exceptions
 
 from actors import EncodeError
 from onestep._checks import check_delay, check_int
+from onestep._dead_letters import DeadLetterEntry
 from onestep._delivery import Delivery, Sink, Source
 
+from . import _browse
 from ._consumer import _Consumer, _Handle
 from ._delays import DelayQueues
 from ._link import _Link, close_link
@@ -400,14 +402,31 @@ class RabbitMQQueue(Source, Sink):
 
     # -- producer side (any thread) --------------------------------------------------------
 
-    def put(self, body: Any, meta: dict[str, Any] | None = None, *, delay_s: float = 0.0) -> None:
+    def put(
+        self,
+        body: Any,
+        meta: dict[str, Any] | None = None,
+        *,
+        delay_s: float = 0.0,
+        attempts: int = 0,
+    ) -> None:
         """Publish `body` (JSON, or `bytes` as they are) with `meta`, after `delay_s`
         seconds if given, and return once the broker confirmed it. Callable from any
         thread, with or without a running app; declares the queue (and the delay queue)
-        on first use. Raises EncodeError for a body or meta that is not JSON (nothing is
-        sent), PublishRefused when the broker nacked or could not route it, and
-        ConnectionError when the broker cannot be reached."""
-        self.put_many([body], meta, delay_s=delay_s)
+        on first use. `attempts` is the executions the message already had (its
+        `x-onestep-attempts` header; a dead-letter replay that keeps them sets it).
+        Raises EncodeError for a body or meta that is not JSON (nothing is sent),
+        PublishRefused when the broker nacked or could not route it, and ConnectionError
+        when the broker cannot be reached."""
+        if not attempts:
+            self.put_many([body], meta, delay_s=delay_s)
+            return
+        check_int("attempts", attempts, minimum=0)
+        self._check_meta(meta)
+        delay = check_delay("delay_s", delay_s)
+        exchange, routing_key, data, properties = encode_message(self, body, meta)
+        properties.headers = {**(properties.headers or {}), ATTEMPTS_HEADER: attempts}
+        self._put_encoded([(exchange, routing_key, data, properties)], delay)
 
     def put_many(
         self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
@@ -417,8 +436,7 @@ class RabbitMQQueue(Source, Sink):
         sent, so an EncodeError sends none. Otherwise as `put`; if it raises, some of the
         batch may have been published."""
         delay = check_delay("delay_s", delay_s)
-        if meta is not None and not isinstance(meta, dict):
-            raise ValueError(f"meta must be a dict or None, got {type(meta).__name__}")
+        self._check_meta(meta)
         if isinstance(bodies, str | bytes | bytearray | memoryview | Mapping):
             raise ValueError(
                 f"bodies must be an iterable of message bodies, got a {type(bodies).__name__} "
@@ -427,6 +445,16 @@ class RabbitMQQueue(Source, Sink):
         messages = [encode_message(self, body, meta) for body in bodies]
         if not messages:
             return 0
+        return self._put_encoded(messages, delay)
+
+    @staticmethod
+    def _check_meta(meta: Any) -> None:
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f"meta must be a dict or None, got {type(meta).__name__}")
+
+    def _put_encoded(self, messages: list[tuple[str, str, bytes, Any]], delay: float) -> int:
+        """Publish encoded messages through the producer pool, after `delay` seconds;
+        runs on the calling thread."""
 
         def route(connection: Any) -> list[tuple[str, str, bytes, Any]]:
             """Runs on the calling thread with the producer connection it borrowed."""
@@ -447,6 +475,30 @@ class RabbitMQQueue(Source, Sink):
             raise PublishRefused(
                 exc.nacked, exc.returned, exc.count, f"queue {self.name!r}"
             ) from None
+
+    # -- operations tooling (any thread) -----------------------------------------------
+
+    def browse(
+        self,
+        limit: int | None = None,
+        match: Callable[[DeadLetterEntry], bool] | None = None,
+    ) -> list[DeadLetterEntry]:
+        """The first `limit` messages (all with None) that `match` accepts, head first,
+        without consuming any (see `_browse`: they are given back to the queue, marked
+        redelivered). The dead-letter tooling calls it on its own thread, on a
+        connection of its own that it closes."""
+        return _browse.browse(self, limit, match)
+
+    def remove(self, ids: Iterable[Hashable]) -> int:
+        """Delete the messages with these ids (as `browse` gives them), each named id
+        once; returns how many were found and removed. Runs on the calling thread."""
+        return _browse.remove(self, ids)
+
+    def depth(self) -> int:
+        """Messages waiting: ready in the queue plus those in the delay queues this
+        process used (retries, delayed puts); not those delivered and not yet acked.
+        Three round trips per queue on a producer connection; any thread."""
+        return _browse.depth(self, self._delays.in_use())
 
     def _declare_for_producer(self, connection: Any) -> None:
         try:

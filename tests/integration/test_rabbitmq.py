@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -93,6 +94,7 @@ def test_max_attempts_three_dead_letters_after_exactly_three_executions(rabbit: 
     assert failure["exception_type"] == "RuntimeError"
     assert failure["message"] == "boom 7"
     assert "RuntimeError: boom 7" in failure["traceback"]
+    assert re.fullmatch(r"[0-9a-f]{32}", meta.pop("dead_letter_id"))
     assert meta == {
         "app": "dl",
         "task": "flaky",

@@ -63,6 +63,7 @@ def test_every_example_is_tested_and_documented():
         "webhook_in_falcon_app",
         "mysql_jobs",
         "rabbitmq_pipeline",
+        "operations",
     }
     found = {path.stem for path in EXAMPLES.glob("*.py")}
     assert found == tested
@@ -152,6 +153,35 @@ def test_events_log_format_json():
     assert {r["failure"]["kind"] for r in retried} == {"error"}
     assert {r["app"] for r in events} == {"events"}
     assert {r["task"] for r in events} == {"flaky", "collect"}
+
+
+def test_operations(run_example):
+    out, _ = run_example("operations.py")
+    lines = out.splitlines()
+    assert "operations: 5 payments queued" in lines
+    assert "operator: 2 dead letter(s) of task 'charge' in 'failed-payments'" in lines
+    listed = [line for line in lines if line.startswith("- id ")]
+    assert [re.sub(r"^- id [0-9a-f]{32}: ", "", line) for line in listed] == [
+        "error ValueError: amount must be positive, got -5 (after 2 execution(s))",
+        "error ValueError: amount must be positive, got 0 (after 2 execution(s))",
+    ]
+    assert '    meta    {"requested_by": "customer-2"}' in lines
+    assert "operator: replayed 2 dead letter(s)" in lines
+    # the replayed payments ran once the operator fixed the cause, and every payment got
+    # its receipt
+    replay = lines.index("operator: health ok; fixing the cause and replaying")
+    assert "charge: payment 2 charged" in lines[replay:]
+    assert "charge: payment 4 charged" in lines[replay:]
+    assert sorted(int(n) for n in re.findall(r"^receipt: payment (\d+)$", out, re.M)) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert "shutdown: 5 receipts, 0 dead letter(s) left" in lines
+    assert "  connections   onestep check TARGET --connect" in lines
+    assert any(line.startswith("  http          ") for line in lines)
 
 
 def test_shutdown_hooks_see_every_event():

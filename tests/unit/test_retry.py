@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import threading
 import time
 from typing import Any
@@ -90,6 +91,7 @@ def _check_dead_letter(letter: Delivery, *, source: str, attempts: int) -> None:
     assert failure["message"] == "boom 1"
     assert "ValueError: boom 1" in failure["traceback"]
     assert "always_fails" in failure["traceback"]
+    assert re.fullmatch(r"[0-9a-f]{32}", meta.pop("dead_letter_id"))
     assert meta == {
         "app": "shop",
         "task": "always_fails",

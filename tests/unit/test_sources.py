@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -477,6 +478,7 @@ def test_a_custom_sink_as_dead_letter_gets_body_and_meta():
         body, meta = dead.published.get(timeout=TIMEOUT)
     assert body["payload"] == "x"
     assert body["failure"]["exception_type"] == "LookupError"
+    assert re.fullmatch(r"[0-9a-f]{32}", meta.pop("dead_letter_id"))
     assert meta == {
         "app": "app",
         "task": "broken",
