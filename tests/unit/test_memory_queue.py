@@ -952,3 +952,10 @@ def test_a_producer_waiting_for_room_is_woken_by_a_consumer_interleaved_anywhere
         return stepped.stopped
 
     assert each_stop(run) > 3
+
+
+def test_depth_is_qsize_delayed_messages_included():
+    queue_ = MemoryQueue("depth")
+    queue_.put(1)
+    queue_.put(2, delay_s=60.0)
+    assert queue_.depth() == queue_.qsize() == 2
