@@ -4,7 +4,8 @@
 
 A fenced ```python block in docs/**/*.md is run in a fresh subprocess as `__main__`, in a
 temporary directory that holds the page's titled blocks (```python title="tasks.py"```) as
-files, so one block can import another. docs/contributing.md describes the markers:
+files, so one block can import another; a block titled `test_*.py` is run with pytest.
+docs/contributing.md describes the markers:
 
 - `# fragment: <why>` on the first line: a piece of a larger program, not run (the reason
   is required; the build hook docs/_hooks.py hides the line from readers);
@@ -140,8 +141,9 @@ def run_block(
     script = workdir / f"_block_{block.line}.py"
     script.write_text(substituted(block.code), encoding="utf-8")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    with_pytest = ["--pytest"] if block.title and Path(block.title).name.startswith("test_") else []
     return subprocess.run(
-        [sys.executable, str(RUNNER), str(script)],
+        [sys.executable, str(RUNNER), *with_pytest, str(script)],
         cwd=workdir,
         env=env,
         capture_output=True,

@@ -1,6 +1,6 @@
-"""Runs one code block of the docs as `__main__` and then fails (exit 3) if it left an
-onestep thread or a pykka actor running. Started in a subprocess by tests/docs_blocks.py,
-with the block's directory as the working directory."""
+"""Runs one code block of the docs as `__main__` (with `--pytest`: runs the tests in it
+with pytest) and then fails (exit 3) if it left an onestep thread or a pykka actor
+running. Started in a subprocess by tests/docs_blocks.py, in the block's directory."""
 
 from __future__ import annotations
 
@@ -23,10 +23,18 @@ def leftovers() -> list[str]:
 
 
 def main() -> None:
-    script = sys.argv[1]
+    with_pytest = sys.argv[1] == "--pytest"
+    script = sys.argv[-1]
     # as `python script.py` does: the script's directory first, so it imports its siblings
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    runpy.run_path(script, run_name="__main__")
+    if with_pytest:
+        import pytest
+
+        code = pytest.main(["-q", "-p", "no:cacheprovider", script])
+        if code != 0:
+            sys.exit(int(code))
+    else:
+        runpy.run_path(script, run_name="__main__")
     deadline = time.monotonic() + 2.0
     while leftovers() and time.monotonic() < deadline:
         time.sleep(0.01)  # threads that are stopping get a moment to finish
