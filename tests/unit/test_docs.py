@@ -146,9 +146,12 @@ def test_the_readme_front_door_is_small_and_keeps_its_two_commands():
     assert len(commands) == 2
     assert "onestep run examples/quickstart.py" in commands[0]
     assert "python -m pytest" in commands[1]
-    # it links every section of the docs
+    # it links every section of the docs, and lists every example (test_examples.py
+    # checks that of README.md)
     for page in ("getting-started", "concepts", "deploying", "operations", "testing"):
         assert page in draft.decode(), f"the README does not link the {page} page"
+    for example in (REPO / "examples").glob("*.py"):
+        assert f"`{example.name}`" in draft.decode(), f"the README does not list {example}"
 
 
 def cli_lines() -> list[tuple[str, list[str]]]:
