@@ -84,8 +84,8 @@ ADAPTER_NAMES = [
 
 
 def nav_pages() -> list[str]:
-    """The pages named in mkdocs.yml's `nav:` (read as text: the file has a Python tag
-    that a plain YAML loader refuses)."""
+    """The pages named in mkdocs.yml's `nav:` (read as text: the test extra has no YAML
+    parser)."""
     text = (REPO / "mkdocs.yml").read_text()
     nav = text.split("\nnav:\n", 1)[1]
     return re.findall(r":\s*(\S+\.md)\s*$", nav, re.MULTILINE)
