@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 class TaskContext:
     """What a handler can reach: `app`, `config`, `state`, `current`, `emit`, `logger`,
     `cancelled` (an Event set at the deadline or at shutdown) and `deadline` (a
-    `time.monotonic()` value, or None without `timeout_s`)."""
+    `time.monotonic()` value, or None without `timeout_s`).
+
+    Attributes:
+        current: The Delivery being handled: `payload`, `meta`, `attempts`, `task`.
+        deadline: The `time.monotonic()` deadline of this execution, or None without
+            `timeout_s`.
+    """
 
     __slots__ = ("_cancelled", "_spec", "current", "deadline")
 
@@ -46,26 +52,34 @@ class TaskContext:
 
     @property
     def app(self) -> OneStepApp:
+        """The app running the task."""
         return self._spec.app
 
     @property
     def config(self) -> dict[str, Any]:
+        """The app's config dict."""
         return self._spec.app.config
 
     @property
     def state(self) -> StateView | AsyncStateView:
+        """The task's state (`get`, `set`, `delete`, `incr`), its keys prefixed
+        `"<app>:<task>:"`; awaitable in an async handler, direct in a sync one."""
         return self._spec.state
 
     @property
     def logger(self) -> logging.Logger:
+        """The logger `onestep.task.<task name>`."""
         return self._spec.logger
 
     @property
     def task_name(self) -> str:
+        """The name of the task."""
         return self._spec.name
 
     @property
     def cancelled(self) -> threading.Event:
+        """Set at the deadline or at shutdown: a sync handler that can stop early checks
+        it (or waits on it instead of sleeping)."""
         if self._cancelled is None:
             self._cancelled = threading.Event()
         return self._cancelled
