@@ -176,6 +176,10 @@ def test_onestep_commands_in_the_docs_name_real_commands_and_options():
         if command is None:
             assert words and words[0] in ("--version", "--help", "-h"), where
             continue
+        while isinstance(command, click.Group) and len(words) > 1:  # onestep dlq list ...
+            words = words[1:]
+            command = command.commands.get(words[0])
+            assert command is not None, f"{where}: {words[0]} is not a command"
         known = {opt for param in command.params for opt in getattr(param, "opts", [])}
         known |= {"--help", "-h"}
         for word in words[1:]:
