@@ -159,11 +159,9 @@ def run_processes(app: OneStepApp, processes: Any) -> bool:
     if not app.tasks:
         raise ValueError(f"app {app.name!r} has no tasks: nothing to run in {count} processes")
     target = target_of(app)
-    notes = check_processes(app, count)
+    check_processes(app, count)  # refused before anything starts
     level, fmt = _logging_of_this_process()
     supervisor = ProcessSupervisor(app, target, count, log_level=level, log_format=fmt)
-    for note in notes:
-        logger.info("%s", note)
     if supervisor.run() != EXIT_OK:
         raise AppFailed(supervisor.error or "the worker processes failed")
     return True
@@ -311,6 +309,8 @@ class ProcessSupervisor:
         return self._exit_code
 
     def _supervise(self) -> None:
+        for note in check_processes(self.app, self.count):
+            logger.info("%s", note)
         logger.info(
             "starting %d worker processes for app %r (this parent does no task work)",
             self.count,
@@ -356,7 +356,7 @@ class ProcessSupervisor:
 
     def _start_due(self) -> None:
         first = self.workers[0]
-        if not self._others_started and first.ever_ready:
+        if not self._others_started and (first.ever_ready or first.done):
             self._others_started = True
             for worker in self.workers[1:]:
                 self._start(worker)

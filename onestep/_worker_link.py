@@ -43,8 +43,9 @@ current_worker: str | None = None
 
 class WorkerLink:
     """Built first thing in a worker process (on its main thread): takes over the pipes
-    and the inherited listening sockets, and records SIGINT/SIGTERM until the app's own
-    handlers take over, so a signal sent while the target loads stops it cleanly."""
+    and the inherited listening sockets, watches the parent, and records SIGINT/SIGTERM
+    until the app's own handlers take over, so that a stop that comes while the target
+    loads stops the worker as soon as it has loaded."""
 
     def __init__(self, index: int, control_fd: int, status_fd: int) -> None:
         global current_worker
@@ -57,35 +58,42 @@ class WorkerLink:
         for fd in (control_fd, status_fd):
             os.set_inheritable(fd, False)
         adopt_inherited()
+        self._lock = threading.Lock()
         self._app: OneStepApp | None = None
         self.stop_requested = False
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        """Runs on the main thread, for a signal that came before the app's handlers."""
-        self.stop_requested = True
-        if self._app is not None:
-            self._app.request_shutdown()
+        threading.Thread(target=self._watch_parent, name="onestep-parent-link", daemon=True).start()
 
     def run(self, app: OneStepApp) -> None:
         """Run `app` on this (the main) thread until the parent, a signal or the app stops
         it; raises what `app.run()` raises."""
-        self._app = app
-        if self.stop_requested:
+        with self._lock:
+            self._app = app
+            stop_requested = self.stop_requested
+        if stop_requested:
             logger.info("stopped before the app started")
             return
-        watcher = threading.Thread(
-            target=self._watch_parent, args=(app,), name="onestep-parent-link", daemon=True
-        )
-        watcher.start()
         app._run_in_this_process(on_started=self._ready)
+
+    def _stop(self) -> None:
+        with self._lock:
+            self.stop_requested = True
+            app = self._app
+        if app is not None:
+            app.request_shutdown()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Runs on the main thread, for a signal that came before the app's handlers."""
+        self.stop_requested = True  # no lock: the main thread may hold it already
+        if self._app is not None:
+            self._app.request_shutdown()
 
     def _ready(self) -> None:
         with contextlib.suppress(OSError):  # the parent is gone: the watcher stops the app
             os.write(self._status_fd, READY)
 
-    def _watch_parent(self, app: OneStepApp) -> None:
+    def _watch_parent(self) -> None:
         """Runs on the `onestep-parent-link` thread: blocks on the control pipe."""
         while True:
             try:
@@ -96,19 +104,22 @@ class WorkerLink:
                 data = b""
             if data == STOP:
                 logger.info("the parent asked this worker to stop")
-                app.request_shutdown()
+                self._stop()
                 continue
             if not data:
-                self._orphaned(app)
+                self._orphaned()
                 return
 
-    def _orphaned(self, app: OneStepApp) -> None:
+    def _orphaned(self) -> None:
         logger.warning("the parent process is gone; shutting down")
-        app.request_shutdown()
-        if math.isinf(app.shutdown_timeout_s):
+        self._stop()
+        with self._lock:
+            app = self._app
+        timeout_s = 30.0 if app is None else app.shutdown_timeout_s
+        if math.isinf(timeout_s):
             return
-        # A backstop: a worker whose drain hangs must not be left behind without a parent.
-        backstop = threading.Timer(app.shutdown_timeout_s + ORPHAN_GRACE_S, os._exit, (1,))
+        # A backstop: a worker whose drain (or load) hangs must not outlive its parent.
+        backstop = threading.Timer(timeout_s + ORPHAN_GRACE_S, os._exit, (1,))
         backstop.daemon = True
         backstop.name = "onestep-orphan-backstop"
         backstop.start()

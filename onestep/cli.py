@@ -115,11 +115,9 @@ def _run_processes(target: str, log_level: str, log_format: str, processes: int)
     if not app.tasks:
         _fail(f"Error: {_no_tasks(app)}; nothing to run", EXIT_BAD_TARGET)
     try:
-        notes = check_processes(app, processes)
+        check_processes(app, processes)
     except ProcessesRefused as exc:
         _fail(f"Error: {exc}", EXIT_BAD_TARGET)
-    for note in notes:
-        logger.info("%s", note)
     supervisor = ProcessSupervisor(
         app, target, processes, log_level=log_level.upper(), log_format=log_format
     )

@@ -92,7 +92,7 @@ def forever() -> OneStepApp:
     @app.task(source=jobs)
     def work(ctx: Any, item: Any) -> None:
         ctx.logger.info("working")
-        say(f"working in {worker()} pid {os.getpid()}")
+        say(f"working in {worker()} run dir {os.environ['ONESTEP_RUN_DIR']}")
         ctx.app.wait_for_shutdown_request()
         if drain_s:
             time.sleep(drain_s)  # the last of the work, so that the drain takes a while

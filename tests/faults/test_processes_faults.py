@@ -187,6 +187,9 @@ def test_sigterm_to_the_process_group_drains_every_worker_and_exits_0(started):
     parent = start(started, "forever", "--processes", "2", new_session=True)
     pids = parent.running_workers(2)
     parent.out.wait_until(lambda lines: len(lines) >= 2, "both workers working")
+    # the run's private directory (the seam for per-worker files), shared by the workers
+    [run_dir] = {line.split(" run dir ")[1] for line in parent.out.lines}
+    assert Path(run_dir).is_dir()
     os.killpg(parent.pid, signal.SIGTERM)  # as systemd and docker stop the whole group
     assert parent.wait() == 0, parent.err.tail()
     out, err = parent.out.rest(), parent.err.rest()
@@ -197,6 +200,7 @@ def test_sigterm_to_the_process_group_drains_every_worker_and_exits_0(started):
     assert not [line for line in err if "killing" in line or line.startswith("Error")]
     assert sum("stopped (exit code 0)" in line for line in err) == 2
     assert all(is_gone(pid) for pid in pids.values())
+    assert not Path(run_dir).exists()
 
 
 def test_a_second_signal_is_logged_and_the_drain_goes_on(started):
