@@ -19,13 +19,8 @@ import click
 from ._app import OneStepApp
 from ._loader import TargetError, load_app
 from ._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
-from ._processes import (
-    MAX_PROCESSES,
-    ProcessesRefused,
-    ProcessSupervisor,
-    check_processes,
-    resolve_processes,
-)
+from ._process_checks import MAX_PROCESSES, ProcessesRefused, check_processes, resolve_processes
+from ._processes import ProcessSupervisor
 from ._version import __version__
 from ._worker_link import WorkerLink
 

@@ -204,7 +204,7 @@ def test_sigterm_to_the_process_group_drains_every_worker_and_exits_0(started):
 
 
 def test_a_second_signal_is_logged_and_the_drain_goes_on(started):
-    parent = start(started, "forever", "--processes", "2", env={"TEST_DRAIN_S": "1.5"})
+    parent = start(started, "forever", "--processes", "2", env={"TEST_DRAIN_S": "3"})
     parent.running_workers(2)
     parent.out.wait_until(lambda lines: len(lines) >= 2, "both workers working")
     parent.signal(signal.SIGINT)

@@ -30,15 +30,15 @@ from onestep import (
     _worker_link,
     configure_logging,
 )
-from onestep._processes import (
+from onestep._process_checks import (
     MAX_PROCESSES,
     ProcessesRefused,
     check_processes,
     cpu_count,
-    describe_exit,
     resolve_processes,
     target_of,
 )
+from onestep._processes import describe_exit
 from onestep.cli import onestep
 from tests.helpers import running
 
