@@ -130,6 +130,19 @@ def exits_at_startup() -> OneStepApp:
     return app
 
 
+def fails_in_workers() -> OneStepApp:
+    """Loads in the parent, but its factory raises in a worker (a setting that only the
+    parent's environment has, say): the worker exits 2 as a bad target."""
+    if os.environ.get("ONESTEP_WORKER"):
+        raise RuntimeError("DATABASE_URL is not set")
+    app = OneStepApp("procs-fails-in-workers")
+
+    @app.task(source=MemoryQueue("jobs"))
+    def work(ctx: Any, item: Any) -> None: ...
+
+    return app
+
+
 def stuck_at_stop() -> OneStepApp:
     """A shutdown hook that never returns: the parent must SIGKILL the worker."""
     app = OneStepApp("procs-stuck", shutdown_timeout_s=0.2)

@@ -180,6 +180,17 @@ def test_a_worker_that_cannot_start_stops_the_parent_at_once(started):
     assert len(all_started_pids(err)) == 1
 
 
+def test_a_target_that_fails_in_the_worker_exits_2(started):
+    parent = start(started, "fails_in_workers", "--processes", "2")
+    assert parent.wait() == 2
+    errors = [line for line in parent.err.rest() if line.startswith("Error: ")]
+    assert errors == [
+        f"Error: worker w1: factory {APPS}:fails_in_workers raised RuntimeError: "
+        "DATABASE_URL is not set",
+        "Error: worker w1 failed to start (exit code 2); no other worker was started",
+    ]
+
+
 # -- signals and the parent's death ------------------------------------------------
 
 
