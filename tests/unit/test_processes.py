@@ -343,3 +343,20 @@ def test_a_mounted_webhook_has_no_listen_address():
     source = WebhookSource("/in")
     source.falcon_resource()
     assert source.listen_address is None
+
+
+def test_a_port_in_use_fails_the_run_before_any_worker_starts():
+    from onestep._processes import ProcessSupervisor
+
+    taken = _listen.bind("127.0.0.1", 0)
+    port = taken.getsockname()[1]
+    try:
+        app = app_with(WebhookSource("/in", port=port))
+        supervisor = ProcessSupervisor(app, "unused:app", 2)
+        assert supervisor.run() == 1
+        assert supervisor.error is not None
+        assert supervisor.error.startswith(f"task 'work' cannot listen on 127.0.0.1:{port}: ")
+        assert "Address already in use" in supervisor.error
+        assert all(worker.pid is None for worker in supervisor.workers)
+    finally:
+        taken.close()
