@@ -165,6 +165,26 @@ class Queues:
         self.connection.close()
 
 
+def machine_busy_pct(seconds: float = 1.0) -> float | None:
+    """How busy the machine's CPUs are over `seconds` (from /proc/stat; None where there
+    is none): measured before each run, so the report shows the load of everything else."""
+    try:
+        before = _cpu_times()
+        time.sleep(seconds)  # the sampling window itself
+        after = _cpu_times()
+    except OSError:
+        return None
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return 100.0 * busy / total if total else None
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def run_onestep(processes: int, settings: Settings) -> Measurement:
     """`onestep run worker_app --processes N` over fresh queues: publish once every
     worker runs, collect every result, stop it with SIGTERM."""
@@ -289,9 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(args.messages, calibrate(args.work_ms), args.timeout)
     load_before = os.getloadavg()
     trials = {name: Trial() for name in chosen}
-    for _ in range(args.repeat):
+    for round_ in range(args.repeat):
         for name in chosen:
-            trials[name].add(table[name](settings))
+            busy = machine_busy_pct()
+            measurement = table[name](settings)
+            trials[name].add(measurement)
+            shown = "n/a" if measurement.rate is None else f"{measurement.rate:.1f} msg/s"
+            load = "?" if busy is None else f"{busy:.0f}%"
+            print(f"{name} run {round_ + 1}: {shown} (CPUs {load} busy before)", file=sys.stderr)
     load_after = os.getloadavg()
     baseline = trials["thread-c1"].rate
     rows = []

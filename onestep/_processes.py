@@ -269,6 +269,7 @@ class ProcessSupervisor:
         status_r, status_w = os.pipe()
         command = [
             sys.executable,
+            *_interpreter_options(),
             "-m",
             "onestep",
             "_worker",
@@ -576,6 +577,17 @@ def _drain(fd: int) -> tuple[bytes, bool]:
         if not data:
             return b"".join(chunks), True
         chunks.append(data)
+
+
+def _interpreter_options() -> list[str]:
+    """The parent's command-line options that its environment does not carry to a worker:
+    -O, -X and -W (multiprocessing passes the same to the processes it spawns)."""
+    options = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
+    for key, value in sys._xoptions.items():
+        options += ["-X", key if value is True else f"{key}={value}"]
+    for option in sys.warnoptions:
+        options.append(f"-W{option}")
+    return options
 
 
 def _site_dirs() -> set[str]:

@@ -360,3 +360,12 @@ def test_a_port_in_use_fails_the_run_before_any_worker_starts():
         assert all(worker.pid is None for worker in supervisor.workers)
     finally:
         taken.close()
+
+
+def test_workers_get_the_parents_interpreter_options(monkeypatch):
+    from onestep._processes import _interpreter_options
+
+    monkeypatch.setattr(sys, "_xoptions", {"dev": True, "importtime": "2"})
+    monkeypatch.setattr(sys, "warnoptions", ["error::DeprecationWarning"])
+    options = _interpreter_options()
+    assert options[-5:] == ["-X", "dev", "-X", "importtime=2", "-Werror::DeprecationWarning"]
