@@ -14,15 +14,18 @@ Cases:
 - `processes-N` for N = 2 up to the CPU count: `onestep run --processes N`, each worker
   with `concurrency=1`.
 
-Each run gets fresh queues; the app is started and running (every worker) before the
-messages are published, so start-up is not measured. Every result carries the time its
-handler finished, its worker's pid and peak RSS; the rate is (messages - 1) / (last
-finish - first finish), and `peak_rss_mb` sums the peak RSS of the workers (the parent
-is not counted). `speedup` is the rate over the best `thread-c1` rate of the same run.
-The source has `prefetch=2`: the next message waits in the worker while its handler
-runs (no broker round trip between messages), and at the end at most one message waits
-behind a busy worker. Cases run in turn K times (`--repeat K`)
-so drift hits all alike; the best rate of each is kept. Nothing is asserted.
+Each run gets fresh queues (the results one not persistent: a result's confirm then
+waits for no disk write, which would leave the CPU idle between messages). The app is
+started and running (every worker) before the messages are published, so start-up is
+not measured. Every result carries the time its handler finished, its worker's pid and
+peak RSS; the rate is (messages - 1) / (last finish - first finish), and `peak_rss_mb`
+sums the peak RSS of the workers (the parent is not counted). `speedup` is the rate over
+the best `thread-c1` rate of the same run. The source has `prefetch=2`: the next message
+waits in the worker while its handler runs (no broker round trip between messages), and
+at the end at most one message waits behind a busy worker. Cases run in turn K times
+(`--repeat K`) so drift hits all alike; the best rate of each is kept. On a shared
+machine, `--wait-quiet PCT` starts each run only once the CPUs are less busy than that.
+Nothing is asserted.
 
 More cases (a per-task process executor: `process-c1`, `process-c2`, ..., `process-noop`)
 plug in as entries of `cases()`: a name and a function taking the Settings and returning
@@ -68,7 +71,7 @@ def calibrate(work_ms: float) -> int:
     """Iterations of burn() that take about `work_ms` on this machine (the fastest of a
     few tries, so a busy moment does not inflate the work)."""
     probe = 200_000
-    best = min(_timed(probe) for _ in range(5))
+    best = min(_timed(probe) for _ in range(20))
     return max(1, int(probe * (work_ms / 1000.0) / best))
 
 
@@ -91,7 +94,7 @@ def worker_app() -> Any:
 
     @app.task(
         source=amqp.queue(os.environ["BENCH_JOBS"], prefetch=2),
-        emit=amqp.queue(os.environ["BENCH_RESULTS"]),
+        emit=amqp.queue(os.environ["BENCH_RESULTS"], persistent=False),
         concurrency=1,
     )
     def work(ctx: Any, item: Any) -> Any:
@@ -176,6 +179,18 @@ def machine_busy_pct(seconds: float = 1.0) -> float | None:
         return None
     busy, total = after[0] - before[0], after[1] - before[1]
     return 100.0 * busy / total if total else None
+
+
+def wait_quiet(below_pct: float | None, limit_s: float = 120.0) -> float | None:
+    """The CPUs' busy share over the last second, after waiting (at most `limit_s`) for it
+    to fall under `below_pct` when that is given."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        busy = machine_busy_pct()
+        if below_pct is None or busy is None or busy < below_pct:
+            return busy
+        if time.monotonic() >= deadline:
+            return busy
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -293,6 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per case")
     parser.add_argument("--case", action="append", dest="cases", metavar="NAME")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        help="loop count of the handler's work (default: calibrated to --work-ms); fix it "
+        "to compare separate invocations",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        metavar="PCT",
+        help="before each run, wait (up to 120 s) until the CPUs are less than PCT%% busy "
+        "over a second: other work on a shared machine skews the speedup",
+    )
     args = parser.parse_args(argv)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     table = cases(cpus or 1)
@@ -306,12 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "thread-c1" not in chosen:
         chosen.insert(0, "thread-c1")  # the baseline of every speedup
-    settings = Settings(args.messages, calibrate(args.work_ms), args.timeout)
+    iterations = args.iterations or calibrate(args.work_ms)
+    settings = Settings(args.messages, iterations, args.timeout)
     load_before = os.getloadavg()
     trials = {name: Trial() for name in chosen}
     for round_ in range(args.repeat):
         for name in chosen:
-            busy = machine_busy_pct()
+            busy = wait_quiet(args.wait_quiet)
             measurement = table[name](settings)
             trials[name].add(measurement)
             shown = "n/a" if measurement.rate is None else f"{measurement.rate:.1f} msg/s"
@@ -331,9 +360,14 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_rss_mb": max(trial.peaks) if trial.peaks else None,
             }
         )
+    work = (
+        f"{iterations} iterations, fixed"
+        if args.iterations
+        else f"{iterations} iterations, calibrated to ~{args.work_ms:g} ms"
+    )
     context = (
-        f"{args.messages} messages of ~{args.work_ms:g} ms CPU each ({settings.iterations} "
-        f"iterations), best of {args.repeat}, {cpus} CPU(s), Python {sys.version.split()[0]}, "
+        f"{args.messages} messages, a handler loop of {work}, best of {args.repeat}, "
+        f"{cpus} CPU(s), Python {sys.version.split()[0]}, "
         f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after"
     )
     if args.json:
