@@ -285,13 +285,30 @@ class OneStepApp:
         """Why the app stopped on its own, if an actor failed past its restart limit."""
         return self._failure
 
-    def run(self) -> None:
+    def run(self, *, processes: int | str = 1) -> None:
         """Run until `request_shutdown()` (or SIGINT/SIGTERM on the main thread), then shut
-        down gracefully. Raises AppFailed if an actor failed past its restart limit."""
+        down gracefully. Raises AppFailed if an actor failed past its restart limit.
+
+        `processes=N` (or `"auto"`: one per CPU) runs the app in N worker processes
+        under a parent that does no task work, as `onestep run --processes N` does
+        (see `onestep._processes`); each worker imports the module that defines this
+        app, so call it under `if __name__ == "__main__":`."""
+        if processes != 1:
+            from ._processes import run_processes  # imports this module
+
+            if run_processes(self, processes):
+                return
+        self._run_in_this_process()
+
+    def _run_in_this_process(self, on_started: Callable[[], None] | None = None) -> None:
+        """`run()` in this process; `on_started()` is called on the calling thread once
+        `start()` returned (a worker of `--processes N` tells its parent so)."""
         restore = self._install_signal_handlers()
         try:
             self.start()
             try:
+                if on_started is not None:
+                    on_started()
                 self._shutdown_requested.wait()
             finally:
                 self.stop()

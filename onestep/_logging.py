@@ -1,6 +1,7 @@
 """Logging set-up for `onestep run`: plain text or one JSON object per line.
 
-Called once by the CLI; library code only ever calls `logging.getLogger`.
+Called once by the CLI (in each process under `--processes N`: the parent and every
+worker); library code only ever calls `logging.getLogger`.
 """
 
 from __future__ import annotations
@@ -37,12 +38,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=repr, ensure_ascii=False)
 
 
+class WorkerNameFilter(logging.Filter):
+    """Puts `worker` (`w1`, ..., or `parent`) on every record a handler emits, so that the
+    lines of the processes of `onestep run --processes N` say which one wrote them."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+WORKER_TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(worker)s] %(name)s: %(message)s"
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Send the root logger to stderr at `level` in the `text` or `json` format."""
+def configure_logging(level: str = "INFO", fmt: str = "text", *, worker: str | None = None) -> None:
+    """Send the root logger to stderr at `level` in the `text` or `json` format. With
+    `worker`, every line names that process: `[w1]` in text, `"worker": "w1"` in JSON."""
     if level.upper() not in LOG_LEVELS:
         raise ValueError(f"level must be one of {', '.join(LOG_LEVELS)}; got {level!r}")
     if fmt not in LOG_FORMATS:
@@ -51,7 +68,11 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(TEXT_FORMAT if worker is None else WORKER_TEXT_FORMAT)
+        )
+    if worker is not None:
+        handler.addFilter(WorkerNameFilter(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -3,10 +3,11 @@ its task graph (`--connect`: and opens every source and sink), `onestep dlq list
 discard TARGET --task NAME` handles a task's dead letters. Installed as a console
 script; `python -m onestep` runs it too.
 
-Commands stay thin: they parse options, call `load_app` and the app, and map errors to
-exit codes: 2 for a bad target or option (an app without tasks included), 1 when the
-app crashed (or an endpoint failed, for `check --connect` and `dlq`), 0 after a clean
-stop.
+Commands stay thin: they parse options, call `load_app` and the app (or, for `run
+--processes N`, `onestep._processes.ProcessSupervisor`), and map errors to exit codes: 2
+for a bad target or option (an app without tasks included), 1 when the app crashed (or an
+endpoint failed, for `check --connect` and `dlq`), 0 after a clean stop. The hidden
+`_worker` command is what that supervisor starts in each worker process.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from ._connect_check import check_connections
 from ._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable
 from ._loader import TargetError, load_app
 from ._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from ._process_checks import MAX_PROCESSES, ProcessesRefused, check_processes, resolve_processes
+from ._processes import ProcessSupervisor
 from ._version import __version__
+from ._worker_link import WorkerLink
 
 logger = logging.getLogger("onestep.cli")
 
@@ -32,34 +36,68 @@ EXIT_BAD_TARGET = 2
 TARGET_HELP = "TARGET is module:attr or path/to/file.py[:attr]; attr defaults to 'app'."
 
 
+def _processes_option(value: Any) -> int:
+    """`--processes`: an integer from 1 to MAX_PROCESSES, or `auto` (one per CPU)."""
+    if isinstance(value, int):
+        return value
+    try:
+        return resolve_processes(str(value).strip().lower())
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a number of processes: give an integer from 1 to "
+            f"{MAX_PROCESSES}, or 'auto' for one per CPU"
+        ) from None
+
+
+PROCESSES_HELP = (
+    "Worker processes to run the app in (an integer, or 'auto' for one per CPU). With more "
+    "than 1, a parent that does no task work starts, restarts and stops them."
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="onestep", message="%(prog)s %(version)s")
 def onestep() -> None:
     """Run onestep apps: tasks that pull from sources and publish to sinks."""
 
 
+def _log_options(command: Any) -> Any:
+    command = click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS),
+        default="text",
+        show_default=True,
+        help="'json' writes one JSON object per log record.",
+    )(command)
+    return click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default="INFO",
+        show_default=True,
+        help="Level of the log records written to stderr.",
+    )(command)
+
+
 @onestep.command(epilog=TARGET_HELP)
 @click.argument("target")
+@_log_options
 @click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="INFO",
+    "--processes",
+    metavar="N|auto",
+    default="1",
     show_default=True,
-    help="Level of the log records written to stderr.",
+    callback=lambda ctx, param, value: _processes_option(value),
+    help=PROCESSES_HELP,
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS),
-    default="text",
-    show_default=True,
-    help="'json' writes one JSON object per log record.",
-)
-def run(target: str, log_level: str, log_format: str) -> None:
+def run(target: str, log_level: str, log_format: str, processes: int) -> None:
     """Run the app TARGET until SIGINT or SIGTERM, or until it stops by itself.
 
     A signal starts a graceful shutdown: sources stop fetching and in-flight work gets
-    the app's shutdown_timeout_s to finish.
+    the app's shutdown_timeout_s to finish. With --processes N every worker drains so.
     """
+    if processes > 1:
+        _run_processes(target, log_level, log_format, processes)
+        return
     configure_logging(log_level, log_format)
     app = _load(target)
     if not app.tasks:
@@ -68,6 +106,45 @@ def run(target: str, log_level: str, log_format: str) -> None:
         app.run()
     except Exception as exc:
         _crashed(app, exc)
+
+
+def _run_processes(target: str, log_level: str, log_format: str, processes: int) -> None:
+    configure_logging(log_level, log_format, worker="parent")
+    app = _load(target)
+    if not app.tasks:
+        _fail(f"Error: {_no_tasks(app)}; nothing to run", EXIT_BAD_TARGET)
+    try:
+        check_processes(app, processes)
+    except ProcessesRefused as exc:
+        _fail(f"Error: {exc}", EXIT_BAD_TARGET)
+    supervisor = ProcessSupervisor(
+        app, target, processes, log_level=log_level.upper(), log_format=log_format
+    )
+    code = supervisor.run()
+    if code:
+        _fail(f"Error: {supervisor.error}", code)
+
+
+@onestep.command("_worker", hidden=True)
+@click.argument("target")
+@_log_options
+@click.option("--index", type=click.IntRange(min=1), required=True)
+@click.option("--control-fd", type=click.IntRange(min=0), required=True)
+@click.option("--status-fd", type=click.IntRange(min=0), required=True)
+def worker(
+    target: str, log_level: str, log_format: str, index: int, control_fd: int, status_fd: int
+) -> None:
+    """One worker process of `onestep run --processes N`, started by its parent."""
+    link = WorkerLink(index, control_fd, status_fd)  # first: it takes over the signals
+    configure_logging(log_level, log_format, worker=link.name)
+    prefix = f"worker {link.name}: "
+    app = _load(target, prefix)
+    if not app.tasks:
+        _fail(f"Error: {prefix}{_no_tasks(app)}; nothing to run", EXIT_BAD_TARGET)
+    try:
+        link.run(app)
+    except Exception as exc:
+        _crashed(app, exc, prefix)
 
 
 @onestep.command(epilog=TARGET_HELP)
@@ -79,14 +156,31 @@ def run(target: str, log_level: str, log_format: str) -> None:
     help="Also open and close every source and sink as a run would (connect, declare "
     "queues, create tables, bind webhook ports) and print one line per endpoint.",
 )
-def check(target: str, as_json: bool, connect: bool) -> None:
+@click.option(
+    "--processes",
+    metavar="N|auto",
+    default="1",
+    show_default=True,
+    callback=lambda ctx, param, value: _processes_option(value),
+    help="Also say what running in N worker processes means for this app "
+    "(and refuse it as `onestep run --processes N` would).",
+)
+def check(target: str, as_json: bool, connect: bool, processes: int) -> None:
     """Load the app TARGET and print its task graph without running it.
 
-    Exits 2 (after printing the graph) if the app has no tasks: `run` would refuse it.
-    With --connect, exits 1 if any source or sink failed to open.
+    Exits 2 (after printing the graph) if the app has no tasks, or if it cannot run in
+    --processes N processes: `run` would refuse it. With --connect, exits 1 if any source
+    or sink failed to open.
     """
     app = _load(target)
     description = app.describe()
+    refused: str | None = None
+    if processes > 1:
+        try:
+            notes = check_processes(app, processes)
+        except ProcessesRefused as exc:
+            notes, refused = [], str(exc)
+        description["processes"] = {"workers": processes, "notes": notes}
     checks = check_connections(app) if connect and app.tasks else None
     if as_json:
         if checks is not None:
@@ -100,6 +194,8 @@ def check(target: str, as_json: bool, connect: bool) -> None:
                 click.echo(item.line())
     if not app.tasks:
         _fail(f"Error: {_no_tasks(app)}; `onestep run` would refuse it", EXIT_BAD_TARGET)
+    if refused is not None:
+        _fail(f"Error: {refused}", EXIT_BAD_TARGET)
     if checks is not None and not all(item.ok for item in checks):
         failed = sum(not item.ok for item in checks)
         _fail(f"Error: {failed} of {len(checks)} endpoint(s) failed to open", EXIT_CRASHED)
@@ -245,23 +341,26 @@ def main() -> None:
     onestep()
 
 
-def _load(target: str) -> OneStepApp:
+def _load(target: str, prefix: str = "") -> OneStepApp:
     try:
         return load_app(target)
     except TargetError as exc:
         if exc.__cause__ is not None:
             logger.debug("loading %r failed", target, exc_info=exc.__cause__)
-        _fail(f"Error: {exc}", EXIT_BAD_TARGET)
+        _fail(f"Error: {prefix}{exc}", EXIT_BAD_TARGET)
 
 
 def _no_tasks(app: OneStepApp) -> str:
     return f"app {app.name!r} has no tasks (register one with @app.task)"
 
 
-def _crashed(app: OneStepApp, exc: Exception) -> NoReturn:
+def _crashed(app: OneStepApp, exc: Exception, prefix: str = "") -> NoReturn:
     logger.debug("app %r crashed", app.name, exc_info=exc)
     message = " ".join(str(exc).split())
-    _fail(f"Error: app {app.name!r} crashed: {type(exc).__name__}: {message}", EXIT_CRASHED)
+    _fail(
+        f"Error: {prefix}app {app.name!r} crashed: {type(exc).__name__}: {message}",
+        EXIT_CRASHED,
+    )
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -285,6 +384,12 @@ def format_graph(description: dict[str, Any]) -> str:
     for task in tasks:
         lines.append("")
         lines.extend(_task_lines(task))
+    processes = description.get("processes")
+    if processes:
+        lines.append("")
+        lines.append(f"in {processes['workers']} worker processes (each runs every task):")
+        notes = processes.get("notes") or ["nothing to note"]
+        lines.extend(f"  {note}" for note in notes)
     return "\n".join(lines)
 
 

@@ -13,6 +13,8 @@ import falcon
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 
+from onestep._listen import inherited_socket
+
 from ._limits import DEFAULT_THREADS, EffectiveSettings, check_file_limit, merge
 from ._resource import WebhookResource
 from ._waitress import GuardedServer
@@ -66,6 +68,9 @@ class _SharedServer:
             self,
             read_timeout_s=settings.read_timeout_s,
             idle_timeout_s=settings.idle_timeout_s,
+            # Under `onestep run --processes N` the parent bound (host, port) once and
+            # every worker's server accepts on that socket: one port for all workers.
+            sock=inherited_socket(host, port),
         )
         self.port: int = self.server.effective_port
         self.where = f"{host}:{self.port}"

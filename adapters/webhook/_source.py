@@ -151,6 +151,13 @@ class WebhookSource(MemoryQueue):
             "queue_maxsize": self.maxsize,
         }
 
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        """`(host, port)` of the standalone server this source opens (port 0 included),
+        None once mounted in a host app. `onestep run --processes N` binds each such
+        address once in its parent and every worker serves that socket."""
+        return (self.host, self.port) if self.serve else None
+
     def falcon_resource(self) -> WebhookResource:
         """A falcon resource for `falcon_app.add_route(source.path, ...)`; the source
         then starts no server of its own. Call it before the onestep app starts."""

@@ -31,6 +31,7 @@ checks each hook on the installed version.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -155,10 +156,17 @@ class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
         *,
         read_timeout_s: float,
         idle_timeout_s: float,
+        sock: socket.socket | None = None,
     ) -> None:
+        """`sock`, when given, is a listening socket bound elsewhere (by the parent of
+        `onestep run --processes N`): it is served as it is, never bound again."""
         self.router = router
         self.read_timeout_s = read_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        if sock is not None:
+            sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
+            super().__init__(application, adj=adj, _sock=sock, bind_socket=False, sockinfo=sockinfo)
+            return
         # A host name resolving to several addresses is served on the first one.
         super().__init__(application, adj=adj, sockinfo=adj.listen[0])
 
