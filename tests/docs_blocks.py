@@ -68,8 +68,8 @@ class Block:
 
 
 def doc_files() -> list[Path]:
-    """Every Markdown file of the docs (the README draft included)."""
-    return sorted(DOCS.rglob("*.md"))
+    """Every Markdown file of the docs, and the README."""
+    return [*sorted(DOCS.rglob("*.md")), REPO / "README.md"]
 
 
 def parse_blocks(path: Path) -> list[Block]:

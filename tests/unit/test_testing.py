@@ -3,11 +3,8 @@ retries waited for, a timeout naming what was busy, and the app always stopped."
 
 from __future__ import annotations
 
-import re
-import sys
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,17 +204,3 @@ def test_timeout_s_is_checked() -> None:
     with pytest.raises(ValueError, match="timeout_s must be"):
         run_until_idle(app, timeout_s=0)
     assert not app.running
-
-
-def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("### Testing your tasks with MemoryQueues", 1)[1].split("\n## ", 1)[0]
-    pipeline, test = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert pipeline.startswith("# pipeline.py") and test.startswith("# test_pipeline.py")
-    (tmp_path / "pipeline.py").write_text(pipeline)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "pipeline", raising=False)
-    namespace: dict[str, Any] = {}
-    exec(compile(test, "test_pipeline.py", "exec"), namespace)
-    namespace["test_check_orders"]()
-    monkeypatch.delitem(sys.modules, "pipeline", raising=False)
