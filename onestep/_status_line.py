@@ -4,6 +4,7 @@ seconds, from the monitor thread (onestep._metrics) that reads the counters anyw
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 logger = logging.getLogger("onestep.status")
@@ -12,14 +13,14 @@ logger = logging.getLogger("onestep.status")
 class StatusLine:
     """Logs, per task, what happened since its last line. Used on one thread only."""
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, started_at: float | None = None) -> None:
         self.interval_s = interval_s
-        self._last_at: float | None = None
+        # the first line counts from the monitor's start (time.monotonic())
+        self._last_at: float | None = time.monotonic() if started_at is None else started_at
         self._last: dict[str, dict[str, int]] = {}
 
     def maybe_log(self, now: float, snapshot: dict[str, Any]) -> None:
-        """Log the lines if `interval_s` passed since the last ones (the first call only
-        takes the starting point)."""
+        """Log the lines if `interval_s` passed since the last ones."""
         if self._last_at is not None and now - self._last_at < self.interval_s:
             return
         previous_at, self._last_at = self._last_at, now

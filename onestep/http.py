@@ -17,7 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from waitress import wasyncore
 from waitress.server import create_server
 
-from ._metrics import AppMonitor, Monitor, OnestepCollector
+from ._collector import OnestepCollector
+from ._metrics import AppMonitor, Monitor
 from ._status_page import render_status_page
 
 if TYPE_CHECKING:
