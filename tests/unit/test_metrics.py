@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import urllib.request
@@ -277,7 +276,7 @@ def test_queue_depth_is_cached_and_refreshed_by_the_monitor_thread() -> None:
 
 
 def test_serve_http_serves_and_stops_and_refuses_a_running_app_without_counters() -> None:
-    app, jobs, dead = fifty_and_one("served")
+    app, _, dead = fifty_and_one("served")
     with app.serve_http("127.0.0.1", 0) as server:
         assert server.url.startswith("http://127.0.0.1:")
         with running(app):
@@ -408,7 +407,7 @@ def test_the_status_line_logs_what_happened_since_the_last_line(
 
 
 def test_the_monitor_thread_logs_status_lines(caplog: pytest.LogCaptureFixture) -> None:
-    app, jobs, dead = fifty_and_one("lines")
+    app, _, dead = fifty_and_one("lines")
     monitor = AppMonitor(app, status_interval_s=0.2)
     with caplog.at_level(logging.INFO, logger="onestep.status"):
         monitor.start()
@@ -428,4 +427,3 @@ def test_no_counters_without_metrics() -> None:
         assert app._system is not None
         assert all(rt.events is None for rt in app._system.runtimes)
     assert app._stats is None
-    assert os.environ.get("ONESTEP_RUN_DIR") is None
