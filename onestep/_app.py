@@ -82,6 +82,8 @@ class OneStepApp:
         # the app; None until metrics, the status page or the status line need them, so
         # that an app without them counts nothing.
         self._stats: RuntimeStats | None = None
+        # Set by onestep.http.HttpServer while it serves this app.
+        self._http_url: str | None = None
 
     def __repr__(self) -> str:
         return f"OneStepApp({self.name!r}, tasks={list(self._tasks)})"
@@ -204,6 +206,12 @@ class OneStepApp:
         from .http import serve_http  # falcon, waitress, prometheus_client: on demand
 
         return serve_http(self, host, port)
+
+    @property
+    def http_url(self) -> str | None:
+        """The URL of the HTTP endpoints serving this app in this process (`onestep run
+        --http`, `serve_http`), ending in `/`; None when none does."""
+        return self._http_url
 
     # -- lifecycle -------------------------------------------------------------------------
 

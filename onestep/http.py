@@ -127,6 +127,7 @@ class HttpServer:
         self.url = f"http://{shown}:{self.port}/"
         self._stopped = False
         monitor.start()
+        monitor.app._http_url = self.url
         self._thread = threading.Thread(
             target=self._serve, name=f"onestep-http-{self.port}", daemon=True
         )
@@ -153,6 +154,8 @@ class HttpServer:
         else:
             wasyncore.close_all(server._map, ignore_all=True)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=_STOP_TIMEOUT_S)
+        if self.monitor.app._http_url == self.url:
+            self.monitor.app._http_url = None
         self.monitor.stop()
 
     def __enter__(self) -> HttpServer:
