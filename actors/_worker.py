@@ -128,7 +128,8 @@ class Worker:
                 return
             runtime.succeeded(delivery, result, 0.0)
             return
-        runtime.started(delivery)
+        if runtime.announces:  # not when the events only count (metrics)
+            runtime.started(delivery)
         start = time.monotonic()
         try:
             result = runtime.task.invoke(delivery, self.cancelled, None)

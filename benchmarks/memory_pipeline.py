@@ -38,13 +38,16 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (
+    CaseResult,
     CountingEvent,
+    Trial,
     add_common_args,
     emit_child_result,
     parse_common_args,
     peak_rss_mb,
     print_results,
     run_cases,
+    run_child,
 )
 
 CASES = ("sync-c1", "sync-c8", "async-c1", "async-c8")
@@ -197,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         "does) and print its rate against the same case without them",
     )
     args = parse_common_args(parser, argv, CASES, check_case=parse_case)
-    if args.metrics and not args.child:
-        args.cases = [c for case in args.cases for c in (case, case + METRICS_SUFFIX)]
 
     if args.child:
         kind, case = args.child
@@ -206,16 +207,21 @@ def main(argv: list[str] | None = None) -> int:
         emit_child_result(**measure(case, args.messages, args.timeout))
         return 0
 
-    results = run_cases(
-        os.path.abspath(__file__),
-        args.cases,
-        repeat=args.repeat,
-        child_args=["--messages", str(args.messages), "--timeout", str(args.timeout)],
-        # a child gets a little longer than its own wait, to start and to stop
-        timeout_s=args.timeout + 60.0,
-        baseline_case=lambda case: "raw-1-thread",
-        median=args.median,
-    )
+    child_args = ["--messages", str(args.messages), "--timeout", str(args.timeout)]
+    # a child gets a little longer than its own wait, to start and to stop
+    timeout_s = args.timeout + 60.0
+    if args.metrics:
+        results = run_with_metrics(args.cases, args.repeat, child_args, timeout_s, args.median)
+    else:
+        results = run_cases(
+            os.path.abspath(__file__),
+            args.cases,
+            repeat=args.repeat,
+            child_args=child_args,
+            timeout_s=timeout_s,
+            baseline_case=lambda case: "raw-1-thread",
+            median=args.median,
+        )
     summary = "median" if args.median else "best"
     title = (
         f"MemoryQueue -> no-op -> MemoryQueue, {args.messages:,} messages, "
@@ -225,6 +231,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics:
         print_metrics_cost(results, as_json=args.json)
     return 0
+
+
+def run_with_metrics(
+    cases: list[str], repeat: int, child_args: list[str], timeout_s: float, median: bool
+) -> list[CaseResult]:
+    """Each case without and with metrics, and the baseline, one child after the other
+    in every repeat, so that drift on the machine hits the three alike."""
+    script = os.path.abspath(__file__)
+    results = []
+    for case in cases:
+        plain = CaseResult(case, Trial(median=median), Trial(median=median))
+        metered = CaseResult(case + METRICS_SUFFIX, Trial(median=median), plain.baseline)
+        for _ in range(max(1, repeat)):
+            plain.onestep.add(run_child(script, "onestep", case, child_args, timeout_s))
+            metered.onestep.add(
+                run_child(script, "onestep", case + METRICS_SUFFIX, child_args, timeout_s)
+            )
+            plain.baseline.add(run_child(script, "baseline", "raw-1-thread", child_args, timeout_s))
+        results += [plain, metered]
+    return results
 
 
 def print_metrics_cost(results: list[Any], *, as_json: bool) -> None:
