@@ -119,12 +119,8 @@ def test_one_process_counts_probes_status_page_and_status_line(parents: list[Par
         r"\d+ retried, \d+ dead-lettered",
         line,
     ), line
-    total = sum(
-        int(m.group(1))
-        for line in parent.err.lines
-        if (m := re.search(r"task 't': (\d+) messages", line))
-    )
-    assert total == 51  # every handled message in exactly one line
+    # every handled message is in exactly one line
+    parent.err.wait_until(lambda lines: status_line_total(lines, "t") == 51, "51 in the lines")
 
     parent.signal(signal.SIGTERM)
     assert parent.wait() == 0, parent.err.tail()
@@ -159,7 +155,16 @@ def test_processes_2_on_rabbitmq_sum_every_worker_and_survive_a_kill(
     rabbit.declare(jobs)
     rabbit.declare(results)
     env = {"TEST_AMQP_URL": AMQP_URL, "TEST_JOBS": jobs, "TEST_RESULTS": results}
-    parent = Parent(f"{APPS}:rabbit_app", "--processes", "2", "--http", "127.0.0.1:0", env=env)
+    parent = Parent(
+        f"{APPS}:rabbit_app",
+        "--processes",
+        "2",
+        "--http",
+        "127.0.0.1:0",
+        "--status-interval",
+        "0.5",
+        env=env,
+    )
     parents.append(parent)
     url = serving_url(parent)
     pids = parent.running_workers(2)
@@ -171,6 +176,10 @@ def test_processes_2_on_rabbitmq_sum_every_worker_and_survive_a_kill(
         return messages(get(url + "metrics")[1], "procs-rabbit", "record", "succeeded")
 
     wait_until(lambda: succeeded() == total, f"{total} successes summed over the workers")
+    # the parent's status lines count the sum too, each message in one line
+    parent.err.wait_until(
+        lambda lines: status_line_total(lines, "record") == total, "status lines summing 300"
+    )
     _, body = get(url + "healthz")
     assert json.loads(body)["status"] == "ok"
 
@@ -193,6 +202,11 @@ def test_processes_2_on_rabbitmq_sum_every_worker_and_survive_a_kill(
             break
         workers.add(json.loads(body)["worker"])
     assert workers == {"w1", "w2"}  # the sum really was over two processes
+
+
+def status_line_total(lines: list[str], task: str) -> int:
+    pattern = re.compile(rf"onestep\.status: task '{task}': (\d+) messages")
+    return sum(int(m.group(1)) for line in lines if (m := pattern.search(line)))
 
 
 def chromium() -> str:
