@@ -187,7 +187,7 @@ class OneStepApp:
         dead-letter sink; NotBrowsable for a sink that cannot list its dead letters."""
         return dead_letters_of(self, task, sink)
 
-    def _count(self) -> RuntimeStats:
+    def _enable_stats(self) -> RuntimeStats:
         """The app's RuntimeStats, made on first use: from the next start on, every task
         counts its outcomes. RuntimeError while the app runs without them (its tasks
         were started without counters)."""

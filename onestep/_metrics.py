@@ -159,7 +159,7 @@ class AppMonitor(Monitor):
         worker: str = "",
     ) -> None:
         super().__init__(app, status_interval_s=status_interval_s)
-        self.stats = app._count()
+        self.stats = app._enable_stats()
         self._depths: dict[str, int | None] = {}
         self._depths_at = -math.inf
         self._snapshot_path: Path | None = None
