@@ -9,11 +9,13 @@ from ._failure import EncodeError, HandlerFailed, failure_from, timeout_failure
 from ._loop import EventLoopThread
 from ._ports import EventRecord, Failure, RetryPort, SinkPort, SourcePort, TaskPort
 from ._sink import PublishJob, SinkRoute
+from ._stats import DURATION_BUCKETS, RuntimeStats, TaskStats
 from ._supervisor import AppFailed, RestartPolicy
 from ._system import ActorSystem, StartupError
 from ._timer import Timer
 
 __all__ = [
+    "DURATION_BUCKETS",
     "GIL_ATOMIC",
     "ActorSystem",
     "AppFailed",
@@ -25,11 +27,13 @@ __all__ = [
     "PublishJob",
     "RestartPolicy",
     "RetryPort",
+    "RuntimeStats",
     "SinkPort",
     "SinkRoute",
     "SourcePort",
     "StartupError",
     "TaskPort",
+    "TaskStats",
     "Timer",
     "failure_from",
     "timeout_failure",

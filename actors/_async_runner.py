@@ -113,8 +113,8 @@ class AsyncRunner:
         runtime = self.runtime
         ledger = runtime.ledger
         fetch = runtime.source.fetch
-        events = runtime.events
-        plain = events is None and runtime.task.timeout_s is None
+        announce = runtime.announces
+        plain = runtime.events is None and runtime.task.timeout_s is None
         run = self._run_plain if plain else self._run
         while not ledger.stopping:
             # checks and parking happen in one step of the loop: a wake_up that comes
@@ -129,7 +129,7 @@ class AsyncRunner:
             delivery = batch[0]
             if not ledger.add(delivery):  # stop() came while we fetched it: given back
                 return
-            if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
+            if (announce or delivery.error is not None) and not runtime.fetched(batch):
                 continue
             await run(delivery)
 

@@ -90,7 +90,7 @@ class TaskRuntime:
         timer: Timer,
         emit: Sequence[SinkRoute],
         dead_letter: Sequence[SinkRoute],
-        events: EventEmitter | None,
+        events: EventEmitter | Any,
     ) -> None:
         self.task = task
         self.source = source
@@ -102,6 +102,10 @@ class TaskRuntime:
         self.single_offer = self.emit[0].offer if len(self.emit) == 1 else None
         self.dead_letter = tuple(dead_letter)
         self.events = events
+        # False when `events` only counts (metrics without event handlers, a TaskStats):
+        # then no `fetched` or `started` is emitted, which nothing would read
+        # (memory_pipeline --metrics, sync-c1 with/without metrics: 0.48 -> 0.85).
+        self.announces = events is not None and not getattr(events, "counts_only", False)
         self.direct = _supports_direct_mode(source, task.is_async)
         # In direct mode a worker or puller whose add() comes after stop() has its
         # delivery given back by the ledger (thread-safe sources only, hence direct).
@@ -131,7 +135,7 @@ class TaskRuntime:
         """Emit `fetched` events and route undecodable deliveries to the supervisor;
         return the deliveries for the handler."""
         events = self.events
-        if events is not None:
+        if events is not None and self.announces:
             for delivery in batch:
                 events.emit("fetched", delivery)
         ready = batch
@@ -192,7 +196,7 @@ class TaskRuntime:
     # -- called where a handler finished: a worker thread or the event-loop thread --------
 
     def started(self, delivery: Any) -> None:
-        if self.events is not None:
+        if self.announces:
             self.events.emit("started", delivery)
 
     def succeeded(self, delivery: Any, result: Any, duration_s: float) -> None:

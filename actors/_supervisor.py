@@ -18,6 +18,7 @@ from ._failure import NOT_RETRIED, HandlerFailed, failure_from
 from ._ports import Failure
 from ._runtime import MessageFailed, TaskRuntime
 from ._sink import PublishJob
+from ._stats import RuntimeStats
 from ._timer import MAX_DELAY_S, Timer
 
 logger = logging.getLogger("onestep.actors.supervisor")
@@ -91,9 +92,11 @@ class Supervisor(EngineActor):
         timer: Timer,
         on_fatal: Callable[[BaseException], None],
         restarts: RestartPolicy | None = None,
+        stats: RuntimeStats | None = None,
     ) -> None:
         super().__init__()
         self._timer = timer
+        self._stats = stats
         self._on_fatal = on_fatal
         self._policy = restarts or RestartPolicy()
         self._history: dict[str, deque[float]] = {}
@@ -237,4 +240,6 @@ class Supervisor(EngineActor):
             policy.window_s,
         )
         self.restarts += 1
+        if self._stats is not None:
+            self._stats.restarted(message.label)
         self._timer.call_later(backoff, tell_quietly, message.ref, RESTART)

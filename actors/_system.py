@@ -25,6 +25,7 @@ from ._ports import EventCallback, SinkPort, TaskPort
 from ._runtime import TaskRuntime
 from ._sink import Close, Open, SinkActor, SinkRoute
 from ._source import CloseSource, ReleaseAll, SourceActor, StartFetching, StopFetching
+from ._stats import RuntimeStats, TeeEmitter
 from ._supervisor import AppFailed, CoreFailed, Health, RestartPolicy, Supervisor
 from ._task import StopTask, TaskActor
 from ._timer import Timer
@@ -53,8 +54,12 @@ class ActorSystem:
         on_fatal: Callable[[BaseException], None],
         restarts: RestartPolicy | None = None,
         idle_poll_s: float = 0.05,
+        stats: RuntimeStats | None = None,
     ) -> None:
         self._tasks = list(tasks)
+        # With stats, every task counts its outcomes (metrics); without, nothing is
+        # counted and, without event handlers too, no event is emitted at all.
+        self._stats = stats
         self._on_event = on_event
         self._on_fatal = on_fatal
         self._restarts = restarts
@@ -119,6 +124,7 @@ class ActorSystem:
             timer=self.timer,
             on_fatal=self._on_fatal,
             restarts=self._restarts,
+            stats=self._stats,
         )
 
     def _start_actor(
@@ -175,9 +181,12 @@ class ActorSystem:
 
     def _start_tasks(self) -> None:
         for task in self._tasks:
-            events = None
+            events: Any = None
             if self._events_ref is not None:
                 events = EventEmitter(self._events_ref, task.name, task.source_name)
+            if self._stats is not None:
+                stats = self._stats.task(task.name, task.source_name)
+                events = stats if events is None else TeeEmitter(stats, events)
             runtime = TaskRuntime(
                 task,
                 task.source,
@@ -283,6 +292,8 @@ class ActorSystem:
     ) -> None:
         """Send an event that no delivery carries (a schedule's skipped tick, say).
         Callable from any thread; a no-op without event handlers or before start."""
+        if self._stats is not None:
+            self._stats.task(task, source).emit(kind)
         ref = self._events_ref
         if ref is None:
             return

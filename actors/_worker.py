@@ -90,7 +90,7 @@ class Worker:
         source = runtime.source
         take = source.take
         timed = runtime.task.timeout_s is not None
-        events = runtime.events
+        announce = runtime.announces
         settled = threading.Event()
         while not runtime.source_open.wait(_IDLE_CHECK_S):
             if ledger.stopping:
@@ -106,7 +106,7 @@ class Worker:
             delivery = batch[0]
             if not ledger.add(delivery):  # stop() came while take() waited: given back
                 return
-            if (events is not None or delivery.error is not None) and not runtime.fetched(batch):
+            if (announce or delivery.error is not None) and not runtime.fetched(batch):
                 ledger.wait_settled(delivery, settled)
                 continue
             if timed:
@@ -128,7 +128,8 @@ class Worker:
                 return
             runtime.succeeded(delivery, result, 0.0)
             return
-        runtime.started(delivery)
+        if runtime.announces:  # not when the events only count (metrics)
+            runtime.started(delivery)
         start = time.monotonic()
         try:
             result = runtime.task.invoke(delivery, self.cancelled, None)

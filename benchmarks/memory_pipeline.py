@@ -30,6 +30,7 @@ It never asserts anything: it only reports (DESIGN.md section 6). See benchmarks
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
@@ -37,22 +38,28 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (
+    CaseResult,
     CountingEvent,
+    Trial,
     add_common_args,
     emit_child_result,
     parse_common_args,
     peak_rss_mb,
     print_results,
     run_cases,
+    run_child,
 )
 
 CASES = ("sync-c1", "sync-c8", "async-c1", "async-c8")
 DEFAULT_MESSAGES = 100_000
 
 
+METRICS_SUFFIX = "+metrics"
+
+
 def parse_case(case: str) -> tuple[bool, int]:
-    """'async-c8' -> (True, 8)."""
-    kind, _, concurrency = case.partition("-c")
+    """'async-c8' -> (True, 8); 'sync-c1+metrics' -> (False, 1)."""
+    kind, _, concurrency = case.removesuffix(METRICS_SUFFIX).partition("-c")
     if kind not in ("sync", "async") or not concurrency.isdigit() or int(concurrency) < 1:
         raise ValueError(f"bad case {case!r}: expected sync-cN or async-cN")
     return kind == "async", int(concurrency)
@@ -98,18 +105,41 @@ def measure_onestep(case: str, messages: int, wait_s: float) -> dict[str, Any]:
         def noop(ctx: Any, item: Any) -> Any:
             return item
 
+    server = None
+    if case.endswith(METRICS_SUFFIX):
+        # what `onestep run --http` sets up: counters, the collector, an idle server
+        server = app.serve_http("127.0.0.1", 0)
     app.start()
     try:
         finished = counter.done.wait(wait_s)
+        scraped = None if server is None else _scrape_succeeded(server.url)
     finally:
         app.stop()
+        if server is not None:
+            server.stop()
     if not finished:
         return {"error": f"only {sink.qsize()} of {messages} messages arrived in {wait_s:g} s"}
-    return {
+    result = {
         "rate": counter.rate(),
         "delivered": sink.qsize(),
         "rss_preloaded_mb": round(rss_preloaded, 1),
     }
+    if server is not None and scraped != messages:
+        return {"error": f"/metrics counted {scraped} successes of {messages}"}
+    return result
+
+
+def _scrape_succeeded(url: str) -> float | None:
+    """The succeeded count that /metrics shows for the benchmark task: the metrics
+    measured are the metrics that work."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("onestep_messages_total{") and 'outcome="succeeded"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def measure_baseline(case: str, messages: int, wait_s: float) -> dict[str, Any]:
@@ -163,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="report the median of the --repeat runs instead of the best",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also run each case with metrics on (app.serve_http, as `onestep run --http` "
+        "does) and print its rate against the same case without them",
+    )
     args = parse_common_args(parser, argv, CASES, check_case=parse_case)
 
     if args.child:
@@ -171,23 +207,84 @@ def main(argv: list[str] | None = None) -> int:
         emit_child_result(**measure(case, args.messages, args.timeout))
         return 0
 
-    results = run_cases(
-        os.path.abspath(__file__),
-        args.cases,
-        repeat=args.repeat,
-        child_args=["--messages", str(args.messages), "--timeout", str(args.timeout)],
-        # a child gets a little longer than its own wait, to start and to stop
-        timeout_s=args.timeout + 60.0,
-        baseline_case=lambda case: "raw-1-thread",
-        median=args.median,
-    )
+    child_args = ["--messages", str(args.messages), "--timeout", str(args.timeout)]
+    # a child gets a little longer than its own wait, to start and to stop
+    timeout_s = args.timeout + 60.0
+    if args.metrics:
+        results = run_with_metrics(args.cases, args.repeat, child_args, timeout_s, args.median)
+    else:
+        results = run_cases(
+            os.path.abspath(__file__),
+            args.cases,
+            repeat=args.repeat,
+            child_args=child_args,
+            timeout_s=timeout_s,
+            baseline_case=lambda case: "raw-1-thread",
+            median=args.median,
+        )
     summary = "median" if args.median else "best"
     title = (
         f"MemoryQueue -> no-op -> MemoryQueue, {args.messages:,} messages, "
         f"{summary} of {args.repeat}, Python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)"
     )
     print_results(results, as_json=args.json, title=title, messages=args.messages)
+    if args.metrics:
+        print_metrics_cost(results, as_json=args.json)
     return 0
+
+
+def run_with_metrics(
+    cases: list[str], repeat: int, child_args: list[str], timeout_s: float, median: bool
+) -> list[CaseResult]:
+    """Each case without and with metrics, and the baseline, one child after the other
+    in every repeat, so that drift on the machine hits the three alike."""
+    script = os.path.abspath(__file__)
+    results = []
+    for case in cases:
+        plain = CaseResult(case, Trial(median=median), Trial(median=median))
+        metered = CaseResult(case + METRICS_SUFFIX, Trial(median=median), plain.baseline)
+        for _ in range(max(1, repeat)):
+            plain.onestep.add(run_child(script, "onestep", case, child_args, timeout_s))
+            metered.onestep.add(
+                run_child(script, "onestep", case + METRICS_SUFFIX, child_args, timeout_s)
+            )
+            plain.baseline.add(run_child(script, "baseline", "raw-1-thread", child_args, timeout_s))
+        results += [plain, metered]
+    return results
+
+
+def print_metrics_cost(results: list[Any], *, as_json: bool) -> None:
+    """Each case's rate with metrics on against its rate without, from the same run."""
+    rates = {result.case: result.onestep.rate for result in results}
+    rows = []
+    for case, rate in rates.items():
+        if case.endswith(METRICS_SUFFIX):
+            plain = rates.get(case.removesuffix(METRICS_SUFFIX))
+            ratio = rate / plain if rate and plain else None
+            rows.append((case.removesuffix(METRICS_SUFFIX), plain, rate, ratio))
+    if as_json:
+        for case, plain, rate, ratio in rows:
+            print(
+                json.dumps(
+                    {
+                        "case": case,
+                        "rate_without_metrics": plain,
+                        "rate_with_metrics": rate,
+                        "metrics_ratio": None if ratio is None else round(ratio, 3),
+                    }
+                )
+            )
+        return
+    print()
+    print("metrics cost (rate with metrics on / rate without, same run)")
+    print(f"{'case':<10} {'without msg/s':>14} {'with msg/s':>14} {'ratio':>7}")
+    for case, plain, rate, ratio in rows:
+
+        def fmt(value: float | None) -> str:
+            return "-" if value is None else f"{value:,.0f}"
+
+        shown = "-" if ratio is None else f"{ratio:.3f}"
+        print(f"{case:<10} {fmt(plain):>14} {fmt(rate):>14} {shown:>7}")
 
 
 if __name__ == "__main__":

@@ -15,13 +15,19 @@ Dead letters in a MemoryQueue live in this process, so here they are handled wit
     onestep dlq replay  myapp.py --task charge [--limit N] [--keep-attempts]
     onestep dlq discard myapp.py --task charge [--limit N]
 
+While it runs, `--http` serves Prometheus metrics at /metrics, the probes /healthz and
+/readyz, and a status page at /; at shutdown the example reads its own /metrics and
+prints the counts of `charge` from there.
+
 Run it (from the repository root):
 
-    onestep run examples/operations.py
-    python examples/operations.py
+    onestep run examples/operations.py --http 9100
+    python examples/operations.py --http 9100
 """
 
+import sys
 import threading
+import urllib.request
 
 from onestep import MaxAttempts, MemoryQueue, OneStepApp
 from onestep.cli import format_dead_letter
@@ -99,19 +105,28 @@ def operator(event):
     say(f"operator: replayed {replayed} dead letter(s)")
 
 
-def http_address():
-    """Where the app's HTTP endpoints (metrics, health, status page) are served.
-
-    PLACEHOLDER for `onestep run --http` (the metrics endpoints): once it exists,
-    return its URL here, and the summary below prints it.
-    """
-    return None
+def charge_counts(url):
+    """The `onestep_messages_total` samples of task `charge`, read from /metrics."""
+    with urllib.request.urlopen(url + "metrics", timeout=5) as response:
+        text = response.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("onestep_messages_total{") and 'task="charge"' in line:
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[outcome] = int(float(line.rsplit(" ", 1)[1]))
+    return counts
 
 
 @app.on_shutdown
 def where_to_look(app):
     left = len(app.dead_letters("charge").list())
-    http = http_address()
+    http = app.http_url  # set while `--http` (or app.serve_http) serves this app
+    if http:
+        counts = charge_counts(http)
+        say(
+            "metrics: charge "
+            + ", ".join(f"{k} {counts[k]}" for k in ("succeeded", "retried", "dead_lettered"))
+        )
     say(
         f"shutdown: {app.state.get('receipts')} receipts, {left} dead letter(s) left",
         "where to look:",
@@ -119,9 +134,18 @@ def where_to_look(app):
         "(a RabbitMQ or MySQL dead_letter), app.dead_letters('charge') in-process",
         "  connections   onestep check TARGET --connect",
         "  task graph    onestep check TARGET",
-        f"  http          {http or 'not served (onestep run --http is not built yet)'}",
+        f"  metrics       {http + 'metrics' if http else 'not served: add --http PORT'}",
+        f"  probes        {http + 'healthz, ' + http + 'readyz' if http else '-'}",
+        f"  status page   {http or '-'}",
+        "  status line   one log line per task every --status-interval seconds (30)",
     )
 
 
 if __name__ == "__main__":
-    app.run()
+    if "--http" in sys.argv:  # what `onestep run --http HOST:PORT` does, by hand
+        from onestep.http import parse_address
+
+        with app.serve_http(*parse_address(sys.argv[sys.argv.index("--http") + 1])):
+            app.run()
+    else:
+        app.run()

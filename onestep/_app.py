@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, TypeVar
 
-from actors import ActorSystem, AppFailed, EventRecord, RestartPolicy
+from actors import ActorSystem, AppFailed, EventRecord, RestartPolicy, RuntimeStats
 
 from ._checks import check_delay, check_int, check_number
 from ._dead_letters import DeadLetters, dead_letters_of
@@ -78,6 +78,12 @@ class OneStepApp:
         self._shutdown_requested = threading.Event()
         self._shutdown_callbacks: list[Callable[[], None]] = []
         self._failure: BaseException | None = None
+        # The runtime's counters (onestep._metrics reads them), kept across restarts of
+        # the app; None until metrics, the status page or the status line need them, so
+        # that an app without them counts nothing.
+        self._stats: RuntimeStats | None = None
+        # Set by onestep.http.HttpServer while it serves this app.
+        self._http_url: str | None = None
 
     def __repr__(self) -> str:
         return f"OneStepApp({self.name!r}, tasks={list(self._tasks)})"
@@ -181,6 +187,32 @@ class OneStepApp:
         dead-letter sink; NotBrowsable for a sink that cannot list its dead letters."""
         return dead_letters_of(self, task, sink)
 
+    def _enable_stats(self) -> RuntimeStats:
+        """The app's RuntimeStats, made on first use: from the next start on, every task
+        counts its outcomes. RuntimeError while the app runs without them (its tasks
+        were started without counters)."""
+        with self._lifecycle:
+            if self._stats is None:
+                self._check_not_running("turn metrics on")
+                self._stats = RuntimeStats()
+            return self._stats
+
+    def serve_http(self, host: str = "127.0.0.1", port: int = 9100) -> Any:
+        """Serve `/metrics` (Prometheus), `/healthz`, `/readyz` and the status page at
+        `host:port` (port 0: any free port) in a thread of this process, and return the
+        running `onestep.http.HttpServer` (`.url`, `.stop()`, a context manager). Call it
+        before the app starts: it turns the app's counters on (RuntimeError while the app
+        runs without them). Needs no running app: /healthz answers 503 until it runs."""
+        from .http import serve_http  # falcon, waitress, prometheus_client: on demand
+
+        return serve_http(self, host, port)
+
+    @property
+    def http_url(self) -> str | None:
+        """The URL of the HTTP endpoints serving this app in this process (`onestep run
+        --http`, `serve_http`), ending in `/`; None when none does."""
+        return self._http_url
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -198,6 +230,7 @@ class OneStepApp:
                 on_event=self._deliver_event if self._event_handlers or self._event_taps else None,
                 on_fatal=self._fatal,
                 restarts=self.restarts,
+                stats=self._stats,
             )
             self._system = system
             try:

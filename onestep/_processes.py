@@ -163,8 +163,12 @@ class ProcessSupervisor:
         max_deaths: int = MAX_DEATHS,
         death_window_s: float = DEATH_WINDOW_S,
         stop_margin_s: float = STOP_MARGIN_S,
+        snapshots: bool = False,
     ) -> None:
         self.app = app
+        # Workers write their metrics snapshots into the run directory (`--http`, the
+        # status line: onestep._metrics.WorkersMonitor sums them).
+        self.snapshots = snapshots
         self.target = target
         self.count = resolve_processes(count)
         self.log_level = log_level
@@ -188,6 +192,21 @@ class ProcessSupervisor:
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
+
+    # -- read by the parent's metrics (onestep._metrics.WorkersMonitor), any thread ------
+
+    @property
+    def run_dir(self) -> str:
+        """The run's private directory ('' before it exists and after it is removed)."""
+        return self._run_dir
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def worker_states(self) -> list[tuple[str, int | None, bool]]:
+        """(name, pid or None, ready) of each worker slot."""
+        return [(w.name, w.pid, w.ready) for w in self.workers]
 
     # -- the run (the calling thread) ----------------------------------------------------
 
@@ -284,6 +303,7 @@ class ProcessSupervisor:
             str(control_r),
             "--status-fd",
             str(status_w),
+            *(["--snapshots"] if self.snapshots else []),
         ]
         fds = (control_r, status_w, *(sock.fileno() for sock in self._sockets.values()))
         try:
@@ -546,7 +566,8 @@ class ProcessSupervisor:
         os.close(self._wake_r)
         os.close(self._wake_w)
         if self._run_dir:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+            run_dir, self._run_dir = self._run_dir, ""
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _stopped_cleanly(worker: _Worker) -> bool:

@@ -12,8 +12,11 @@ endpoint failed, for `check --connect` and `dlq`), 0 after a clean stop. The hid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -23,10 +26,11 @@ from ._connect_check import check_connections
 from ._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable
 from ._loader import TargetError, load_app
 from ._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from ._metrics import AppMonitor, Monitor, WorkersMonitor
 from ._process_checks import MAX_PROCESSES, ProcessesRefused, check_processes, resolve_processes
 from ._processes import ProcessSupervisor
 from ._version import __version__
-from ._worker_link import WorkerLink
+from ._worker_link import RUN_DIR_ENV, WorkerLink
 
 logger = logging.getLogger("onestep.cli")
 
@@ -47,6 +51,18 @@ def _processes_option(value: Any) -> int:
             f"{value!r} is not a number of processes: give an integer from 1 to "
             f"{MAX_PROCESSES}, or 'auto' for one per CPU"
         ) from None
+
+
+def _http_option(value: Any) -> tuple[str, int] | None:
+    """`--http HOST:PORT` or `--http PORT` (host 127.0.0.1)."""
+    if value is None:
+        return None
+    from .http import parse_address
+
+    try:
+        return parse_address(str(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 PROCESSES_HELP = (
@@ -89,26 +105,87 @@ def _log_options(command: Any) -> Any:
     callback=lambda ctx, param, value: _processes_option(value),
     help=PROCESSES_HELP,
 )
-def run(target: str, log_level: str, log_format: str, processes: int) -> None:
+@click.option(
+    "--http",
+    metavar="HOST:PORT",
+    default=None,
+    callback=lambda ctx, param, value: _http_option(value),
+    help="Serve /metrics (Prometheus), /healthz, /readyz and a status page at / on this "
+    "address (a bare PORT listens on 127.0.0.1). Off by default.",
+)
+@click.option(
+    "--status-interval",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Log one status line per task this often (messages, rate, in flight, retries, "
+    "dead letters); 0 turns it off.",
+)
+def run(
+    target: str,
+    log_level: str,
+    log_format: str,
+    processes: int,
+    http: tuple[str, int] | None,
+    status_interval: float,
+) -> None:
     """Run the app TARGET until SIGINT or SIGTERM, or until it stops by itself.
 
     A signal starts a graceful shutdown: sources stop fetching and in-flight work gets
     the app's shutdown_timeout_s to finish. With --processes N every worker drains so.
     """
     if processes > 1:
-        _run_processes(target, log_level, log_format, processes)
+        _run_processes(target, log_level, log_format, processes, http, status_interval)
         return
     configure_logging(log_level, log_format)
     app = _load(target)
     if not app.tasks:
         _fail(f"Error: {_no_tasks(app)}; nothing to run", EXIT_BAD_TARGET)
+    monitor = None
+    if http is not None or status_interval > 0:
+        monitor = AppMonitor(app, status_interval_s=status_interval)
+    with _operations(monitor, http):
+        try:
+            app.run()
+        except Exception as exc:
+            _crashed(app, exc)
+
+
+@contextlib.contextmanager
+def _operations(monitor: Monitor | None, http: tuple[str, int] | None) -> Iterator[None]:
+    """The HTTP endpoints and the monitor thread (status line) around a run."""
+    if monitor is None:
+        yield
+        return
+    if http is None:
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.stop()
+        return
+    from .http import HttpServer
+
+    host, port = http
     try:
-        app.run()
-    except Exception as exc:
-        _crashed(app, exc)
+        server = HttpServer(monitor, host, port)
+    except OSError as exc:
+        _fail(f"Error: cannot serve --http on {host}:{port}: {exc}", EXIT_CRASHED)
+    try:
+        yield
+    finally:
+        server.stop()
 
 
-def _run_processes(target: str, log_level: str, log_format: str, processes: int) -> None:
+def _run_processes(
+    target: str,
+    log_level: str,
+    log_format: str,
+    processes: int,
+    http: tuple[str, int] | None = None,
+    status_interval: float = 0.0,
+) -> None:
     configure_logging(log_level, log_format, worker="parent")
     app = _load(target)
     if not app.tasks:
@@ -117,10 +194,26 @@ def _run_processes(target: str, log_level: str, log_format: str, processes: int)
         check_processes(app, processes)
     except ProcessesRefused as exc:
         _fail(f"Error: {exc}", EXIT_BAD_TARGET)
+    counting = http is not None or status_interval > 0
     supervisor = ProcessSupervisor(
-        app, target, processes, log_level=log_level.upper(), log_format=log_format
+        app,
+        target,
+        processes,
+        log_level=log_level.upper(),
+        log_format=log_format,
+        snapshots=counting,
     )
-    code = supervisor.run()
+    monitor = None
+    if counting:
+        monitor = WorkersMonitor(
+            app,
+            supervisor.worker_states,
+            lambda: supervisor.run_dir,
+            lambda: not supervisor.stopping,
+            status_interval_s=status_interval,
+        )
+    with _operations(monitor, http):
+        code = supervisor.run()
     if code:
         _fail(f"Error: {supervisor.error}", code)
 
@@ -131,8 +224,15 @@ def _run_processes(target: str, log_level: str, log_format: str, processes: int)
 @click.option("--index", type=click.IntRange(min=1), required=True)
 @click.option("--control-fd", type=click.IntRange(min=0), required=True)
 @click.option("--status-fd", type=click.IntRange(min=0), required=True)
+@click.option("--snapshots", is_flag=True, help="Write metrics snapshots into ONESTEP_RUN_DIR.")
 def worker(
-    target: str, log_level: str, log_format: str, index: int, control_fd: int, status_fd: int
+    target: str,
+    log_level: str,
+    log_format: str,
+    index: int,
+    control_fd: int,
+    status_fd: int,
+    snapshots: bool,
 ) -> None:
     """One worker process of `onestep run --processes N`, started by its parent."""
     link = WorkerLink(index, control_fd, status_fd)  # first: it takes over the signals
@@ -141,10 +241,14 @@ def worker(
     app = _load(target, prefix)
     if not app.tasks:
         _fail(f"Error: {prefix}{_no_tasks(app)}; nothing to run", EXIT_BAD_TARGET)
-    try:
-        link.run(app)
-    except Exception as exc:
-        _crashed(app, exc, prefix)
+    monitor = None
+    if snapshots and os.environ.get(RUN_DIR_ENV):
+        monitor = AppMonitor(app, snapshot_dir=os.environ[RUN_DIR_ENV], worker=link.name)
+    with _operations(monitor, None):
+        try:
+            link.run(app)
+        except Exception as exc:
+            _crashed(app, exc, prefix)
 
 
 @onestep.command(epilog=TARGET_HELP)

@@ -156,7 +156,7 @@ def test_events_log_format_json():
 
 
 def test_operations(run_example):
-    out, _ = run_example("operations.py")
+    out, _ = run_example("operations.py", "--http", "127.0.0.1:0")
     lines = out.splitlines()
     assert "operations: 5 payments queued" in lines
     assert "operator: 2 dead letter(s) of task 'charge' in 'failed-payments'" in lines
@@ -181,7 +181,10 @@ def test_operations(run_example):
     ]
     assert "shutdown: 5 receipts, 0 dead letter(s) left" in lines
     assert "  connections   onestep check TARGET --connect" in lines
-    assert any(line.startswith("  http          ") for line in lines)
+    # read from the app's own /metrics: 3 + 2 replayed succeeded, each bad one retried once
+    assert "metrics: charge succeeded 5, retried 2, dead_lettered 2" in lines
+    metrics = next(line for line in lines if line.startswith("  metrics       "))
+    assert re.fullmatch(r"  metrics       http://127\.0\.0\.1:\d+/metrics", metrics)
 
 
 def test_shutdown_hooks_see_every_event():

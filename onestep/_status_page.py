@@ -1,0 +1,106 @@
+"""The read-only HTML status page served at `GET /` (onestep.http): the app, each task
+with its source, sinks, concurrency, counts, rate and health. No script, no outside
+asset; every value is escaped; the page reloads itself with a meta refresh."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+#: Seconds between the page's reloads.
+REFRESH_S = 5
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; margin: 0 0 .2em; }
+.status { display: inline-block; padding: .1em .6em; border-radius: .3em; color: #fff; }
+.ok { background: #2e7d32; } .degraded { background: #ef6c00; }
+.failed, .stopped { background: #c62828; }
+table { border-collapse: collapse; margin-top: 1em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; }
+"""
+
+
+def render_status_page(
+    snapshot: dict[str, Any], description: dict[str, Any], rates: dict[str, float | None]
+) -> str:
+    """The page for a monitor's snapshot, the app's describe() and the tasks' rates."""
+    health = snapshot["health"]
+    status = str(health.get("status", "?"))
+    app = escape(str(snapshot["app"]))
+    described = {task["name"]: task for task in description.get("tasks", [])}
+    rows = [
+        _task_row(name, task, described.get(name, {}), rates.get(name))
+        for name, task in snapshot["tasks"].items()
+    ]
+    problems = health.get("problems") or {}
+    problem_items = "".join(
+        f"<li><b>{escape(str(part))}</b>: {escape(str(error))}</li>"
+        for part, error in problems.items()
+    )
+    sources = "".join(
+        f"<tr><td>{escape(str(name))}</td><td>{'up' if source['up'] else 'down'}</td>"
+        f"<td class=n>{'-' if source.get('depth') is None else int(source['depth'])}</td></tr>"
+        for name, source in snapshot["sources"].items()
+    )
+    workers = health.get("workers")
+    worker_note = f" &middot; {int(workers)} worker processes" if workers else ""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="{REFRESH_S}">
+<title>onestep: {app}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<h1>App <span id="app">{app}</span></h1>
+<p>Health: <span id="health" class="status {escape(status)}">{escape(status)}</span>{worker_note}
+&middot; ready: <span id="ready">{"yes" if snapshot.get("ready") else "no"}</span>
+&middot; reloads every {REFRESH_S} s</p>
+{f'<ul id="problems">{problem_items}</ul>' if problem_items else ""}
+<table id="tasks">
+<thead><tr><th>Task</th><th>Source</th><th>Sinks</th><th>Concurrency</th><th>Succeeded</th>
+<th>Failed</th><th>Retried</th><th>Dead letters</th><th>Rate (1 min)</th><th>In flight</th>
+</tr></thead>
+<tbody>
+{"".join(rows)}
+</tbody>
+</table>
+<table id="sources">
+<thead><tr><th>Source</th><th>State</th><th>Depth</th></tr></thead>
+<tbody>{sources}</tbody>
+</table>
+</body>
+</html>
+"""
+
+
+def _task_row(
+    name: str, task: dict[str, Any], described: dict[str, Any], rate: float | None
+) -> str:
+    counts = task["counts"]
+    sinks = ", ".join(_endpoint(sink) for sink in described.get("emit") or []) or "-"
+    source = _endpoint(described["source"]) if described.get("source") else "-"
+    cells = [
+        f'<td class="task">{escape(name)}</td>',
+        f"<td>{escape(source)}</td>",
+        f"<td>{escape(sinks)}</td>",
+        f"<td class=n>{escape(str(described.get('concurrency', '-')))}</td>",
+        *(
+            f"<td class=n>{int(counts[k])}</td>"
+            for k in ("succeeded", "failed", "retried", "dead_lettered")
+        ),
+        f"<td class=n>{'-' if rate is None else f'{rate:.1f}/s'}</td>",
+        f"<td class=n>{int(task['inflight'])}</td>",
+    ]
+    return f'<tr data-task="{escape(name)}">{"".join(cells)}</tr>\n'
+
+
+def _endpoint(info: Any) -> str:
+    if not isinstance(info, dict):
+        return str(info)
+    kind = str(info.get("type", "?"))
+    return f"{kind} {info['name']}" if info.get("name") else kind
