@@ -265,3 +265,24 @@ def test_flask_under_gunicorn_recipe_serves_the_webhook(tmp_path):
     assert server.returncode == 0, err
     assert "order 42: 3 item(s)" in out, (out, err)
     assert "app 'shop' stopped" in err, err
+
+
+def test_the_status_page_screenshot_script_renders_a_png(tmp_path: Path) -> None:
+    """docs/scripts/status_page_screenshot.py makes the picture on the operations page."""
+    assert "img/status-page.png" in (DOCS / "operations.md").read_text()
+    assert (DOCS / "img" / "status-page.png").read_bytes().startswith(b"\x89PNG")
+    if shutil.which("chromium") is None:
+        reason = "headless Chromium is not installed (Debian package `chromium`)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
+        pytest.skip(reason)
+    output = tmp_path / "page.png"
+    done = subprocess.run(
+        [sys.executable, str(DOCS / "scripts" / "status_page_screenshot.py"), str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert output.read_bytes().startswith(b"\x89PNG")
+    assert output.stat().st_size > 10_000  # a rendered page, not an empty canvas
