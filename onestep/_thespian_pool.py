@@ -689,10 +689,21 @@ class WorkerPool:
         if self._stopped or self.asys is None:
             return
         self._stopped = True
+        idle = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                worker = self._idle.get_nowait()
+                if worker is not None:
+                    idle.append(worker)
         self._idle.put(None)
         with self._lock:
-            workers, self._all = list(self._all), set()
-        for worker in workers:
+            busy, self._all = self._all - set(idle), set()
+        # A busy one is still in a handler after the shutdown cut-off: killed. An idle one
+        # exits with the ActorSystem's shutdown (killing it would make that wait about 2 s
+        # for thespian to notice).
+        for worker in busy:
             worker.kill()
+        for worker in idle:
+            worker.close()
         self.asys = None
         _System.release()
