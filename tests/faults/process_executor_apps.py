@@ -38,8 +38,9 @@ def build(
     concurrency: int = 1,
     timeout_s: float | None = None,
     retry: Any = None,
+    shutdown_timeout_s: float = 5.0,
 ) -> OneStepApp:
-    app = OneStepApp(name, config={"flavour": "salty"}, shutdown_timeout_s=5.0)
+    app = OneStepApp(name, config={"flavour": "salty"}, shutdown_timeout_s=shutdown_timeout_s)
     jobs, results, dead = MemoryQueue("jobs"), MemoryQueue("results"), MemoryQueue("dead")
 
     @app.on_startup
@@ -115,6 +116,24 @@ def misbehave(ctx: Any, item: Any) -> Any:
     return {"item": item, "pid": os.getpid()}
 
 
+def emit_and_state(ctx: Any, item: Any) -> None:
+    """ctx.state and ctx.emit from a worker process (they run in the app's process)."""
+    ctx.state.set(f"k{item}", item * 10)
+    got = ctx.state.get(f"k{item}")
+    ctx.state.delete(f"k{item}")
+    after = ctx.state.get(f"k{item}", "gone")
+    ctx.emit({"via": "default", "item": item, "got": got, "after": after})
+    # another sink is found in the app by its type and name
+    ctx.emit({"via": "named", "item": item}, sink=MemoryQueue("results"), meta={"m": 1})
+
+
+def wait_for_cancel(ctx: Any, item: Any) -> None:
+    """A cooperative handler: waits on ctx.cancelled, which the shutdown sets."""
+    ctx.logger.warning("WAITING deadline=%s", ctx.deadline)
+    seen = ctx.cancelled.wait(60)
+    ctx.logger.warning("CANCELLED %s remaining=%s", seen, ctx.remaining_s)
+
+
 def hang(ctx: Any, item: Any) -> None:
     """Logs its pid and its parent's (the thespian admin), then blocks."""
     ctx.logger.warning("HANG pid=%d ppid=%d", os.getpid(), os.getppid())
@@ -153,6 +172,14 @@ def recycle_app() -> OneStepApp:
     return build(
         "pe-recycle", which_pid, list(range(6)), executor=ProcessExecutor(max_messages_per_worker=2)
     )
+
+
+def emit_app() -> OneStepApp:
+    return build("pe-emit", emit_and_state, [1, 2])
+
+
+def cancel_app() -> OneStepApp:
+    return build("pe-cancel", wait_for_cancel, [1], timeout_s=60.0, shutdown_timeout_s=0.5)
 
 
 def hang_app() -> OneStepApp:

@@ -112,6 +112,31 @@ def test_cpu_bound_messages_run_in_two_child_processes_with_exact_state(started)
     wait_gone(workers)
 
 
+def test_ctx_state_and_ctx_emit_run_in_the_app_process(started):
+    parent, pids = start(started, "emit_app")
+    results = wait_records(parent, "RESULT", 4)
+    stop(parent)
+    assert sorted((r["via"], r["item"]) for r in results) == [
+        ("default", 1),
+        ("default", 2),
+        ("named", 1),
+        ("named", 2),
+    ]
+    for r in results:
+        if r["via"] == "default":
+            assert (r["got"], r["after"]) == (r["item"] * 10, "gone")
+
+
+def test_the_shutdown_sets_ctx_cancelled_in_the_worker_process(started):
+    parent, pids = start(started, "cancel_app")
+    line = parent.err.wait_for("WAITING deadline=")
+    assert float(line.rsplit("=", 1)[1]) > time.monotonic()  # one clock for all processes
+    stop(parent)
+    lines = parent.err.rest()
+    (cancelled,) = [line for line in lines if "CANCELLED" in line]
+    assert "CANCELLED True remaining=" in cancelled
+
+
 def test_a_sleeping_handler_is_killed_at_its_timeout_and_dead_lettered(started):
     parent, pids = start(started, "timeout_app")
     app = app_pid(parent)
