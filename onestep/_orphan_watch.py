@@ -11,6 +11,7 @@ Linux only (it reads /proc); elsewhere it exits without killing anything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -49,10 +50,8 @@ def kill_tree(admin_pid: int, start_time: str) -> None:
         if fields is None or fields[19] != start_time:
             return
         for pid in {admin_pid, *_descendants(admin_pid)}:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def main(argv: list[str]) -> int:

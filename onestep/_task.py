@@ -273,7 +273,5 @@ class TaskSpec:
             "retry": self.retry.describe(),
             "timeout_s": self.timeout_s,
             "concurrency": self.concurrency,
-            "executor": (
-                self.executor_kind if self.process is None else self.process.describe()
-            ),
+            "executor": (self.executor_kind if self.process is None else self.process.describe()),
         }

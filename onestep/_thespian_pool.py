@@ -162,9 +162,7 @@ class HandlerWorker(Actor):  # type: ignore[misc]
             task_logger.handlers[:] = [_ForwardLogs(self._outbox)]
             task_logger.propagate = False
             task_logger.setLevel(setup.level)
-            threading.Thread(
-                target=self._handler_loop, name="onestep-handler", daemon=True
-            ).start()
+            threading.Thread(target=self._handler_loop, name="onestep-handler", daemon=True).start()
         except BaseException as exc:
             return Ready(os.getpid(), os.getppid(), f"{type(exc).__name__}: {exc}")
         return Ready(os.getpid(), os.getppid())
@@ -303,9 +301,10 @@ class WorkerContext:
 
     @property
     def remaining_s(self) -> float | None:
-        if self.deadline is None:
+        deadline: float | None = self.deadline
+        if deadline is None:
             return None
-        return max(0.0, self.deadline - time.monotonic())
+        return max(0.0, deadline - time.monotonic())
 
     @property
     def app(self) -> Any:
@@ -402,7 +401,7 @@ class _System:
 def _children() -> set[int]:
     """This process's children (Linux /proc; empty elsewhere)."""
     me = str(os.getpid())
-    found = set()
+    found: set[int] = set()
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{me}/task"):
             with contextlib.suppress(OSError), open(f"/proc/{me}/task/{task}/children") as f:
@@ -636,7 +635,9 @@ class WorkerPool:
         try:
             self._idle.put(self._new_worker())
         except Exception:
-            logger.exception("task %r: a replacement worker process failed to start", self.spec.name)
+            logger.exception(
+                "task %r: a replacement worker process failed to start", self.spec.name
+            )
             self._idle.put(None)
             raise
 
@@ -647,10 +648,15 @@ class WorkerPool:
             op = call.op
             if op == "emit":
                 body, key, meta = args
-                return CallReply(self._emit(body, key, meta), None)
+                self._emit(body, key, meta)
+                return CallReply(None, None)
             state = self.spec.state
-            method = {"state.get": state.get, "state.set": state.set,
-                      "state.delete": state.delete, "state.incr": state.incr}[op]
+            method = {
+                "state.get": state.get,
+                "state.set": state.set,
+                "state.delete": state.delete,
+                "state.incr": state.incr,
+            }[op]
             return CallReply(method(*args), None)
         except BaseException as exc:
             try:

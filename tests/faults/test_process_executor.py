@@ -42,7 +42,9 @@ def start(started, app: str) -> tuple[Parent, list[int]]:
 
 
 def records(parent: Parent, prefix: str) -> list[dict]:
-    return [json.loads(line[len(prefix) + 1 :]) for line in parent.out.lines if line.startswith(prefix)]
+    return [
+        json.loads(line[len(prefix) + 1 :]) for line in parent.out.lines if line.startswith(prefix)
+    ]
 
 
 def wait_records(parent: Parent, prefix: str, count: int, timeout: float = 30.0) -> list[dict]:
@@ -93,7 +95,7 @@ def stop(parent: Parent) -> None:
 
 
 def test_cpu_bound_messages_run_in_two_child_processes_with_exact_state(started):
-    parent, pids = start(started, "cpu_app")
+    parent, _ = start(started, "cpu_app")
     results = wait_records(parent, "RESULT", 12)
     stop(parent)
     app = app_pid(parent)
@@ -113,7 +115,7 @@ def test_cpu_bound_messages_run_in_two_child_processes_with_exact_state(started)
 
 
 def test_ctx_state_and_ctx_emit_run_in_the_app_process(started):
-    parent, pids = start(started, "emit_app")
+    parent, _ = start(started, "emit_app")
     results = wait_records(parent, "RESULT", 4)
     stop(parent)
     assert sorted((r["via"], r["item"]) for r in results) == [
@@ -128,7 +130,7 @@ def test_ctx_state_and_ctx_emit_run_in_the_app_process(started):
 
 
 def test_the_shutdown_sets_ctx_cancelled_in_the_worker_process(started):
-    parent, pids = start(started, "cancel_app")
+    parent, _ = start(started, "cancel_app")
     line = parent.err.wait_for("WAITING deadline=")
     assert float(line.rsplit("=", 1)[1]) > time.monotonic()  # one clock for all processes
     stop(parent)
@@ -179,7 +181,7 @@ def test_max_messages_per_worker_recycles_the_process(started):
 
 
 def test_a_result_that_does_not_pickle_fails_that_message(started):
-    parent, pids = start(started, "unpicklable_app")
+    parent, _ = start(started, "unpicklable_app")
     (dead,) = wait_records(parent, "DEAD", 1)
     (result,) = wait_records(parent, "RESULT", 1)
     stop(parent)
@@ -189,7 +191,7 @@ def test_a_result_that_does_not_pickle_fails_that_message(started):
 
 
 def test_a_payload_that_does_not_pickle_fails_that_message(started):
-    parent, pids = start(started, "lock_payload_app")
+    parent, _ = start(started, "lock_payload_app")
     (dead,) = wait_records(parent, "DEAD", 1)
     (result,) = wait_records(parent, "RESULT", 1)
     stop(parent)

@@ -115,7 +115,7 @@ def test_a_handler_not_found_by_its_module_and_name_fails_the_start_naming_the_t
     # function: a worker process would run that one
     app = OneStepApp("pe")
     app.task(source=MemoryQueue("a"), name="job", executor="process")(_wrapper)
-    with pytest.raises(StartupError, match="task 'job'.*cannot find the handler"):
+    with pytest.raises(StartupError, match=r"task 'job'.*cannot find the handler"):
         app.start()
 
 
