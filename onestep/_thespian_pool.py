@@ -445,6 +445,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class PayloadError(TypeError):
+    """A payload that cannot be sent to a worker process: fails its message only."""
+
+
+# In the idle queue in place of a worker process that could not be started.
+_MISSING = object()
+
+
 class WorkerProcess:
     """One worker process as the app sees it: its address, pid, and a private thespian
     endpoint; used by one worker thread at a time."""
@@ -475,7 +483,7 @@ class WorkerProcess:
         try:
             payload = pickle.dumps(delivery.payload)
         except Exception as exc:
-            raise TypeError(
+            raise PayloadError(
                 f"task {spec.name!r}: the payload ({type(delivery.payload).__name__}) cannot "
                 f"be sent to a worker process (it does not pickle): {exc}"
             ) from exc
@@ -563,7 +571,7 @@ class WorkerPool:
         self.options = options
         self.asys: Any = None
         self.setup: Setup | None = None
-        self._idle: queue.SimpleQueue[WorkerProcess | None] = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._all: set[WorkerProcess] = set()
         self._lock = threading.Lock()
         self._stopped = False
@@ -603,20 +611,37 @@ class WorkerPool:
         delivery.task = self.spec.name
         if deadline is None and self.spec.timeout_s is not None:
             deadline = time.monotonic() + self.spec.timeout_s
-        worker = self._idle.get()
-        if worker is None or self._stopped:
-            self._idle.put(None)
-            raise RuntimeError(f"task {self.spec.name!r}: its worker processes are stopped")
+        worker = self._take()
         replace = True
         try:
             result = worker.run(delivery, cancelled, deadline)
             replace = False
             return result
+        except PayloadError:
+            replace = False
+            raise
         except RemoteFailure as exc:
             replace = exc.failure.kind in ("timeout", "crashed")
             raise
         finally:
             self._give_back(worker, replace)
+
+    def _take(self) -> WorkerProcess:
+        """An idle worker process; starts one in place of a replacement that could not
+        start before (RuntimeError naming the reason if it still cannot)."""
+        worker = self._idle.get()
+        if worker is None or self._stopped:
+            self._idle.put(None)
+            raise RuntimeError(f"task {self.spec.name!r}: its worker processes are stopped")
+        if isinstance(worker, WorkerProcess):
+            return worker
+        try:
+            return self._new_worker()
+        except Exception as exc:
+            self._idle.put(_MISSING)
+            raise RuntimeError(
+                f"task {self.spec.name!r}: no worker process to run the handler: {exc}"
+            ) from exc
 
     def _give_back(self, worker: WorkerProcess, replace: bool) -> None:
         limit = self.options.max_messages_per_worker
@@ -635,11 +660,11 @@ class WorkerPool:
         try:
             self._idle.put(self._new_worker())
         except Exception:
+            # the failure at hand is this message's own; the next message tries again
             logger.exception(
                 "task %r: a replacement worker process failed to start", self.spec.name
             )
-            self._idle.put(None)
-            raise
+            self._idle.put(_MISSING)
 
     def serve(self, call: Call) -> CallReply:
         """Run a handler's state or emit call here; on the worker thread."""
@@ -699,7 +724,7 @@ class WorkerPool:
         with contextlib.suppress(queue.Empty):
             while True:
                 worker = self._idle.get_nowait()
-                if worker is not None:
+                if isinstance(worker, WorkerProcess):
                     idle.append(worker)
         self._idle.put(None)
         with self._lock:

@@ -182,5 +182,10 @@ def cancel_app() -> OneStepApp:
     return build("pe-cancel", wait_for_cancel, [1], timeout_s=60.0, shutdown_timeout_s=0.5)
 
 
+def spawn_app() -> OneStepApp:
+    executor = ProcessExecutor(start_method="spawn")
+    return build("pe-spawn", which_pid, [1, 2, 3], executor=executor, concurrency=2)
+
+
 def hang_app() -> OneStepApp:
     return build("pe-hang", hang, [1, 2], concurrency=2)

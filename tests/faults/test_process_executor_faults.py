@@ -180,6 +180,14 @@ def test_max_messages_per_worker_recycles_the_process(started):
     assert used[0] == used[1] != used[2] == used[3] != used[4] == used[5]
 
 
+def test_spawned_workers_import_the_handler_by_module_and_name(started):
+    parent, _ = start(started, "spawn_app")
+    results = wait_records(parent, "RESULT", 3)
+    stop(parent)
+    assert sorted(r["item"] for r in results) == [1, 2, 3]
+    assert app_pid(parent) not in {r["pid"] for r in results}
+
+
 def test_a_result_that_does_not_pickle_fails_that_message(started):
     parent, _ = start(started, "unpicklable_app")
     (dead,) = wait_records(parent, "DEAD", 1)
