@@ -113,7 +113,7 @@ def misbehave(ctx: Any, item: Any) -> Any:
         os._exit(3)
     if item == "unpicklable":
         return threading.Lock()
-    return {"item": item, "pid": os.getpid()}
+    return {"item": item, "pid": os.getpid(), "admin": os.getppid()}
 
 
 def emit_and_state(ctx: Any, item: Any) -> None:

@@ -149,7 +149,9 @@ def test_a_sleeping_handler_is_killed_at_its_timeout_and_dead_lettered(started):
     assert "was killed" in dead["message"]
     results = wait_records(parent, "RESULT", 3)
     assert sorted(r["item"] for r in results) == [1, 2, 3]
-    tree = descendants(app) | {r["pid"] for r in results}
+    (admin,) = {r["admin"] for r in results}  # thespian's admin runs in its own session
+    tree = descendants(app) | {admin} | descendants(admin) | {r["pid"] for r in results}
+    assert len(tree) >= 5  # the watchdog, the admin, its logger, two workers
     pids.extend(tree)
     stop(parent)
     wait_gone(tree)
