@@ -226,6 +226,10 @@ class HandlerWorker(Actor):  # type: ignore[misc]
         return reply.value
 
 
+# The attributes every LogRecord has; the rest came from `extra=`.
+_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"worker_pid"}
+
+
 class _ForwardLogs(logging.Handler):
     """Sends the handler's log records to the app's process, formatted already (like
     logging.handlers.QueueHandler.prepare), where the task's logger handles them."""
@@ -242,6 +246,12 @@ class _ForwardLogs(logging.Handler):
             record.msg, record.args, record.exc_info = message, None, None
             record.__dict__.pop("message", None)
             record.worker_pid = os.getpid()
+            try:
+                pickle.dumps(record)
+            except Exception:  # an `extra` value that does not pickle: sent as text
+                for key, value in list(record.__dict__.items()):
+                    if key not in _RECORD_FIELDS:
+                        record.__dict__[key] = repr(value)
             self.outbox.put(record)
         except Exception:
             self.handleError(record)
@@ -495,12 +505,17 @@ class WorkerProcess:
         )
         signalled = False
         while True:
+            # checked before each wait: a handler that keeps logging still times out
+            if deadline is not None and time.monotonic() >= deadline:
+                self.kill()
+                raise RemoteFailure(self._timeout_failure(spec))
             wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
             reply = self.endpoint.listen(max(0.0, wait))
+            if isinstance(reply, Log):  # a record may come from any thread of the handler
+                record = reply.record
+                logging.getLogger(record.name).handle(record)
+                continue
             if reply is None or getattr(reply, "seq", None) != seq:
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.kill()
-                    raise RemoteFailure(self._timeout_failure(spec))
                 if not _alive(self.pid):
                     self.kill()
                     raise RemoteFailure(self._crash_failure(spec))
@@ -515,9 +530,6 @@ class WorkerProcess:
                 return pickle.loads(reply.result) if reply.result is not None else None
             if isinstance(reply, Call):
                 self.endpoint.tell(self.address, self.pool.serve(reply))
-            elif isinstance(reply, Log):
-                record = reply.record
-                logging.getLogger(record.name).handle(record)
 
     def _timeout_failure(self, spec: TaskSpec) -> Failure:
         return Failure(

@@ -109,6 +109,10 @@ def misbehave(ctx: Any, item: Any) -> Any:
     if item == "sleep":
         ctx.state.set("sleeper", os.getpid())
         time.sleep(120)
+    if item == "chatty":  # keeps the app busy with log records past its deadline
+        while True:
+            ctx.logger.warning("still here")
+            time.sleep(0.01)
     if item == "exit":
         os._exit(3)
     if item == "unpicklable":
@@ -152,7 +156,9 @@ def cpu_app() -> OneStepApp:
 
 
 def timeout_app() -> OneStepApp:
-    return build("pe-timeout", misbehave, ["sleep", 1, 2, 3], concurrency=2, timeout_s=0.5)
+    return build(
+        "pe-timeout", misbehave, ["sleep", "chatty", 1, 2, 3], concurrency=2, timeout_s=0.5
+    )
 
 
 def crash_app() -> OneStepApp:
