@@ -5,9 +5,17 @@ protocols in `actors._ports`.
 """
 
 from ._atomic import GIL_ATOMIC
-from ._failure import EncodeError, HandlerFailed, failure_from, timeout_failure
+from ._failure import EncodeError, HandlerFailed, RemoteFailure, failure_from, timeout_failure
 from ._loop import EventLoopThread
-from ._ports import EventRecord, Failure, RetryPort, SinkPort, SourcePort, TaskPort
+from ._ports import (
+    EventRecord,
+    ExecutorPort,
+    Failure,
+    RetryPort,
+    SinkPort,
+    SourcePort,
+    TaskPort,
+)
 from ._sink import PublishJob, SinkRoute
 from ._stats import DURATION_BUCKETS, RuntimeStats, TaskStats
 from ._supervisor import AppFailed, RestartPolicy
@@ -22,9 +30,11 @@ __all__ = [
     "EncodeError",
     "EventLoopThread",
     "EventRecord",
+    "ExecutorPort",
     "Failure",
     "HandlerFailed",
     "PublishJob",
+    "RemoteFailure",
     "RestartPolicy",
     "RetryPort",
     "RuntimeStats",

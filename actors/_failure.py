@@ -21,9 +21,21 @@ class EncodeError(ValueError):
 NOT_RETRIED = frozenset({"decode", "encode"})
 
 
+class RemoteFailure(Exception):
+    """Raised by an executor (`TaskPort.executor`) for a handler that failed in another
+    process, ran past its deadline (kind `timeout`) or whose process died (kind
+    `crashed`): it carries the Failure as built where that happened."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"{failure.kind}: {failure.exception_type}: {failure.message}")
+        self.failure = failure
+
+
 def failure_from(exc: BaseException, kind: str | None = None) -> Failure:
     """The Failure of `exc`; its kind is `kind`, else `encode` for an EncodeError, else
-    `error`."""
+    `error`. A RemoteFailure gives the Failure it carries."""
+    if kind is None and isinstance(exc, RemoteFailure):
+        return exc.failure
     if kind is None:
         kind = "encode" if isinstance(exc, EncodeError) else "error"
     return Failure(

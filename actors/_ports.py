@@ -15,8 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Why a message failed: `kind` is `error` (the handler raised), `timeout`, `decode`
-    (the source could not decode the message) or `encode` (a sink could not encode the
-    result)."""
+    (the source could not decode the message), `encode` (a sink could not encode the
+    result) or `crashed` (the worker process running the handler died)."""
 
     kind: str
     exception_type: str
@@ -136,6 +136,12 @@ class TaskPort(Protocol):
     @property
     def dead_letter(self) -> Sequence[Any]: ...
 
+    @property
+    def executor(self) -> ExecutorPort | None:
+        """Where a sync handler runs: None for the task's own worker threads, else an
+        ExecutorPort (worker processes) that `invoke` hands each delivery to."""
+        ...
+
     def invoke(self, delivery: Any, cancelled: threading.Event, deadline: float | None) -> Any:
         """Run a sync handler for one delivery; runs on a worker thread of the task."""
         ...
@@ -146,6 +152,26 @@ class TaskPort(Protocol):
 
     def dead_letter_record(self, delivery: Any, failure: Failure) -> tuple[Any, dict[str, Any]]:
         """Build the body and meta a dead-letter sink receives."""
+        ...
+
+
+class ExecutorPort(Protocol):
+    """Runs a sync task's handler outside the process (worker processes, one per worker
+    thread). The task's worker threads still take and settle the deliveries; each blocks
+    in `TaskPort.invoke` while the executor runs the handler elsewhere, and the executor
+    enforces `timeout_s` itself (it kills what overran), so the TaskActor never abandons
+    such a thread. `invoke` raises `RemoteFailure` for a handler that failed elsewhere,
+    timed out or crashed.
+    """
+
+    def start(self, workers: int) -> None:
+        """Start `workers` workers; runs on the task actor's thread as it starts. Raises
+        (naming the task) when they cannot start."""
+        ...
+
+    def stop(self) -> None:
+        """Stop every worker and leave no process behind; runs on the task actor's thread
+        after the worker threads were released. Idempotent."""
         ...
 
 

@@ -57,7 +57,10 @@ class TaskActor(EngineActor):
         """Start a sync task's workers; runs on the task actor's thread as it starts. If
         one cannot start, the ActorSystem's Ready gets the error and its teardown's
         StopTask stops the workers started before it."""
-        if not self.runtime.task.is_async:
+        task = self.runtime.task
+        if not task.is_async:
+            if task.executor is not None:
+                task.executor.start(task.concurrency)
             self._top_up()
 
     def _top_up(self) -> None:
@@ -167,6 +170,12 @@ class TaskActor(EngineActor):
         deadline = time.monotonic() + _WORKER_JOIN_S
         for worker in self._workers:
             worker.thread.join(max(0.0, deadline - time.monotonic()))
+        self._stop_executor()
+
+    def _stop_executor(self) -> None:
+        executor = self.runtime.task.executor
+        if executor is not None:
+            executor.stop()
 
     def _release_workers(self) -> None:
         """Tell every worker to stop once its current delivery is done (once)."""
@@ -181,6 +190,7 @@ class TaskActor(EngineActor):
         workers are told to stop here so that none outlives it."""
         if not self._workers_released:
             self._release_workers()
+        self._stop_executor()
 
 
 async def _cancel(runner: AsyncRunner) -> None:

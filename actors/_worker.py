@@ -65,7 +65,8 @@ class Worker:
             return
         runtime = self.runtime
         work = runtime.work
-        timed = runtime.task.timeout_s is not None
+        # an executor enforces the deadline itself: its worker thread is never abandoned
+        timed = runtime.task.timeout_s is not None and runtime.task.executor is None
         while True:
             delivery = work.get()
             if delivery is STOP_WORKER:
@@ -89,7 +90,8 @@ class Worker:
         ledger = runtime.ledger
         source = runtime.source
         take = source.take
-        timed = runtime.task.timeout_s is not None
+        # an executor enforces the deadline itself: its worker thread is never abandoned
+        timed = runtime.task.timeout_s is not None and runtime.task.executor is None
         announce = runtime.announces
         settled = threading.Event()
         while not runtime.source_open.wait(_IDLE_CHECK_S):

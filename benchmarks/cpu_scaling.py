@@ -13,6 +13,11 @@ Cases:
 - `thread-c1`: `onestep run` in one process, `concurrency=1`: the baseline.
 - `processes-N` for N = 2 up to the CPU count: `onestep run --processes N`, each worker
   with `concurrency=1`.
+- `process-cN` for N = 1 up to the CPU count: one `onestep run` process whose task has
+  `executor="process", concurrency=N` (the handler runs in N thespian worker processes).
+- `process-noop`: `executor="process", concurrency=1` with a handler that does nothing,
+  over 5x the messages: the executor's own per-message rate (its `speedup` only says how
+  much cheaper a no-op is than the CPU-bound message of `thread-c1`).
 
 Each run gets fresh queues (the results one not persistent: a result's confirm then
 waits for no disk write, which would leave the CPU idle between messages). The app is
@@ -22,14 +27,16 @@ peak RSS; the rate is (messages - 1) / (last finish - first finish), and `peak_r
 sums the peak RSS of the workers (the parent is not counted). `speedup` is the rate over
 the best `thread-c1` rate of the same run. The source has `prefetch=2`: the next message
 waits in the worker while its handler runs (no broker round trip between messages), and
-at the end at most one message waits behind a busy worker. Cases run in turn K times
-(`--repeat K`) so drift hits all alike; the best rate of each is kept. On a shared
+at the end at most one message waits behind a busy worker. For the process cases
+`peak_rss_mb` also counts the app's process (where the connection and the task actors
+live), read from /proc before it stops; thespian's admin and logger processes (about 25
+MB together) are not counted. Cases run in turn K times (`--repeat K`) so drift hits all
+alike; the best rate of each is kept, or the median with `--median`. On a shared
 machine, `--wait-quiet PCT` starts each run only once the CPUs are less busy than that.
 Nothing is asserted.
 
-More cases (a per-task process executor: `process-c1`, `process-c2`, ..., `process-noop`)
-plug in as entries of `cases()`: a name and a function taking the Settings and returning
-a Measurement.
+More cases plug in as entries of `cases()`: a name and a function taking the Settings and
+returning a Measurement.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -107,6 +115,39 @@ def worker_app() -> Any:
         }
 
     return app
+
+
+def process_app() -> Any:
+    """The same work with `executor="process"` and `BENCH_CONCURRENCY` worker processes
+    (`BENCH_NOOP=1`: a handler that does nothing)."""
+    from onestep import OneStepApp, RabbitMQConnector
+
+    amqp = RabbitMQConnector(URL)
+    app = OneStepApp("cpu-bench", shutdown_timeout_s=10.0)
+    concurrency = int(os.environ["BENCH_CONCURRENCY"])
+    app.task(
+        source=amqp.queue(os.environ["BENCH_JOBS"], prefetch=2 * concurrency),
+        emit=amqp.queue(os.environ["BENCH_RESULTS"], persistent=False),
+        concurrency=concurrency,
+        executor="process",
+        name="work",
+    )(process_noop if os.environ.get("BENCH_NOOP") else process_work)
+    return app
+
+
+def process_work(ctx: Any, item: Any) -> Any:
+    """The handler of `process_app`: module level, so a worker process finds it."""
+    burn(int(os.environ["BENCH_ITERATIONS"]))
+    return {
+        "id": item["id"],
+        "done_at": time.time(),
+        "pid": os.getpid(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def process_noop(ctx: Any, item: Any) -> Any:
+    return {"id": item["id"], "done_at": time.time(), "pid": os.getpid(), "peak_rss_mb": 0.0}
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -200,17 +241,26 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def run_onestep(processes: int, settings: Settings) -> Measurement:
-    """`onestep run worker_app --processes N` over fresh queues: publish once every
-    worker runs, collect every result, stop it with SIGTERM."""
+def run_onestep(
+    processes: int,
+    settings: Settings,
+    *,
+    app: str = "worker_app",
+    env: dict[str, str] | None = None,
+    messages: int | None = None,
+) -> Measurement:
+    """`onestep run APP --processes N` over fresh queues: publish once every worker runs,
+    collect every result, stop it with SIGTERM."""
     queues = Queues()
+    count = messages or settings.messages
     env = {
         **os.environ,
+        **(env or {}),
         "BENCH_JOBS": queues.jobs,
         "BENCH_RESULTS": queues.results,
         "BENCH_ITERATIONS": str(settings.iterations),
     }
-    command = [sys.executable, "-m", "onestep", "run", f"{SCRIPT}:worker_app"]
+    command = [sys.executable, "-m", "onestep", "run", f"{SCRIPT}:{app}"]
     command += ["--processes", str(processes)]
     ready = f"all {processes} workers are running" if processes > 1 else "app 'cpu-bench' started"
     process = subprocess.Popen(
@@ -220,11 +270,14 @@ def run_onestep(processes: int, settings: Settings) -> Measurement:
     try:
         if not log.ready.wait(60):
             return Measurement(error=f"not running after 60 s: {log.tail()}")
-        queues.publish(settings.messages)
-        results = queues.collect(settings.messages, settings.timeout_s)
-        if len(results) < settings.messages:
-            return Measurement(error=f"{len(results)} of {settings.messages} results: {log.tail()}")
-        return _measure(results)
+        queues.publish(count)
+        results = queues.collect(count, settings.timeout_s)
+        if len(results) < count:
+            return Measurement(error=f"{len(results)} of {count} results: {log.tail()}")
+        measurement = _measure(results)
+        if app != "worker_app" and measurement.peak_rss_mb is not None:
+            measurement.peak_rss_mb = round(measurement.peak_rss_mb + _vm_hwm_mb(process.pid), 1)
+        return measurement
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -234,6 +287,24 @@ def run_onestep(processes: int, settings: Settings) -> Measurement:
             process.kill()
             process.wait()
         queues.close()
+
+
+def run_process_executor(concurrency: int, settings: Settings, noop: bool = False) -> Measurement:
+    env = {"BENCH_CONCURRENCY": str(concurrency), "BENCH_NOOP": "1" if noop else ""}
+    messages = 5 * settings.messages if noop else None
+    return run_onestep(1, settings, app="process_app", env=env, messages=messages)
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak RSS of a running process (VmHWM in /proc/PID/status), in MB; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 class _LogWatcher:
@@ -275,6 +346,9 @@ def cases(cpus: int) -> dict[str, Case]:
     table: dict[str, Case] = {"thread-c1": lambda s: run_onestep(1, s)}
     for n in range(2, max(2, cpus) + 1):
         table[f"processes-{n}"] = lambda s, n=n: run_onestep(n, s)
+    for n in range(1, max(2, cpus) + 1):
+        table[f"process-c{n}"] = lambda s, n=n: run_process_executor(n, s)
+    table["process-noop"] = lambda s: run_process_executor(1, s, noop=True)
     return table
 
 
@@ -292,9 +366,13 @@ class Trial:
         if m.peak_rss_mb is not None:
             self.peaks.append(m.peak_rss_mb)
 
+    median = False
+
     @property
     def rate(self) -> float | None:
-        return max(self.rates) if self.rates else None
+        if not self.rates:
+            return None
+        return statistics.median(self.rates) if self.median else max(self.rates)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=DEFAULT_MESSAGES)
     parser.add_argument("--work-ms", type=float, default=DEFAULT_WORK_MS)
     parser.add_argument("--repeat", type=int, default=1, help="keep the best of K runs")
+    parser.add_argument(
+        "--median", action="store_true", help="report the median of the --repeat runs"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per case")
     parser.add_argument("--case", action="append", dest="cases", metavar="NAME")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
@@ -337,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     iterations = args.iterations or calibrate(args.work_ms)
     settings = Settings(args.messages, iterations, args.timeout)
     load_before = os.getloadavg()
+    Trial.median = args.median
     trials = {name: Trial() for name in chosen}
     for round_ in range(args.repeat):
         for name in chosen:
@@ -366,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         else f"{iterations} iterations, calibrated to ~{args.work_ms:g} ms"
     )
     context = (
-        f"{args.messages} messages, a handler loop of {work}, best of {args.repeat}, "
+        f"{args.messages} messages, a handler loop of {work}, "
+        f"{'median' if args.median else 'best'} of {args.repeat}, "
         f"{cpus} CPU(s), Python {sys.version.split()[0]}, "
         f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after"
     )

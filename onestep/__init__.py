@@ -21,6 +21,7 @@ from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
 from ._interval import IntervalSource
 from ._logging import JsonFormatter, configure_logging
 from ._memory import MemoryQueue
+from ._process_executor import ProcessExecutor
 from ._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
 from ._sqlite_state import SQLiteStateStore
 from ._state import InMemoryStateStore, StateStore
@@ -54,6 +55,7 @@ __all__ = [
     "NotBrowsable",
     "NotReplayable",
     "OneStepApp",
+    "ProcessExecutor",
     "RetryPolicy",
     "SQLiteStateStore",
     "Sink",

@@ -24,6 +24,7 @@ from ._checks import check_delay, check_int, check_number
 from ._dead_letters import DeadLetters, dead_letters_of
 from ._delivery import SourceContext
 from ._events import TaskEvent
+from ._process_executor import ProcessExecutor
 from ._state import InMemoryStateStore, StateStore
 from ._task import TaskSpec, is_async_callable
 
@@ -100,11 +101,16 @@ class OneStepApp:
         dead_letter: Any = None,
         timeout_s: float | None = None,
         concurrency: int = 1,
+        executor: str | ProcessExecutor = "thread",
     ) -> Callable[[F], F]:
         """Register the decorated `def f(ctx, item)` or `async def f(ctx, item)`.
 
         Arguments are checked here, and the error names the parameter. The function is
         returned unchanged, so it can still be called directly in tests.
+
+        `executor="process"` (or `ProcessExecutor(...)` for its options) runs a sync
+        handler in `concurrency` worker processes instead of threads: CPU-bound work
+        uses every core, and `timeout_s` kills a worker that overran.
         """
 
         def decorate(fn: F) -> F:
@@ -119,6 +125,7 @@ class OneStepApp:
                 dead_letter=dead_letter,
                 timeout_s=timeout_s,
                 concurrency=concurrency,
+                executor=executor,
             )
             if spec.name in self._tasks:
                 raise ValueError(f"name {spec.name!r} is already a task of app {self.name!r}")

@@ -13,11 +13,12 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from actors import Failure, SinkRoute
+from actors import ExecutorPort, Failure, SinkRoute
 
 from ._checks import check_delay, check_int
 from ._context import TaskContext
 from ._delivery import Delivery, is_sink, missing_source_methods
+from ._process_executor import ProcessExecutor, check_runs_elsewhere, executor_option
 from ._retry import NoRetry, RetryPolicy
 from ._state import AsyncStateView, StateView
 
@@ -31,17 +32,20 @@ _PLAIN_RESULTS = frozenset({type(None), int, float, str, bytes, bool, dict, list
 #: sync handler) starts one worker thread per unit, the "async" executor (an async
 #: handler) runs up to one coroutine per unit on the shared event loop. Without a bound
 #: `concurrency=10**6` started threads until the process ran out, or took 1.25 GB and
-#: 12 s before its first message (issue 13). Measured at the caps on the 2-core dev
+#: 12 s before its first message (issue 13). The "process" executor starts one worker
+#: process per unit (about 25 MB of RSS each): 64 is more cores than most hosts have, and
+#: more processes than cores only adds memory. Measured at the caps on the 2-core dev
 #: machine (README, "Retry, dead letter, timeout, concurrency"): 1,000 threads start in
 #: 0.25-0.5 s and add 23 MB of RSS (each also reserves an 8 MiB stack of address space,
 #: so under a 4 GiB `ulimit -v` they cannot all start and `app.start()` raises
 #: StartupError naming the task); 10,000 coroutines add 14 MB and the first message
 #: runs 0.1-0.15 s after start. A new executor adds its entry here.
-MAX_CONCURRENCY: dict[str, int] = {"thread": 1000, "async": 10_000}
+MAX_CONCURRENCY: dict[str, int] = {"thread": 1000, "async": 10_000, "process": 64}
 
 _EXECUTOR_UNITS = {
     "thread": "a sync handler (one thread per unit)",
     "async": "an async handler (one coroutine per unit)",
+    "process": "executor='process' (one worker process per unit)",
 }
 
 
@@ -108,6 +112,7 @@ class TaskSpec:
         dead_letter: Any,
         timeout_s: Any,
         concurrency: Any,
+        executor: Any = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"handler must be callable, got {type(fn).__name__}")
@@ -125,8 +130,11 @@ class TaskSpec:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         is_async = is_async_callable(fn)
-        self.executor = "async" if is_async else "thread"
-        concurrency = check_concurrency(concurrency, self.executor)
+        process = executor_option(_placeholder(executor))
+        if process is not None:
+            check_runs_elsewhere(fn, name)
+        self.executor_kind = "async" if is_async else "thread" if process is None else "process"
+        concurrency = check_concurrency(concurrency, self.executor_kind)
         timeout_s = _placeholder(timeout_s)
         if timeout_s is not None:
             timeout_s = check_delay("timeout_s", timeout_s, exclusive=True)
@@ -163,6 +171,8 @@ class TaskSpec:
         )
         self._routes: tuple[SinkRoute, ...] | None = None
         self._lock = threading.Lock()
+        self.process: ProcessExecutor | None = process
+        self.executor: ExecutorPort | None = None
 
     # -- running (called by the engine) --------------------------------------------------
 
@@ -211,9 +221,21 @@ class TaskSpec:
     # -- routes for ctx.emit -------------------------------------------------------------
 
     def bind(self, route: Callable[[Any], SinkRoute] | None) -> None:
-        """Called by the app at start (with the system's route lookup) and at stop (None)."""
+        """Called by the app at start (with the system's route lookup) and at stop (None).
+        A process-executor task gets its worker pool here (not started yet: its TaskActor
+        starts it), or drops it at stop."""
         self._route = route
         self._routes = None if route is None else tuple(route(sink) for sink in self.emit)
+        if self.process is None:
+            return
+        if route is None:
+            self.executor = None
+            self.__dict__.pop("invoke", None)
+            return
+        pool = self.process.bind(self)
+        self.executor = pool
+        # an instance attribute: the thread executor's invoke keeps its cost
+        self.invoke = pool.run  # type: ignore[method-assign,attr-defined]
 
     _route: Callable[[Any], SinkRoute] | None = None
 
@@ -251,4 +273,5 @@ class TaskSpec:
             "retry": self.retry.describe(),
             "timeout_s": self.timeout_s,
             "concurrency": self.concurrency,
+            "executor": (self.executor_kind if self.process is None else self.process.describe()),
         }

@@ -393,8 +393,8 @@ def test_concurrency_above_the_executor_cap_is_refused_naming_the_cap(fn, execut
     assert app.tasks[fn.__name__].concurrency == cap
 
 
-def test_the_caps_are_one_thousand_threads_and_ten_thousand_coroutines():
-    assert MAX_CONCURRENCY == {"thread": 1000, "async": 10_000}
+def test_the_caps_are_a_thousand_threads_ten_thousand_coroutines_and_64_processes():
+    assert MAX_CONCURRENCY == {"thread": 1000, "async": 10_000, "process": 64}
 
 
 # -- MemoryQueue and Delivery ------------------------------------------------------------

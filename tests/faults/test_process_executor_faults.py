@@ -1,0 +1,228 @@
+"""`@app.task(executor="process")` as real processes through `onestep run`: handlers in
+worker processes, a hard timeout that kills, a crash that fails one message, recycling,
+pickling errors, and no process left behind by a stop or by a SIGKILLed app.
+
+Each test starts the command as a child and synchronises on its output lines (read by
+threads into queues), never on sleeps. The apps are in process_executor_apps.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults.processes_support import Parent, is_gone, kill_leftovers
+
+pytest.importorskip("thespian")
+
+APPS = "tests/faults/process_executor_apps.py"
+
+
+@pytest.fixture
+def started():
+    """Apps a test starts, and pids it saw; all killed if the test failed."""
+    runs: list[tuple[Parent, list[int]]] = []
+    yield runs
+    for app, pids in runs:
+        app.kill()
+        kill_leftovers(pids)
+
+
+def start(started, app: str) -> tuple[Parent, list[int]]:
+    parent = Parent(f"{APPS}:{app}")
+    pids: list[int] = []
+    started.append((parent, pids))
+    return parent, pids
+
+
+def records(parent: Parent, prefix: str) -> list[dict]:
+    return [
+        json.loads(line[len(prefix) + 1 :]) for line in parent.out.lines if line.startswith(prefix)
+    ]
+
+
+def wait_records(parent: Parent, prefix: str, count: int, timeout: float = 30.0) -> list[dict]:
+    parent.out.wait_until(
+        lambda lines: sum(line.startswith(prefix + " ") for line in lines) >= count,
+        f"{count} {prefix} lines",
+        timeout,
+    )
+    return records(parent, prefix)
+
+
+def app_pid(parent: Parent) -> int:
+    return int(parent.out.wait_for("APP ").split()[1])
+
+
+def descendants(root: int) -> set[int]:
+    """Every process under `root`, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {pid for pid in pids if not is_gone(pid)}
+        if not alive:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"processes still running after {timeout} s: {sorted(alive)}")
+        time.sleep(0.05)  # polling a condition with a deadline
+
+
+def stop(parent: Parent) -> None:
+    parent.signal(signal.SIGINT)
+    assert parent.wait() == 0, parent.err.tail()
+
+
+def test_cpu_bound_messages_run_in_two_child_processes_with_exact_state(started):
+    parent, _ = start(started, "cpu_app")
+    results = wait_records(parent, "RESULT", 12)
+    stop(parent)
+    app = app_pid(parent)
+    assert sorted(r["n"] for r in results) == list(range(1, 13))  # incr is atomic
+    workers = {r["pid"] for r in results}
+    assert len(workers) == 2 and app not in workers
+    # the context in the worker: payload, meta, attempts, task, config, cancelled
+    for r in results:
+        assert r["payload"] == r["item"]
+        assert r["meta"] == {"tag": f"m-{r['item']}"}
+        assert (r["attempts"], r["task"], r["config"]) == (0, "work", "salty")
+        assert r["deadline"] is None and r["cancelled"] is False
+    # ctx.logger's records reach the app's log
+    parent.err.rest()
+    assert parent.err.count("onestep.task.work: handled") == 12
+    wait_gone(workers)
+
+
+def test_ctx_state_and_ctx_emit_run_in_the_app_process(started):
+    parent, _ = start(started, "emit_app")
+    results = wait_records(parent, "RESULT", 4)
+    stop(parent)
+    assert sorted((r["via"], r["item"]) for r in results) == [
+        ("default", 1),
+        ("default", 2),
+        ("named", 1),
+        ("named", 2),
+    ]
+    for r in results:
+        if r["via"] == "default":
+            assert (r["got"], r["after"]) == (r["item"] * 10, "gone")
+
+
+def test_the_shutdown_sets_ctx_cancelled_in_the_worker_process(started):
+    parent, _ = start(started, "cancel_app")
+    line = parent.err.wait_for("WAITING deadline=")
+    assert float(line.rsplit("=", 1)[1]) > time.monotonic()  # one clock for all processes
+    stop(parent)
+    lines = parent.err.rest()
+    (cancelled,) = [line for line in lines if "CANCELLED" in line]
+    assert "CANCELLED True remaining=" in cancelled
+
+
+def test_a_sleeping_handler_is_killed_at_its_timeout_and_dead_lettered(started):
+    parent, pids = start(started, "timeout_app")
+    app = app_pid(parent)
+    began = time.monotonic()
+    dead = wait_records(parent, "DEAD", 2, timeout=5.0)
+    assert time.monotonic() - began < 5.0
+    assert sorted(d["payload"] for d in dead) == ["chatty", "sleep"]
+    for letter in dead:
+        assert letter["kind"] == "timeout" and "was killed" in letter["message"]
+    results = wait_records(parent, "RESULT", 3)
+    assert sorted(r["item"] for r in results) == [1, 2, 3]
+    (admin,) = {r["admin"] for r in results}  # thespian's admin runs in its own session
+    tree = descendants(app) | {admin} | descendants(admin) | {r["pid"] for r in results}
+    assert len(tree) >= 5  # the watchdog, the admin, its logger, two workers
+    pids.extend(tree)
+    stop(parent)
+    wait_gone(tree)
+    parent.out.rest()  # every holder of the stdout pipe (the workers too) has exited
+
+
+def test_a_crashing_worker_fails_its_message_as_crashed_and_others_go_on(started):
+    parent, pids = start(started, "crash_app")
+    (dead,) = wait_records(parent, "DEAD", 1)
+    results = wait_records(parent, "RESULT", 5)
+    stop(parent)
+    assert dead["payload"] == "exit" and dead["kind"] == "crashed"
+    assert dead["attempts"] == 2 and dead["runs"] == 2  # MaxAttempts(2): ran twice
+    assert "died" in dead["message"]
+    assert sorted(r["item"] for r in results) == [1, 2, 3, 4, 5]
+    pids.extend(r["pid"] for r in results)
+
+
+def test_max_messages_per_worker_recycles_the_process(started):
+    parent, pids = start(started, "recycle_app")
+    results = wait_records(parent, "RESULT", 6)
+    stop(parent)
+    by_item = sorted(results, key=lambda r: r["item"])
+    used = [r["pid"] for r in by_item]
+    pids.extend(used)
+    # one worker (concurrency 1), replaced after every second message
+    assert len(set(used)) == 3
+    assert used[0] == used[1] != used[2] == used[3] != used[4] == used[5]
+
+
+def test_spawned_workers_import_the_handler_by_module_and_name(started):
+    parent, _ = start(started, "spawn_app")
+    results = wait_records(parent, "RESULT", 3)
+    stop(parent)
+    assert sorted(r["item"] for r in results) == [1, 2, 3]
+    assert app_pid(parent) not in {r["pid"] for r in results}
+
+
+def test_a_result_that_does_not_pickle_fails_that_message(started):
+    parent, _ = start(started, "unpicklable_app")
+    (dead,) = wait_records(parent, "DEAD", 1)
+    (result,) = wait_records(parent, "RESULT", 1)
+    stop(parent)
+    assert dead["payload"] == "unpicklable" and dead["kind"] == "error"
+    assert "does not pickle" in dead["message"] and "task 'work'" in dead["message"]
+    assert result["item"] == 1
+
+
+def test_a_payload_that_does_not_pickle_fails_that_message(started):
+    parent, _ = start(started, "lock_payload_app")
+    (dead,) = wait_records(parent, "DEAD", 1)
+    (result,) = wait_records(parent, "RESULT", 1)
+    stop(parent)
+    assert dead["kind"] == "error" and "payload (lock) cannot be sent" in dead["message"]
+    assert result["item"] == 7
+
+
+def test_no_worker_admin_or_watchdog_outlives_a_sigkilled_app(started):
+    parent, pids = start(started, "hang_app")
+    app = app_pid(parent)
+    parent.err.wait_until(lambda lines: sum("HANG pid=" in x for x in lines) >= 2, "2 HANG lines")
+    hung = [re.search(r"pid=(\d+) ppid=(\d+)", x) for x in parent.err.lines if "HANG pid=" in x]
+    workers = {int(m.group(1)) for m in hung if m}
+    admins = {int(m.group(2)) for m in hung if m}
+    assert len(workers) == 2 and len(admins) == 1
+    # the admin runs in its own session (thespian daemonizes it): its tree, and the app's
+    tree = descendants(app) | admins | descendants(next(iter(admins)))
+    assert workers <= tree
+    pids.extend(tree)
+    os.kill(app, signal.SIGKILL)
+    parent.wait()
+    wait_gone(tree, timeout=10.0)
+    parent.out.rest()
