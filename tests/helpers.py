@@ -70,3 +70,31 @@ class ListSource(Source):
 
     def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
         self.failed.append(delivery.payload)
+
+
+class FlakySource(ListSource):
+    """A ListSource whose next fetch fails once `fail_next` is set (then `down` is set),
+    and whose reopening after that waits for `allow_open` (then `reopened` is set): a
+    source whose connection broke and comes back when the test says so."""
+
+    def __init__(self, name: str = "flaky", open_timeout_s: float = 10.0) -> None:
+        super().__init__(name)
+        self.fail_next = threading.Event()
+        self.down = threading.Event()
+        self.allow_open = threading.Event()
+        self.reopened = threading.Event()
+        self.open_timeout_s = open_timeout_s
+        self.opens = 0
+
+    def open(self) -> None:
+        self.opens += 1
+        if self.opens > 1:
+            self.allow_open.wait(self.open_timeout_s)
+            self.reopened.set()
+
+    def fetch(self, limit: int) -> list[Delivery]:
+        if self.fail_next.is_set():
+            self.fail_next.clear()
+            self.down.set()
+            raise ConnectionError("connection reset")
+        return super().fetch(limit)

@@ -11,7 +11,7 @@ from typing import Any
 from actors import EncodeError, EventLoopThread, Timer
 from actors._sink import PublishJob, SinkActor, SinkRoute
 from onestep import Delivery, MaxAttempts, MemoryQueue, OneStepApp, Sink
-from tests.helpers import ListSource, running
+from tests.helpers import FlakySource, ListSource, running
 
 TIMEOUT = 5.0
 
@@ -343,35 +343,13 @@ def test_a_reply_that_cannot_encode_the_result_fails_the_message_with_kind_encod
 
 
 def test_health_is_degraded_while_a_source_is_down_and_ok_after_it_recovers():
-    class FlakySource(ListSource):
-        def __init__(self) -> None:
-            super().__init__("flaky")
-            self.fail_next = threading.Event()
-            self.down = threading.Event()
-            self.reopened = threading.Event()
-            self.allow_open = threading.Event()
-            self.on_item = threading.Event()
-            self.opens = 0
-
-        def open(self) -> None:
-            self.opens += 1
-            if self.opens > 1:
-                self.allow_open.wait(TIMEOUT)
-                self.reopened.set()
-
-        def fetch(self, limit: int) -> list[Delivery]:
-            if self.fail_next.is_set():
-                self.fail_next.clear()
-                self.down.set()
-                raise ConnectionError("connection reset")
-            return super().fetch(limit)
-
-    source = FlakySource()
+    source = FlakySource(open_timeout_s=TIMEOUT)
+    processed = threading.Event()
     app = OneStepApp("health")
 
     @app.task(source=source)
     def noop(ctx, item):
-        source.on_item.set()
+        processed.set()
 
     assert app.health() == {"status": "stopped", "problems": {}}
     with running(app):
@@ -383,8 +361,6 @@ def test_health_is_degraded_while_a_source_is_down_and_ok_after_it_recovers():
         assert "connection reset" in next(iter(health["problems"].values()))
         source.allow_open.set()
         assert source.reopened.wait(TIMEOUT)
-        processed = threading.Event()
-        source.on_item = processed
         source.put("after")
         assert processed.wait(TIMEOUT)  # fetching resumed after the restart
         assert app.health() == {"status": "ok", "problems": {}}

@@ -17,11 +17,11 @@ import falcon.testing
 import pytest
 
 from actors import DURATION_BUCKETS, TaskStats
-from onestep import Delivery, MaxAttempts, MemoryQueue, OneStepApp
+from onestep import MaxAttempts, MemoryQueue, OneStepApp
 from onestep._metrics import AppMonitor, WorkersMonitor
 from onestep._status_line import StatusLine
 from onestep.http import add_routes, parse_address
-from tests.helpers import ListSource, running
+from tests.helpers import FlakySource, running
 
 TIMEOUT = 10.0
 
@@ -169,28 +169,6 @@ def test_retries_and_failures_without_a_dead_letter_sink_are_counted() -> None:
 
 
 def test_readyz_names_a_source_that_is_down_and_restarts_are_counted() -> None:
-    class FlakySource(ListSource):
-        def __init__(self) -> None:
-            super().__init__("flaky")
-            self.fail_next = threading.Event()
-            self.down = threading.Event()
-            self.allow_open = threading.Event()
-            self.reopened = threading.Event()
-            self.opens = 0
-
-        def open(self) -> None:
-            self.opens += 1
-            if self.opens > 1:
-                self.allow_open.wait(TIMEOUT)
-                self.reopened.set()
-
-        def fetch(self, limit: int) -> list[Delivery]:
-            if self.fail_next.is_set():
-                self.fail_next.clear()
-                self.down.set()
-                raise ConnectionError("connection reset")
-            return super().fetch(limit)
-
     source = FlakySource()
     app = OneStepApp("flaky-app")
 
