@@ -34,8 +34,8 @@ def started():
         kill_leftovers(pids)
 
 
-def start(started, app: str) -> tuple[Parent, list[int]]:
-    parent = Parent(f"{APPS}:{app}")
+def start(started, app: str, env: dict[str, str] | None = None) -> tuple[Parent, list[int]]:
+    parent = Parent(f"{APPS}:{app}", env=env)
     pids: list[int] = []
     started.append((parent, pids))
     return parent, pids
@@ -137,6 +137,17 @@ def test_the_shutdown_sets_ctx_cancelled_in_the_worker_process(started):
     lines = parent.err.rest()
     (cancelled,) = [line for line in lines if "CANCELLED" in line]
     assert "CANCELLED True remaining=" in cancelled
+
+
+def test_the_channels_directory_is_private_and_removed_at_stop(started, tmp_path):
+    parent, _ = start(started, "cancel_app", env={"TMPDIR": str(tmp_path)})
+    parent.err.wait_for("WAITING deadline=")  # the worker connected and runs the handler
+    (channels,) = list(tmp_path.iterdir())
+    assert channels.name.startswith("onestep-")
+    assert channels.stat().st_mode & 0o777 == 0o700
+    assert list(channels.iterdir()) == []  # a socket file is removed once its worker connected
+    stop(parent)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_sleeping_handler_is_killed_at_its_timeout_and_dead_lettered(started):
