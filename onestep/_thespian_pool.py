@@ -516,8 +516,13 @@ class WorkerProcess:
         authkey = os.urandom(32)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            listener.bind(path)
-            listener.listen(1)
+            try:
+                listener.bind(path)
+                listener.listen(1)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot listen for a worker's channel at {path}: {exc}"
+                ) from exc
             self.address = self.endpoint.createActor(HandlerWorker)
             setup = pool.setup
             assert setup is not None
