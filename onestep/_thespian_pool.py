@@ -371,8 +371,9 @@ class WorkerContext:
 
 
 class _System:
-    """The app process's one thespian ActorSystem, shared by its process-executor tasks,
-    and the watchdog that kills the admin's process tree if the app dies without
+    """The app process's one thespian ActorSystem, shared by its process-executor tasks;
+    the private directory of their workers' channel sockets; and the watchdog that kills
+    the admin's process tree (and removes that directory) if the app dies without
     shutting it down (SIGKILL, the OOM killer)."""
 
     lock = threading.Lock()
@@ -380,6 +381,8 @@ class _System:
     asys: Any = None
     start_method = ""
     watchdog: subprocess.Popen[bytes] | None = None
+    channels = ""
+    channel_count = 0
 
     @classmethod
     def acquire(cls, start_method: str, task: str) -> Any:
@@ -399,6 +402,8 @@ class _System:
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)
                     _reap_new(before)
                 cls.start_method = start_method
+                # mode 0700: only this user reaches the sockets (each also needs its key)
+                cls.channels = tempfile.mkdtemp(prefix="onestep-")
             elif start_method != cls.start_method:
                 raise ValueError(
                     f"task {task!r}: start_method={start_method!r}, but the app's worker "
@@ -406,6 +411,13 @@ class _System:
                 )
             cls.users += 1
             return cls.asys
+
+    @classmethod
+    def channel_path(cls) -> str:
+        """A new socket path for a worker's channel, in the private directory."""
+        with cls.lock:
+            cls.channel_count += 1
+            return os.path.join(cls.channels, f"w{cls.channel_count}")
 
     @classmethod
     def watch(cls, admin_pid: int) -> None:
@@ -417,7 +429,14 @@ class _System:
             if started is None:
                 return
             cls.watchdog = subprocess.Popen(
-                [sys.executable, "-m", "onestep._orphan_watch", str(admin_pid), started],
+                [
+                    sys.executable,
+                    "-m",
+                    "onestep._orphan_watch",
+                    str(admin_pid),
+                    started,
+                    cls.channels,
+                ],
                 stdin=subprocess.PIPE,
                 close_fds=True,
             )
@@ -430,6 +449,7 @@ class _System:
                 return
             asys, cls.asys = cls.asys, None
             watchdog, cls.watchdog = cls.watchdog, None
+            channels, cls.channels = cls.channels, ""
         try:
             asys.shutdown()
         except Exception:
@@ -443,6 +463,7 @@ class _System:
             except subprocess.TimeoutExpired:
                 watchdog.kill()
                 watchdog.wait()
+        shutil.rmtree(channels, ignore_errors=True)
 
 
 def _children() -> set[int]:
@@ -512,7 +533,7 @@ class WorkerProcess:
         self.messages = 0
         self.seq = 0
         self.pid = 0
-        path = pool.channel_path()
+        path = _System.channel_path()
         authkey = os.urandom(32)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -719,8 +740,6 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._stopped = False
         self._sinks: dict[tuple[str, str], Any] | None = None
-        self._channels: str | None = None
-        self._channel_count = 0
 
     def start(self, workers: int) -> None:
         """Start `workers` worker processes; on the task actor's thread."""
@@ -737,21 +756,12 @@ class WorkerPool:
         self.setup = setup
         self.asys = _System.acquire(self.options.start_method, spec.name)
         self._stopped = False
-        # mode 0700: only this user reaches the sockets (each also needs its own key)
-        self._channels = tempfile.mkdtemp(prefix="onestep-")
         try:
             for _ in range(workers):
                 self._idle.put(self._new_worker())
         except BaseException:
             self.stop()
             raise
-
-    def channel_path(self) -> str:
-        """A new socket path for a worker's channel, in the pool's private directory."""
-        assert self._channels is not None
-        with self._lock:
-            self._channel_count += 1
-            return os.path.join(self._channels, f"w{self._channel_count}")
 
     def _new_worker(self) -> WorkerProcess:
         worker = WorkerProcess(self)
@@ -890,8 +900,5 @@ class WorkerPool:
             worker.kill()
         for worker in idle:
             worker.close()
-        if self._channels is not None:
-            shutil.rmtree(self._channels, ignore_errors=True)
-            self._channels = None
         self.asys = None
         _System.release()

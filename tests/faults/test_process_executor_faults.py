@@ -221,8 +221,8 @@ def test_a_payload_that_does_not_pickle_fails_that_message(started):
     assert result["item"] == 7
 
 
-def test_no_worker_admin_or_watchdog_outlives_a_sigkilled_app(started):
-    parent, pids = start(started, "hang_app")
+def test_no_worker_admin_or_watchdog_outlives_a_sigkilled_app(started, tmp_path):
+    parent, pids = start(started, "hang_app", env={"TMPDIR": str(tmp_path)})
     app = app_pid(parent)
     parent.err.wait_until(lambda lines: sum("HANG pid=" in x for x in lines) >= 2, "2 HANG lines")
     hung = [re.search(r"pid=(\d+) ppid=(\d+)", x) for x in parent.err.lines if "HANG pid=" in x]
@@ -237,3 +237,4 @@ def test_no_worker_admin_or_watchdog_outlives_a_sigkilled_app(started):
     parent.wait()
     wait_gone(tree, timeout=10.0)
     parent.out.rest()
+    assert list(tmp_path.iterdir()) == []  # the watchdog removed the channels' directory
