@@ -1,7 +1,9 @@
 """A watchdog process for `executor="process"`: when the app that started it is gone, it
-kills the thespian admin's process tree (admin, logger, worker processes) and exits.
+kills the thespian admin's process tree (admin, logger, worker processes), removes the
+directory of the workers' channel sockets, and exits.
 
-Started by `onestep._thespian_pool` as `python -m onestep._orphan_watch ADMIN_PID START`,
+Started by `onestep._thespian_pool` as
+`python -m onestep._orphan_watch ADMIN_PID START CHANNELS_DIR`,
 with a pipe from the app on stdin. The kernel closes that pipe when the app exits however
 it exits (SIGKILL, the OOM killer), so end of input is the signal, with no polling. The
 admin is started by thespian and cannot watch its parent itself; a normal `app.stop()`
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 
@@ -61,6 +64,8 @@ def main(argv: list[str]) -> int:
     sys.stdin.buffer.read()
     if os.path.isdir("/proc"):
         kill_tree(admin_pid, start_time)
+    if len(argv) > 3 and argv[3]:
+        shutil.rmtree(argv[3], ignore_errors=True)
     return 0
 
 

@@ -34,8 +34,8 @@ def started():
         kill_leftovers(pids)
 
 
-def start(started, app: str) -> tuple[Parent, list[int]]:
-    parent = Parent(f"{APPS}:{app}")
+def start(started, app: str, env: dict[str, str] | None = None) -> tuple[Parent, list[int]]:
+    parent = Parent(f"{APPS}:{app}", env=env)
     pids: list[int] = []
     started.append((parent, pids))
     return parent, pids
@@ -139,6 +139,17 @@ def test_the_shutdown_sets_ctx_cancelled_in_the_worker_process(started):
     assert "CANCELLED True remaining=" in cancelled
 
 
+def test_the_channels_directory_is_private_and_removed_at_stop(started, tmp_path):
+    parent, _ = start(started, "cancel_app", env={"TMPDIR": str(tmp_path)})
+    parent.err.wait_for("WAITING deadline=")  # the worker connected and runs the handler
+    (channels,) = list(tmp_path.iterdir())
+    assert channels.name.startswith("onestep-")
+    assert channels.stat().st_mode & 0o777 == 0o700
+    assert list(channels.iterdir()) == []  # a socket file is removed once its worker connected
+    stop(parent)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_sleeping_handler_is_killed_at_its_timeout_and_dead_lettered(started):
     parent, pids = start(started, "timeout_app")
     app = app_pid(parent)
@@ -210,8 +221,8 @@ def test_a_payload_that_does_not_pickle_fails_that_message(started):
     assert result["item"] == 7
 
 
-def test_no_worker_admin_or_watchdog_outlives_a_sigkilled_app(started):
-    parent, pids = start(started, "hang_app")
+def test_no_worker_admin_or_watchdog_outlives_a_sigkilled_app(started, tmp_path):
+    parent, pids = start(started, "hang_app", env={"TMPDIR": str(tmp_path)})
     app = app_pid(parent)
     parent.err.wait_until(lambda lines: sum("HANG pid=" in x for x in lines) >= 2, "2 HANG lines")
     hung = [re.search(r"pid=(\d+) ppid=(\d+)", x) for x in parent.err.lines if "HANG pid=" in x]
@@ -226,3 +237,4 @@ def test_no_worker_admin_or_watchdog_outlives_a_sigkilled_app(started):
     parent.wait()
     wait_gone(tree, timeout=10.0)
     parent.out.rest()
+    assert list(tmp_path.iterdir()) == []  # the watchdog removed the channels' directory
