@@ -134,10 +134,10 @@ class TaskRuntime:
     def fetched(self, batch: list[Any]) -> list[Any]:
         """Emit `fetched` events and route undecodable deliveries to the supervisor;
         return the deliveries for the handler."""
-        events = self.events
-        if events is not None and self.announces:
+        if self.announces:  # implies events
+            emit = self.events.emit
             for delivery in batch:
-                events.emit("fetched", delivery)
+                emit("fetched", delivery)
         ready = batch
         if any(delivery.error is not None for delivery in batch):
             ready = []
