@@ -17,17 +17,24 @@ from ._ports import Failure
 #: (+Inf) follows. Prometheus' default buckets.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
-#: The event kinds a TaskStats counts, in slot order. `failed` counts every message given
-#: up on, dead-lettered ones included (the events' meaning).
+#: The outcomes a TaskStats counts, in slot order. Each handler execution ends in exactly
+#: one of the first four: `failed` means given up on with no dead letter stored. (The
+#: events say `dead_lettered` and then `failed` for a dead letter: that `failed` is not
+#: counted, so no counter ever goes down between two reads, as a Prometheus counter must
+#: not.)
 COUNTED_KINDS = ("succeeded", "retried", "failed", "dead_lettered", "cancelled", "skipped")
 _INDEX = {kind: i for i, kind in enumerate(COUNTED_KINDS)}
 _SUCCEEDED = _INDEX["succeeded"]
-# A handler execution ends with exactly one of these (dead_lettered is followed by
-# failed): only they feed the histogram, so no execution is observed twice.
-_TIMED = _INDEX["failed"] + 1
+_FAILED = _INDEX["failed"]
+_DEAD_LETTERED = _INDEX["dead_lettered"]
+# Only an execution's one outcome feeds the histogram, so none is observed twice.
+_TIMED = _DEAD_LETTERED + 1
 _SUM = len(COUNTED_KINDS)
 _BUCKET0 = _SUM + 1
-_SLOT_SIZE = _BUCKET0 + len(DURATION_BUCKETS) + 1
+_BUCKETS_END = _BUCKET0 + len(DURATION_BUCKETS) + 1
+# 1 between a `dead_lettered` and the `failed` that follows it on the same thread
+_AFTER_DEAD_LETTER = _BUCKETS_END
+_SLOT_SIZE = _AFTER_DEAD_LETTER + 1
 _FIRST_BOUND = DURATION_BUCKETS[0]
 
 
@@ -41,14 +48,12 @@ class TaskStats:
     abandoned worker's counts stay).
     """
 
-    __slots__ = ("_local", "_lock", "_slots", "source", "task")
+    __slots__ = ("_local", "_lock", "_slots")
 
     #: Tells the runtime that this emitter only counts (TaskRuntime.announces).
     counts_only = True
 
-    def __init__(self, task: str, source: str) -> None:
-        self.task = task
-        self.source = source
+    def __init__(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._slots: list[list[Any]] = []
@@ -74,6 +79,11 @@ class TaskStats:
         index = _INDEX.get(kind)
         if index is None:
             return
+        if index == _FAILED and slot[_AFTER_DEAD_LETTER]:
+            slot[_AFTER_DEAD_LETTER] = 0  # the dead letter was this execution's outcome
+            return
+        if index == _DEAD_LETTERED:
+            slot[_AFTER_DEAD_LETTER] = 1
         slot[index] += 1
         if duration_s is not None and index < _TIMED:
             slot[_BUCKET0 + bisect_right(DURATION_BUCKETS, duration_s)] += 1
@@ -96,7 +106,7 @@ class TaskStats:
         for slot in slots:
             for i, value in enumerate(list(slot)):
                 total[i] += value
-        buckets = total[_BUCKET0:]
+        buckets = total[_BUCKET0:_BUCKETS_END]
         return {
             "counts": dict(zip(COUNTED_KINDS, total[:_SUM], strict=True)),
             "duration": {"buckets": buckets, "sum": float(total[_SUM]), "count": sum(buckets)},
@@ -106,13 +116,11 @@ class TaskStats:
 class TeeEmitter:
     """Counts an event in a TaskStats, then passes it on to the event emitter."""
 
-    __slots__ = ("_emitter", "_stats", "source", "task")
+    __slots__ = ("_emitter", "_stats")
 
     def __init__(self, stats: TaskStats, emitter: Any) -> None:
         self._stats = stats
         self._emitter = emitter
-        self.task = emitter.task
-        self.source = emitter.source
 
     def emit(
         self,
@@ -133,12 +141,12 @@ class RuntimeStats:
         self._restarts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def task(self, name: str, source: str) -> TaskStats:
+    def task(self, name: str) -> TaskStats:
         """The TaskStats of task `name`, made on first use. Any thread."""
         with self._lock:
             stats = self._tasks.get(name)
             if stats is None:
-                stats = self._tasks[name] = TaskStats(name, source)
+                stats = self._tasks[name] = TaskStats()
             return stats
 
     def restarted(self, label: str) -> None:

@@ -185,7 +185,7 @@ class ActorSystem:
             if self._events_ref is not None:
                 events = EventEmitter(self._events_ref, task.name, task.source_name)
             if self._stats is not None:
-                stats = self._stats.task(task.name, task.source_name)
+                stats = self._stats.task(task.name)
                 events = stats if events is None else TeeEmitter(stats, events)
             runtime = TaskRuntime(
                 task,
@@ -293,7 +293,7 @@ class ActorSystem:
         """Send an event that no delivery carries (a schedule's skipped tick, say).
         Callable from any thread; a no-op without event handlers or before start."""
         if self._stats is not None:
-            self._stats.task(task, source).emit(kind)
+            self._stats.task(task).emit(kind)
         ref = self._events_ref
         if ref is None:
             return

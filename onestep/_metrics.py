@@ -187,8 +187,6 @@ class AppMonitor(Monitor):
             if stats is not None:
                 raw = stats.snapshot()
                 counts = raw["counts"]
-                # events count a dead-lettered message as failed too: outcomes exclude
-                counts["failed"] -= counts["dead_lettered"]
                 task["counts"] = {outcome: counts[outcome] for outcome in OUTCOMES}
                 task["duration"] = raw["duration"]
             task["inflight"] = inflight.get(name, 0)

@@ -46,7 +46,7 @@ def samples(text: str) -> dict[str, float]:
 
 
 def test_task_stats_sum_the_slots_of_every_thread_and_bucket_durations() -> None:
-    stats = TaskStats("t", "q")
+    stats = TaskStats()
 
     def work() -> None:
         for _ in range(1000):
@@ -60,8 +60,10 @@ def test_task_stats_sum_the_slots_of_every_thread_and_bucket_durations() -> None
         thread.start()
     for thread in threads:
         thread.join()
-    stats.emit("dead_lettered", None, 20.0)  # not timed: "failed" follows it
-    stats.emit("failed", None, 20.0)
+    stats.emit("dead_lettered", None, 20.0)  # the outcome, timed once
+    assert stats.snapshot()["counts"]["failed"] == 0  # never 1 then back to 0
+    stats.emit("failed", None, 20.0)  # the event that follows a dead letter: not counted
+    stats.emit("failed", None, 20.0)  # given up on without a dead letter: counted
     snap = stats.snapshot()
     assert snap["counts"] == {
         "succeeded": 4000,
@@ -75,9 +77,9 @@ def test_task_stats_sum_the_slots_of_every_thread_and_bucket_durations() -> None
     assert len(buckets) == len(DURATION_BUCKETS) + 1
     assert buckets[0] == 4000  # <= 5 ms
     assert buckets[DURATION_BUCKETS.index(0.5)] == 4  # 0.3 s: in (0.25, 0.5]
-    assert buckets[-1] == 1  # 20 s: +Inf only
-    assert snap["duration"]["count"] == 4005
-    assert snap["duration"]["sum"] == pytest.approx(4.0 + 1.2 + 20.0)
+    assert buckets[-1] == 2  # the two 20 s outcomes: +Inf only
+    assert snap["duration"]["count"] == 4006
+    assert snap["duration"]["sum"] == pytest.approx(4.0 + 1.2 + 40.0)
 
 
 # -- the app's monitor and the endpoints ------------------------------------------------
