@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors import DURATION_BUCKETS
 
-from ._status_line import StatusLine
+from ._status_line import StatusLine, handled
 
 if TYPE_CHECKING:
     from ._app import OneStepApp
@@ -54,12 +54,6 @@ def _empty_task(source: str | None) -> dict[str, Any]:
     }
 
 
-def handled(task: dict[str, Any]) -> int:
-    """Handler executions that ended (succeeded, retried, failed or dead-lettered)."""
-    counts = task["counts"]
-    return int(counts["succeeded"] + counts["retried"] + counts["failed"] + counts["dead_lettered"])
-
-
 class Monitor:
     """The common part: a snapshot to read, rates over the last minute, a thread."""
 
@@ -84,8 +78,8 @@ class Monitor:
     def describe(self) -> dict[str, Any]:
         return self.app.describe()
 
-    def rates(self) -> dict[str, float | None]:
-        """Messages handled per second over the last minute, by task (None until two
+    def rates(self) -> dict[str, float]:
+        """Messages handled per second over the last minute, by task (`{}` until two
         samples are a second apart)."""
         with self._samples_lock:
             if len(self._samples) < 2:
@@ -129,18 +123,19 @@ class Monitor:
             if stopping:
                 return
 
-    def tick(self, final: bool = False) -> None:
+    def tick(self, final: bool = False) -> dict[str, Any]:
         """Runs on the monitor thread: sample the counts for the rates, log the status
-        line when it is due."""
+        line when it is due; returns the snapshot it sampled."""
         snapshot = self.snapshot()
         now = time.monotonic()
-        totals = {name: handled(task) for name, task in snapshot["tasks"].items()}
+        totals = {name: handled(task["counts"]) for name, task in snapshot["tasks"].items()}
         with self._samples_lock:
             self._samples.append((now, totals))
             while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
                 self._samples.popleft()
         if self._status is not None and not final:
             self._status.maybe_log(now, snapshot)
+        return snapshot
 
 
 class AppMonitor(Monitor):
@@ -205,14 +200,15 @@ class AppMonitor(Monitor):
             "restarts": self.stats.restarts(),
         }
 
-    def tick(self, final: bool = False) -> None:
+    def tick(self, final: bool = False) -> dict[str, Any]:
         now = time.monotonic()
         if self.app.running and now - self._depths_at >= DEPTH_REFRESH_S:
             self._depths_at = now
             self._refresh_depths()
-        super().tick(final)
+        snapshot = super().tick(final)
         if self._snapshot_path is not None:
-            self.write_snapshot()
+            self._write_snapshot(self._snapshot_path, snapshot)
+        return snapshot
 
     def _refresh_depths(self) -> None:
         """Runs on the monitor thread: ask each source that can tell (`depth()`)."""
@@ -226,14 +222,12 @@ class AppMonitor(Monitor):
                 logger.debug("depth of source %r failed: %s", spec.source_name, exc)
                 self._depths[spec.source_name] = None
 
-    def write_snapshot(self) -> None:
+    @staticmethod
+    def _write_snapshot(path: Path, snapshot: dict[str, Any]) -> None:
         """Write the snapshot file atomically (a reader never sees half of one)."""
-        path = self._snapshot_path
-        if path is None:
-            return
         temporary = path.with_suffix(".tmp")
         try:
-            temporary.write_text(json.dumps(self.snapshot()))
+            temporary.write_text(json.dumps(snapshot))
             os.replace(temporary, path)
         except OSError as exc:
             logger.warning("cannot write the metrics snapshot %s: %s", path, exc)

@@ -24,7 +24,7 @@ th { background: #f3f3f3; }
 
 
 def render_status_page(
-    snapshot: dict[str, Any], description: dict[str, Any], rates: dict[str, float | None]
+    snapshot: dict[str, Any], description: dict[str, Any], rates: dict[str, float]
 ) -> str:
     """The page for a monitor's snapshot, the app's describe() and the tasks' rates."""
     health = snapshot["health"]
