@@ -23,6 +23,10 @@ from ._app import OneStepApp
 DEFAULT_ATTR = "app"
 
 
+#: The name prefix of a file target imported under a private module name (see `_import_file`).
+TARGET_MODULE_PREFIX = "_onestep_target_"
+
+
 class TargetError(ValueError):
     """The target names no importable module or file, or no OneStepApp in it."""
 
@@ -104,7 +108,7 @@ def _import_file(location: str) -> ModuleType:
     module_name = path.stem
     # A file called json.py must not replace the json module for everyone else.
     if not module_name.isidentifier() or module_name in sys.modules:
-        module_name = f"_onestep_target_{abs(hash(str(path))):x}"
+        module_name = f"{TARGET_MODULE_PREFIX}{abs(hash(str(path))):x}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise TargetError(f"file {location!r} cannot be imported as Python")

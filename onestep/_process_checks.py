@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._app import OneStepApp
+from ._loader import TARGET_MODULE_PREFIX
 from ._memory import MemoryQueue
 from ._schedule import ScheduleSource
 from ._state import InMemoryStateStore
@@ -115,6 +116,6 @@ def _module_location(module: Any, *, is_main: bool) -> str | None:
     file = getattr(module, "__file__", None)
     if is_main and spec is not None and spec.name and spec.name != "__main__":
         return str(spec.name)  # python -m package.module
-    if is_main or name.startswith("_onestep_target_"):  # a script, or a file the CLI loaded
+    if is_main or name.startswith(TARGET_MODULE_PREFIX):  # a script, or a file the CLI loaded
         return str(Path(file).resolve()) if file else None
     return str(name) if name else None

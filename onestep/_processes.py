@@ -90,7 +90,6 @@ def run_processes(app: OneStepApp, processes: Any) -> bool:
     if not app.tasks:
         raise ValueError(f"app {app.name!r} has no tasks: nothing to run in {count} processes")
     target = target_of(app)
-    check_processes(app, count)  # refused before anything starts
     level, fmt = _logging_of_this_process()
     supervisor = ProcessSupervisor(app, target, count, log_level=level, log_format=fmt)
     if supervisor.run() != EXIT_OK:
@@ -148,9 +147,10 @@ class _Worker:
 
 
 class ProcessSupervisor:
-    """Runs the app `target` (already loaded and checked as `app`) in `count` worker
-    processes until they stop; `run()` returns the exit code and leaves a one-line
-    `error` when it is not 0."""
+    """Runs the app `target` (already loaded as `app`) in `count` worker processes until
+    they stop; `run()` returns the exit code and leaves a one-line `error` when it is
+    not 0. Construction raises ProcessesRefused (a ValueError) for an app that cannot run
+    in `count` processes, before anything is bound or started."""
 
     def __init__(
         self,
@@ -171,6 +171,8 @@ class ProcessSupervisor:
         self.snapshots = snapshots
         self.target = target
         self.count = resolve_processes(count)
+        # what check_processes has to say, logged as the run starts; refused here
+        self._notes = check_processes(app, self.count)
         self.log_level = log_level
         self.log_format = log_format
         self.max_deaths = max_deaths
@@ -226,7 +228,7 @@ class ProcessSupervisor:
         return self._exit_code
 
     def _supervise(self) -> None:
-        for note in check_processes(self.app, self.count):
+        for note in self._notes:
             logger.info("%s", note)
         logger.info(
             "starting %d worker processes for app %r (this parent does no task work)",

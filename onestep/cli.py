@@ -190,19 +190,18 @@ def _run_processes(
     app = _load(target)
     if not app.tasks:
         _fail(f"Error: {_no_tasks(app)}; nothing to run", EXIT_BAD_TARGET)
+    counting = http is not None or status_interval > 0
     try:
-        check_processes(app, processes)
+        supervisor = ProcessSupervisor(
+            app,
+            target,
+            processes,
+            log_level=log_level.upper(),
+            log_format=log_format,
+            snapshots=counting,
+        )
     except ProcessesRefused as exc:
         _fail(f"Error: {exc}", EXIT_BAD_TARGET)
-    counting = http is not None or status_interval > 0
-    supervisor = ProcessSupervisor(
-        app,
-        target,
-        processes,
-        log_level=log_level.upper(),
-        log_format=log_format,
-        snapshots=counting,
-    )
     monitor = None
     if counting:
         monitor = WorkersMonitor(
