@@ -20,7 +20,7 @@ import signal
 import sys
 
 
-def _stat(pid: int) -> list[str] | None:
+def proc_stat(pid: int) -> list[str] | None:
     """Fields 3 on of /proc/PID/stat (state, ppid, ...), or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -33,7 +33,7 @@ def _descendants(root: int) -> set[int]:
     parents: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
-            fields = _stat(int(name))
+            fields = proc_stat(int(name))
             if fields is not None:
                 parents[int(name)] = int(fields[1])
     found: set[int] = set()
@@ -48,13 +48,18 @@ def _descendants(root: int) -> set[int]:
 def kill_tree(admin_pid: int, start_time: str) -> None:
     """SIGKILL the admin and everything under it, if the admin is still the process that
     started at `start_time` (not a later one that reused its pid)."""
-    for _ in range(3):  # again, for a child it was forking as it was killed
-        fields = _stat(admin_pid)
-        if fields is None or fields[19] != start_time:
-            return
-        for pid in {admin_pid, *_descendants(admin_pid)}:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    fields = proc_stat(admin_pid)
+    if fields is None or fields[19] != start_time:
+        return
+    # Stop the tree first, then look again: a stopped process forks nothing, so the
+    # second look finds every process (once the admin is dead its children would be
+    # re-parented and no longer found under it).
+    for pid in {admin_pid, *_descendants(admin_pid)}:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGSTOP)
+    for pid in {admin_pid, *_descendants(admin_pid)}:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def main(argv: list[str]) -> int:

@@ -6,8 +6,9 @@ onestep imports thespian. Two planes:
 
 - Control, through thespian (`multiprocQueueBase`: multiprocessing queues between local
   processes, no listening socket): creating a worker actor, its `Setup` and `Ready`, its
-  exit (`ActorExitRequest`, the ActorSystem's shutdown), the admin's lifecycle and the
-  orphan watchdog.
+  exit (`ActorExitRequest`, the ActorSystem's shutdown). The admin's process tree is
+  guarded by the orphan watchdog (`onestep._orphan_watch`), a plain subprocess that acts
+  on EOF of its stdin pipe from the app.
 - Data, one direct channel per worker process: the app listens on a Unix socket in a
   private directory (mode 0700, made by `tempfile.mkdtemp`) with a random 32-byte key,
   sends the path and the key in `Setup`, accepts one connection, authenticates it with
@@ -53,6 +54,7 @@ from thespian.actors import Actor, ActorExitRequest, ActorSystem  # type: ignore
 from actors import Failure, RemoteFailure, failure_from
 
 from ._delivery import Delivery
+from ._orphan_watch import proc_stat
 from ._process_executor import check_importable
 
 if TYPE_CHECKING:
@@ -83,9 +85,7 @@ class Setup:
     def __init__(self, spec: TaskSpec, level: int) -> None:
         self.fn = spec.fn
         self.task = spec.name
-        self.app_name = spec.app.name
         self.config = spec.app.config
-        self.emit_count = len(spec.emit)
         self.level = level
         self.address = ""
         self.authkey = b""
@@ -363,8 +363,13 @@ class WorkerContext:
     def emit(self, body: Any, *, sink: Any = None, meta: dict[str, Any] | None = None) -> None:
         """Publish `body` from the app's process and wait until it was accepted. `sink`
         may be one of the task's emit sinks (found by its type and name)."""
-        key = None if sink is None else (type(sink).__name__, str(getattr(sink, "name", "")))
+        key = None if sink is None else _sink_key(sink)
         self._worker.call("emit", body, key, meta)
+
+
+def _sink_key(sink: Any) -> tuple[str, str]:
+    """How a worker names a sink to the app (`ctx.emit(sink=...)`): its type and name."""
+    return (type(sink).__name__, str(getattr(sink, "name", "")))
 
 
 # -- the app's side ------------------------------------------------------------------------
@@ -487,12 +492,10 @@ def _reap_new(before: set[int]) -> None:
 
 
 def _start_time(pid: int) -> str | None:
-    """The start time of a process (field 22 of /proc/PID/stat), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    """The start time of a process (field 22 of /proc/PID/stat, as the watchdog reads
+    it), or None."""
+    fields = proc_stat(pid)
+    return None if fields is None else fields[19]
 
 
 def _alive(pid: int) -> bool:
@@ -531,8 +534,8 @@ class WorkerProcess:
         self._endpoint_cm = pool.asys.private()
         self.endpoint = self._endpoint_cm.__enter__()
         self.messages = 0
-        self.seq = 0
         self.pid = 0
+        self.address: Any = None
         path = _System.channel_path()
         authkey = os.urandom(32)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -550,10 +553,11 @@ class WorkerProcess:
             ready = self.endpoint.ask(
                 self.address, setup.for_channel(path, authkey), _START_TIMEOUT_S
             )
+            if isinstance(ready, Ready):
+                self.pid = ready.pid  # so that kill() below can stop a failed start
             if not isinstance(ready, Ready) or ready.error is not None:
                 reason = "no answer" if ready is None else getattr(ready, "error", repr(ready))
                 raise RuntimeError(f"a worker process did not start: {reason}")
-            self.pid = ready.pid
             _System.watch(ready.ppid)
             self.conn = _accept(listener, authkey, self.pid)
         except BaseException as exc:
@@ -578,9 +582,8 @@ class WorkerProcess:
             ) from exc
         conn = self.conn
         assert conn is not None
-        self.seq += 1
         self.messages += 1
-        seq = self.seq
+        seq = self.messages
         signalled = False
         try:
             conn.send(Run(seq, payload, dict(delivery.meta), delivery.attempts, deadline))
@@ -644,6 +647,9 @@ class WorkerProcess:
         if self.pid:
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
+        elif self.address is not None:  # created, but it never said its pid
+            with contextlib.suppress(Exception):
+                self.endpoint.tell(self.address, ActorExitRequest())
         self.close()
 
     def retire(self) -> None:
@@ -868,7 +874,7 @@ class WorkerPool:
             for spec in self.spec.app.tasks.values():
                 for sink in (*spec.emit, *spec.dead_letter, spec.source):
                     if sink is not None and callable(getattr(sink, "publish", None)):
-                        found[(type(sink).__name__, str(getattr(sink, "name", "")))] = sink
+                        found[_sink_key(sink)] = sink
             self._sinks = found
         sink = self._sinks.get(key)
         if sink is None:
