@@ -126,19 +126,6 @@ def test_one_process_counts_probes_status_page_and_status_line(parents: list[Par
     assert parent.wait() == 0, parent.err.tail()
 
 
-def test_status_interval_zero_logs_no_status_line(parents: list[Parent]) -> None:
-    parent = Parent(f"{OPS_APPS}:fifty_and_one", "--http", "127.0.0.1:0", "--status-interval", "0")
-    parents.append(parent)
-    url = serving_url(parent)
-    wait_until(
-        lambda: messages(get(url + "metrics")[1], "ops-demo", "t", "dead_lettered") == 1,
-        "the dead letter",
-    )
-    parent.signal(signal.SIGTERM)
-    assert parent.wait() == 0, parent.err.tail()
-    assert not any("onestep.status" in line for line in parent.err.rest())
-
-
 def test_bad_http_address_is_refused(parents: list[Parent]) -> None:
     parent = Parent(f"{OPS_APPS}:fifty_and_one", "--http", "localhost:http")
     parents.append(parent)

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+import thespian  # noqa: F401  (the test extra has it: missing, it fails, never skips)
 
 from tests.faults.processes_support import Parent, is_gone, kill_leftovers
-
-pytest.importorskip("thespian")
 
 APPS = "tests/faults/process_executor_apps.py"
 
@@ -153,9 +152,7 @@ def test_the_channels_directory_is_private_and_removed_at_stop(started, tmp_path
 def test_a_sleeping_handler_is_killed_at_its_timeout_and_dead_lettered(started):
     parent, pids = start(started, "timeout_app")
     app = app_pid(parent)
-    began = time.monotonic()
-    dead = wait_records(parent, "DEAD", 2, timeout=5.0)
-    assert time.monotonic() - began < 5.0
+    dead = wait_records(parent, "DEAD", 2, timeout=5.0)  # raises after 5 s
     assert sorted(d["payload"] for d in dead) == ["chatty", "sleep"]
     for letter in dead:
         assert letter["kind"] == "timeout" and "was killed" in letter["message"]

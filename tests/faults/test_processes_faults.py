@@ -23,7 +23,6 @@ import pytest
 
 from tests.faults.processes_support import (
     APPS,
-    ROOT,
     Parent,
     all_started_pids,
     is_gone,
@@ -293,4 +292,3 @@ def test_app_run_with_processes_from_a_script(started):
         "handled job in w2",
     ]
     assert out[-1] == "parent: done"
-    assert Path(ROOT, SCRIPT).is_file()

@@ -7,7 +7,6 @@ process to check the console script, `python -m onestep` and SIGTERM/SIGINT hand
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
 import re
@@ -20,10 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from onestep import __version__
-from onestep.cli import onestep
 
 UNIT_DIR = Path(__file__).resolve().parent
 REPO = UNIT_DIR.parents[1]
@@ -38,27 +35,6 @@ def onestep_command() -> list[str]:
 
 def subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture
-def invoke(monkeypatch):
-    """Run `onestep ARGS...` in-process from tests/unit; undo its imports and logging."""
-    monkeypatch.chdir(UNIT_DIR)
-    saved_path = sys.path[:]
-    saved_modules = set(sys.modules)
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    runner = CliRunner()
-
-    def run(*args: str):
-        return runner.invoke(onestep, list(args), catch_exceptions=False)
-
-    yield run
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-    sys.path[:] = saved_path
-    for name in set(sys.modules) - saved_modules:
-        del sys.modules[name]
 
 
 # -- version and help ------------------------------------------------------------------

@@ -2,8 +2,6 @@
 ops.py): lines, JSON, exit codes, no password in any output, and the refusals that exit 2.
 The same commands against RabbitMQ and MariaDB run in tests/integration."""
 
-# ruff: noqa: F401, F811 - `invoke` is test_cli's fixture, imported here and used by name
-
 from __future__ import annotations
 
 import json
@@ -16,7 +14,6 @@ import pytest
 from tests.unit.test_cli import (
     SUBPROCESS_TIMEOUT_S,
     UNIT_DIR,
-    invoke,
     onestep_command,
     subprocess_env,
 )
@@ -226,3 +223,31 @@ def test_dlq_exits_1_when_the_server_fails(invoke, command):
         f"Error: {doing} the dead letters of task 'down' in 'down-sink' failed: "
         "ConnectionError: cannot connect to the dead-letter server at db.invalid:3306\n"
     )
+
+
+# -- run --http / --status-interval ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("interval", "logs_status"), [("0", False), ("5", True)])
+def test_status_interval_zero_turns_the_status_line_off(invoke, monkeypatch, interval, logs_status):
+    import onestep.cli as cli
+
+    made = []
+    real = cli.AppMonitor
+
+    def recording(app, **kwargs):
+        made.append(real(app, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(cli, "AppMonitor", recording)
+    result = invoke(
+        "run",
+        "cli_apps.stops_itself:make_app",
+        "--http",
+        "127.0.0.1:0",
+        "--status-interval",
+        interval,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert len(made) == 1  # --http counts either way
+    assert (made[0]._status is not None) is logs_status

@@ -115,7 +115,6 @@ def test_metrics_healthz_readyz_and_the_page_through_falcon() -> None:
         wait_for(lambda: jobs.qsize() == 0, "the queue to drain")
         metrics = client.simulate_get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain; version=")
-        series = samples(metrics.text)
         wait_for(
             lambda: (
                 samples(client.simulate_get("/metrics").text)[

@@ -18,7 +18,6 @@ import types
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from adapters.webhook import WebhookSource
 from onestep import (
@@ -39,25 +38,9 @@ from onestep._process_checks import (
     target_of,
 )
 from onestep._processes import describe_exit
-from onestep.cli import onestep
 from tests.helpers import running
 
 UNIT_DIR = Path(__file__).resolve().parent
-
-
-@pytest.fixture
-def invoke(monkeypatch):
-    """Run `onestep ARGS...` in-process from tests/unit; undo its imports and logging."""
-    monkeypatch.chdir(UNIT_DIR)
-    saved_path, saved_modules = sys.path[:], set(sys.modules)
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    yield lambda *args: CliRunner().invoke(onestep, list(args), catch_exceptions=False)
-    root.handlers[:] = saved_handlers
-    root.setLevel(saved_level)
-    sys.path[:] = saved_path
-    for name in set(sys.modules) - saved_modules:
-        del sys.modules[name]
 
 
 def app_with(source, *, state=None) -> OneStepApp:
@@ -280,7 +263,7 @@ def test_json_logs_have_a_worker_field(capsys, restore_logging):
 def test_logs_without_a_worker_are_unchanged(capsys, restore_logging):
     configure_logging("INFO", "text")
     logging.getLogger("onestep.test").info("hello")
-    assert "[" not in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().endswith(" INFO    onestep.test: hello")
 
 
 # -- inherited listening sockets ------------------------------------------------------
