@@ -78,6 +78,19 @@ class Lines:
                 raise AssertionError(f"the pipe is still open after {timeout} s: {self.tail()}")
         return self.lines
 
+    def ready(self) -> list[str]:
+        """Every line read so far, those the test has not waited for included."""
+        while not self._closed:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._closed = True
+            else:
+                self.lines.append(line)
+        return self.lines
+
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.lines[-n:])
 

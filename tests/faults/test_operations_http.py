@@ -14,25 +14,16 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.faults.processes_support import APPS, Parent, all_started_pids, kill_leftovers
+from tests.faults.processes_support import APPS, Parent
 from tests.integration.rabbitmq_support import AMQP_URL, Rabbit, rabbit_fixture  # noqa: F401
 
 OPS_APPS = "tests/faults/operations_apps.py"
 _SERVING = re.compile(r"status page at (http://\S+/)")
-
-
-@pytest.fixture
-def parents() -> Iterator[list[Parent]]:
-    started: list[Parent] = []
-    yield started
-    for parent in started:
-        parent.kill()
-        kill_leftovers(all_started_pids(parent.err.lines))
 
 
 def get(url: str) -> tuple[int, str]:

@@ -26,20 +26,15 @@ from tests.faults.processes_support import (
     Parent,
     all_started_pids,
     is_gone,
-    kill_leftovers,
 )
 
 SCRIPT = "tests/faults/processes_script.py"
 
 
 @pytest.fixture
-def started():
-    """Parents a test starts; killed (with any worker left) if the test failed."""
-    parents: list[Parent] = []
-    yield parents
-    for parent in parents:
-        parent.kill()
-        kill_leftovers(all_started_pids(parent.err.lines))
+def started(parents: list[Parent]) -> list[Parent]:
+    """The parents a test starts (tests/faults/conftest.py kills what is left)."""
+    return parents
 
 
 def start(started: list[Parent], app: str, *args: str, **kwargs) -> Parent:

@@ -13,23 +13,13 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
-from tests.faults.processes_support import APPS, Parent, all_started_pids, kill_leftovers
+from tests.faults.processes_support import APPS, Parent, all_started_pids
 from tests.integration.rabbitmq_support import AMQP_URL, Rabbit, rabbit_fixture  # noqa: F401
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def parents() -> Iterator[list[Parent]]:
-    started: list[Parent] = []
-    yield started
-    for parent in started:
-        parent.kill()
-        kill_leftovers(all_started_pids(parent.err.lines))
 
 
 def start(parents: list[Parent], jobs: str, results: str, work_s: float) -> Parent:
