@@ -5,11 +5,15 @@ that goes through the SourceActor (not MemoryQueue's direct mode)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+import pytest
 
 from onestep import Delivery, OneStepApp, Source
 
@@ -98,3 +102,15 @@ class FlakySource(ListSource):
             self.down.set()
             raise ConnectionError("connection reset")
         return super().fetch(limit)
+
+
+def require_chromium() -> str:
+    """The path of headless Chromium (Debian's `chromium`); skips the test without it,
+    or fails it when CI is set (.ci/run installs it)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        reason = "headless Chromium is not installed (Debian package `chromium`)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
+        pytest.skip(reason)
+    return path

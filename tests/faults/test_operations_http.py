@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.faults.processes_support import APPS, Parent
+from tests.helpers import require_chromium
 from tests.integration.rabbitmq_support import AMQP_URL, Rabbit, rabbit_fixture  # noqa: F401
 
 OPS_APPS = "tests/faults/operations_apps.py"
@@ -187,18 +187,8 @@ def status_line_total(lines: list[str], task: str) -> int:
     return sum(int(m.group(1)) for line in lines if (m := pattern.search(line)))
 
 
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        reason = "headless Chromium is not installed (Debian package `chromium`)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
-        pytest.skip(reason)
-    return path
-
-
 def test_status_page_dom_in_headless_chromium(parents: list[Parent], tmp_path: Any) -> None:
-    browser = chromium()
+    browser = require_chromium()
     parent = Parent(f"{OPS_APPS}:fifty_and_one", "--http", "127.0.0.1:0", "--status-interval", "0")
     parents.append(parent)
     url = serving_url(parent)

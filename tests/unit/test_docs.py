@@ -36,6 +36,7 @@ from tests.docs_blocks import (
     run_block,
     runnable_blocks,
 )
+from tests.helpers import require_chromium
 
 #: The README is the front door: short, with the two Quickstart commands and a link to
 #: each part of the docs.
@@ -271,11 +272,7 @@ def test_the_status_page_screenshot_script_renders_a_png(tmp_path: Path) -> None
     """docs/scripts/status_page_screenshot.py makes the picture on the operations page."""
     assert "img/status-page.png" in (DOCS / "operations.md").read_text()
     assert (DOCS / "img" / "status-page.png").read_bytes().startswith(b"\x89PNG")
-    if shutil.which("chromium") is None:
-        reason = "headless Chromium is not installed (Debian package `chromium`)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
-        pytest.skip(reason)
+    require_chromium()  # the script finds it on PATH
     output = tmp_path / "page.png"
     done = subprocess.run(
         [sys.executable, str(DOCS / "scripts" / "status_page_screenshot.py"), str(output)],
