@@ -81,3 +81,35 @@ def onestep_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=CLI_TIMEOUT_S,
         check=False,
     )
+
+
+def check_a_crashed_replay_duplicates_and_never_loses(
+    monkeypatch: Any, app: OneStepApp, depths: Any
+) -> None:
+    """Replay the task 'work''s three dead letters with the removal failing once (as a
+    crash between the put and the removal would): the first replay put all three back
+    and removed none, the second puts them again and removes them, and running the app
+    handles each payload twice and loses none. `depths()` gives (source, dead letters)."""
+    import pytest  # only the tests import this helper; the CLI loads this file as a target
+
+    from onestep.testing import run_until_idle
+
+    letters = app.dead_letters("work")
+    remove = letters.sink.remove
+    calls: list[int] = []
+
+    def crash_once(ids: Any) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("killed between the put and the removal")
+        return int(remove(ids))
+
+    monkeypatch.setattr(letters.sink, "remove", crash_once)
+    with pytest.raises(ConnectionError, match="killed"):
+        letters.replay()
+    assert depths() == (3, 3)
+    assert letters.replay() == 3
+    assert depths() == (6, 0)
+    FAILING["on"] = False
+    run_until_idle(app, timeout_s=30)
+    assert sorted(h[0]["n"] for h in HANDLED) == [0, 0, 1, 1, 2, 2]

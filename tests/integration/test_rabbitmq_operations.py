@@ -90,25 +90,9 @@ def test_a_replay_that_crashes_before_the_removal_duplicates_and_never_loses(
     rabbit: Rabbit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app, jobs, dead = make_dead_letters(rabbit, monkeypatch)
-    letters = app.dead_letters("work")
-    remove = letters.sink.remove
-    calls: list[int] = []
-
-    def crash_once(ids: Any) -> int:
-        calls.append(1)
-        if len(calls) == 1:
-            raise ConnectionError("killed between the put and the removal")
-        return int(remove(ids))
-
-    monkeypatch.setattr(letters.sink, "remove", crash_once)
-    with pytest.raises(ConnectionError, match="killed"):
-        letters.replay()
-    assert (rabbit.count(jobs), rabbit.count(dead)) == (3, 3)
-    assert letters.replay() == 3
-    assert (rabbit.count(jobs), rabbit.count(dead)) == (6, 0)
-    ops_support.FAILING["on"] = False
-    run_until_idle(app, timeout_s=30)
-    assert sorted(h[0]["n"] for h in ops_support.HANDLED) == [0, 0, 1, 1, 2, 2]
+    ops_support.check_a_crashed_replay_duplicates_and_never_loses(
+        monkeypatch, app, lambda: (rabbit.count(jobs), rabbit.count(dead))
+    )
 
 
 def test_browse_remove_and_depth_on_any_message(rabbit: Rabbit) -> None:
