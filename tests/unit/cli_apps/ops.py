@@ -3,7 +3,8 @@
 import os
 import threading
 
-from onestep import DeadLetterEntry, Delivery, MemoryQueue, OneStepApp, Sink, Source
+from cli_apps import NullSource
+from onestep import DeadLetterEntry, MemoryQueue, OneStepApp, Sink
 
 #: (endpoint name, "open" | "close", thread name) of every recorded call, in order.
 CALLS = []
@@ -40,23 +41,11 @@ class Connector:
     _password = "hunter2"
 
 
-class BrokenSource(Source):
+class BrokenSource(NullSource):
     name = "broken-source"
 
     def open(self):
         raise ConnectionError("cannot reach amqp://ops:hunter2@broker.invalid:5672/%2F: refused")
-
-    def fetch(self, limit):
-        return []
-
-    def ack(self, delivery: Delivery):
-        pass
-
-    def retry(self, delivery: Delivery, delay_s=None):
-        pass
-
-    def fail(self, delivery: Delivery, error=None):
-        pass
 
 
 class BrokenSink(Sink):
@@ -104,7 +93,7 @@ def _failure(n):
     return {"kind": "error", "exception_type": "ValueError", "message": f"bad {n}", "traceback": ""}
 
 
-class PutSource(Source):
+class PutSource(NullSource):
     """A source in no process's memory (stands for a broker queue) that takes puts."""
 
     name = "put-source"
@@ -114,18 +103,6 @@ class PutSource(Source):
 
     def put(self, body, meta=None, *, attempts=0):
         self.put_back.append((body, meta, attempts))
-
-    def fetch(self, limit):
-        return []
-
-    def ack(self, delivery: Delivery):
-        pass
-
-    def retry(self, delivery: Delivery, delay_s=None):
-        pass
-
-    def fail(self, delivery: Delivery, error=None):
-        pass
 
 
 # -- check --connect ---------------------------------------------------------------------

@@ -1,25 +1,14 @@
 """An app whose source cannot open: `onestep run` must exit with code 1."""
 
-from onestep import Delivery, OneStepApp, Source
+from cli_apps import NullSource
+from onestep import OneStepApp
 
 
-class UnreachableSource(Source):
+class UnreachableSource(NullSource):
     name = "unreachable"
 
     def open(self):
         raise ConnectionError("broker at broker.invalid:5672 is unreachable")
-
-    def fetch(self, limit):
-        return []
-
-    def ack(self, delivery: Delivery):
-        pass
-
-    def retry(self, delivery: Delivery, delay_s=None):
-        pass
-
-    def fail(self, delivery: Delivery, error=None):
-        pass
 
 
 app = OneStepApp("source-fails")
