@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql.err
 
-from onestep._dead_letters import DeadLetterEntry, NotBrowsable
+from onestep.kit import DeadLetterEntry, NotBrowsable
 
 from ._connection import error_code, placeholders
 from ._queue_schema import NO_SUCH_TABLE

@@ -10,7 +10,7 @@ from typing import Any
 import pymysql
 import pymysql.err
 
-from onestep._checks import check_int, check_number
+from onestep.kit import check_int, check_number
 
 from ._connection import parse_url
 from ._pool import Pool

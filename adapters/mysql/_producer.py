@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql.err
 
 from actors import EncodeError
-from onestep._checks import check_delay
+from onestep.kit import check_delay
 
 from ._connection import encode_strict_json, error_code, transaction
 from ._queue_schema import NO_SUCH_TABLE, UNKNOWN_COLUMN, QueueSchema

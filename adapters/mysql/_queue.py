@@ -10,8 +10,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from onestep import Delivery, Source
-from onestep._checks import check_delay, check_int, check_number
-from onestep._dead_letters import DeadLetterEntry
+from onestep.kit import DeadLetterEntry, check_delay, check_int, check_number
 
 from ._browse import PendingRows
 from ._connection import close_quietly, quote_ident

@@ -10,8 +10,7 @@ import pymysql.err
 
 from actors import EncodeError
 from onestep import Sink
-from onestep._checks import check_int
-from onestep._dead_letters import NotBrowsable
+from onestep.kit import NotBrowsable, check_int
 
 from ._connection import (
     close_quietly,

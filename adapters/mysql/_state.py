@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql.err
 
 from onestep import StateStore
-from onestep._state import check_ttl
+from onestep.kit import check_ttl
 
 from ._connection import encode_json, quote_ident
 

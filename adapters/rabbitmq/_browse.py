@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pika.exceptions
 
-from onestep._dead_letters import DEAD_LETTER_ID, DeadLetterEntry, IdTally
+from onestep.kit import DEAD_LETTER_ID, DeadLetterEntry, IdTally
 
 from ._message import decode_message
 from ._quiet import quiet

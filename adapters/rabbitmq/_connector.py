@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 
-from onestep._checks import check_number
+from onestep.kit import check_number
 
 from ._producer import ProducerPool
 from ._publisher import CONFIRM_TIMEOUT_S

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from onestep._checks import MAX_DELAY_S
+from onestep.kit import MAX_DELAY_S
 
 #: A delay queue is deleted by the broker this long (plus its TTL) after it was last
 #: declared; publishers re-declare it every half of this while they use it.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pika
 
 from actors import EncodeError
-from onestep._delivery import Delivery
+from onestep.kit import Delivery
 
 from ._consumer import _Consumer, _Handle
 

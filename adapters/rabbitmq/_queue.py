@@ -15,9 +15,7 @@ import pika
 import pika.exceptions
 
 from actors import EncodeError
-from onestep._checks import check_delay, check_int
-from onestep._dead_letters import DeadLetterEntry
-from onestep._delivery import Delivery, Sink, Source
+from onestep.kit import DeadLetterEntry, Delivery, Sink, Source, check_delay, check_int
 
 from . import _browse
 from ._consumer import _Consumer, _Handle

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
-from onestep._checks import check_delay, check_int
+from onestep.kit import check_delay, check_int
 
 if TYPE_CHECKING:
     from ._source import WebhookSource

@@ -13,7 +13,7 @@ import falcon
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 
-from onestep._listen import inherited_socket
+from onestep.kit import inherited_socket
 
 from ._limits import DEFAULT_THREADS, EffectiveSettings, check_file_limit, merge
 from ._resource import WebhookResource

@@ -14,7 +14,7 @@ from typing import Any
 import falcon
 
 from onestep import Delivery, MemoryQueue, OneStepApp, SourceContext
-from onestep._checks import check_delay, check_int
+from onestep.kit import check_delay, check_int
 
 from ._auth import BearerToken, HmacSignature
 from ._body import _parse_body
