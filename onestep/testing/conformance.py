@@ -95,6 +95,20 @@ def check_queue(make_queue: Callable[[], Any], *, timeout_s: float = 30) -> list
     return suite.verdict()
 
 
+def delay_for(queue: Any) -> float:
+    """The delay in seconds that `check_queue` puts and retries with on `queue`:
+    `max(MIN_DELAY_S, 4 * queue.poll_interval_s)`. A connector's tests use it to clean up
+    what a delay makes on the server (a RabbitMQ delay queue). Any thread."""
+    return max(MIN_DELAY_S, 4 * _poll_interval_s(queue))
+
+
+def _poll_interval_s(queue: Any) -> float:
+    poll_s = getattr(queue, "poll_interval_s", None)
+    if isinstance(poll_s, int | float) and not isinstance(poll_s, bool) and poll_s > 0:
+        return float(poll_s)
+    return 0.05  # Source's default
+
+
 class _Suite:
     """One run of the checks: the messages it put, what the apps saw, and the verdicts.
     Everything runs on the thread that called check_queue, except the apps' handlers."""
@@ -106,10 +120,8 @@ class _Suite:
         self.recorder = Recorder(self.run_id)
         self.first = _checked_queue(make_queue())
         self.name = repr(self.first)
-        poll_s = getattr(self.first, "poll_interval_s", 0.05)
-        poll_s = float(poll_s) if isinstance(poll_s, int | float) else 0.05
-        self.delay_s = max(MIN_DELAY_S, 4 * poll_s)
-        self.grace_s = max(MIN_GRACE_S, 2 * poll_s)
+        self.delay_s = delay_for(self.first)
+        self.grace_s = max(MIN_GRACE_S, 2 * _poll_interval_s(self.first))
         self.failures: dict[str, str] = {}
         self.skipped: set[str] = set()
         self.notes: list[str] = []
