@@ -18,7 +18,6 @@ from . import source_depth
 from ._conformance_run import GIVE_UP, HOLD, Action, AppRun, Recorder
 from ._conformance_verdicts import ACKED, MANY, Verdicts, redelivered
 
-#: Every check, in the order they are reported.
 CHECKS = (
     "depth",
     "put-fetch-once",
@@ -33,13 +32,15 @@ CHECKS = (
     "fail-not-redelivered",
     "fail-not-redelivered-new-handle",
 )
+"""The name of every check, in the order `check_queue` reports them."""
 
-#: The shortest delay the suite puts and retries with; longer for a queue that polls
-#: slowly (four `poll_interval_s`), so that a delay it ignores shows.
 MIN_DELAY_S = 1.0
-#: The shortest time the suite watches for a redelivery it must not see (longer for a
-#: queue that polls slowly: two `poll_interval_s`).
+"""The shortest delay the suite puts and retries with, in seconds; longer for a queue
+that polls slowly (four `poll_interval_s`), so that a delay it ignores shows."""
+
 MIN_GRACE_S = 0.2
+"""The shortest time the suite watches for a redelivery it must not see, in seconds
+(longer for a queue that polls slowly: two `poll_interval_s`)."""
 
 
 def check_queue(make_queue: Callable[[], Any], *, timeout_s: float = 30) -> list[str]:
@@ -119,7 +120,8 @@ class _Suite:
         self.run_id = uuid.uuid4().hex[:12]
         self.recorder = Recorder(self.run_id)
         self.first = _checked_queue(make_queue())
-        self.name = repr(self.first)
+        label = getattr(self.first, "name", None)
+        self.name = f"{type(self.first).__name__} {label!r}" if label else repr(self.first)
         self.delay_s = delay_for(self.first)
         self.grace_s = max(MIN_GRACE_S, 2 * _poll_interval_s(self.first))
         self.failures: dict[str, str] = {}
