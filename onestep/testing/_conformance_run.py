@@ -61,7 +61,9 @@ class Recorder:
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        self._executions: list[Execution] = []
+        # per (run, label), in order: a queue that redelivers without end (an ack that
+        # puts the message back) makes thousands, and each wait looks at them often
+        self._executions: dict[tuple[int, str], list[Execution]] = {}
         self._changed = threading.Condition()
 
     def label_of(self, payload: Any) -> str | None:
@@ -76,23 +78,18 @@ class Recorder:
         """Record `execution`; returns how many executions of its label its run saw
         before."""
         with self._changed:
-            earlier = sum(
-                1
-                for seen in self._executions
-                if seen.label == execution.label and seen.run == execution.run
-            )
-            self._executions.append(execution)
+            seen = self._executions.setdefault((execution.run, execution.label), [])
+            seen.append(execution)
             self._changed.notify_all()
-        return earlier
+        return len(seen) - 1
 
     def of(self, label: str, run: int | None = None) -> list[Execution]:
         """The executions of `label` (in run `run` only, when given), in order."""
         with self._changed:
-            return [
-                seen
-                for seen in self._executions
-                if seen.label == label and (run is None or seen.run == run)
-            ]
+            if run is not None:
+                return list(self._executions.get((run, label), ()))
+            runs = sorted(key for key in self._executions if key[1] == label)
+            return [seen for key in runs for seen in self._executions[key]]
 
     def wake(self) -> None:
         """Have `wait_for` look again (an app stopped)."""

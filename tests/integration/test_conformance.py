@@ -67,5 +67,8 @@ def make_queue(request: pytest.FixtureRequest) -> Iterator[MakeQueue]:
         yield make
 
 
+# A passing run takes 3-10 s; a failing one may wait timeout_s at several steps before
+# it reports every failed check, which pytest's default 60 s would cut short.
+@pytest.mark.timeout(600)
 def test_the_queue_passes_every_conformance_check(make_queue: MakeQueue) -> None:
     assert check_queue(make_queue) == list(CHECKS)
