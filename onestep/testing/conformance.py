@@ -49,10 +49,12 @@ def check_queue(make_queue: Callable[[], Any], *, timeout_s: float = 30) -> list
     `make_queue()` must return a new handle on one and the same backend queue each time
     it is called, empty before the first call: a second handle sees what the first left
     behind, as a restarted worker would (for an in-process queue, return the same object).
-    The queue is a `Source` and a `Sink` with the producer API: `put(body, meta=None, *,
-    delay_s=0.0)` and `put_many(bodies, meta=None, *, delay_s=0.0) -> int`, taking JSON
-    bodies (the suite puts small dicts) and meta dicts of strings. Its delivered meta may
-    hold more keys than were put (a row id), never fewer.
+    The queue is a `Source` (usually a `Sink` too) with the producer API: `put(body,
+    meta=None, *, delay_s=0.0)` and `put_many(bodies, meta=None, *, delay_s=0.0) -> int`,
+    taking JSON bodies (the suite puts small dicts) and meta dicts of strings. Its
+    delivered meta may hold more keys than were put (a row id), never fewer. The apps
+    open and close the handles they consume from; the suite closes nothing else, so close
+    your connector (its producer connections) after it.
 
     The suite runs two apps, each a `OneStepApp` with one task (a sync handler,
     `concurrency=1`) on its own handle, in a thread of its own, stopped with
@@ -78,15 +80,19 @@ def check_queue(make_queue: Callable[[], Any], *, timeout_s: float = 30) -> list
       policy gave up with no dead-letter sink) is never delivered again, nor to the
       second handle.
 
-    The delays are `max(1 s, 4 * poll_interval_s)`; a redelivery that must not happen is
-    watched for `max(0.2 s, 2 * poll_interval_s)` after a marker message put behind it
-    has arrived. Each step waits at most `timeout_s` for what it expects, so a queue that
-    loses a message fails in bounded time; a conforming queue takes a few seconds (a
-    table polled every 0.5 s: about ten).
+    The delays are `max(1 s, 4 * poll_interval_s)` (see `delay_for`), and a delayed
+    message may come at most 20 ms early (backends round due times); a redelivery that
+    must not happen is watched for `max(0.2 s, 2 * poll_interval_s)` after a marker
+    message put behind it has arrived. Each step waits at most `timeout_s` for what it
+    expects, so a queue that loses a message fails in bounded time; a conforming queue
+    passes in a few seconds (MemoryQueue and RabbitMQ about 3, a MySQL table polled every
+    0.5 s about 6).
 
-    Raises AssertionError after running every check if any failed, naming each failed
-    check with the reason (and the passed ones); TypeError if `make_queue()` does not
-    give a source with `put`. Runs on the calling thread; the apps run on their own.
+    Raises AssertionError, after running every check, if any failed: one line per
+    failed check, `  <check>: <reason>`, then the checks that passed. TypeError if
+    `make_queue()` does not give a queue with `fetch`, `ack`, `retry`, `fail` and `put`;
+    ValueError for a `timeout_s` that is not a positive number. Runs on the calling
+    thread; the apps run on threads of their own.
     """
     timeout = check_delay("timeout_s", timeout_s, exclusive=True)
     if not callable(make_queue):
