@@ -51,6 +51,7 @@ from actors import AppFailed
 
 from . import _listen, _worker_link
 from ._app import OneStepApp
+from ._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED, EXIT_OK
 from ._logging import JsonFormatter
 from ._process_checks import check_processes, resolve_processes, target_of
 
@@ -68,10 +69,6 @@ MAX_BACKOFF_S = 10.0
 _POLL_S = 1.0
 # ...and this often while a worker's status pipe closed but its exit is not reaped yet.
 _REAP_POLL_S = 0.02
-
-EXIT_OK = 0
-EXIT_CRASHED = 1
-EXIT_BAD_TARGET = 2
 
 
 def run_processes(app: OneStepApp, processes: Any) -> bool:

@@ -4,8 +4,9 @@ discard TARGET --task NAME` handles a task's dead letters. Installed as a consol
 script; `python -m onestep` runs it too.
 
 Commands stay thin: they parse options, call `load_app` and the app (or, for `run
---processes N`, `onestep._processes.ProcessSupervisor`), and map errors to exit codes: 2
-for a bad target or option (an app without tasks included), 1 when the app crashed (or an
+--processes N`, `onestep._processes.ProcessSupervisor`), and map errors to exit codes
+(onestep._exit_codes): 2 for a bad target or option (an app without tasks, an `--http`
+address that cannot be resolved or bound included), 1 when the app crashed (or an
 endpoint failed, for `check --connect` and `dlq`), 0 after a clean stop. The hidden
 `_worker` command is what that supervisor starts in each worker process.
 """
@@ -24,6 +25,7 @@ import click
 from ._app import OneStepApp
 from ._connect_check import check_connections
 from ._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable
+from ._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED
 from ._loader import TargetError, load_app
 from ._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from ._metrics import AppMonitor, Monitor, WorkersMonitor
@@ -33,9 +35,6 @@ from ._version import __version__
 from ._worker_link import RUN_DIR_ENV, WorkerLink
 
 logger = logging.getLogger("onestep.cli")
-
-EXIT_CRASHED = 1
-EXIT_BAD_TARGET = 2
 
 TARGET_HELP = "TARGET is module:attr or path/to/file.py[:attr]; attr defaults to 'app'."
 
@@ -170,8 +169,9 @@ def _operations(monitor: Monitor | None, http: tuple[str, int] | None) -> Iterat
     host, port = http
     try:
         server = HttpServer(monitor, host, port)
-    except OSError as exc:
-        _fail(f"Error: cannot serve --http on {host}:{port}: {exc}", EXIT_CRASHED)
+    except (OSError, ValueError) as exc:  # cannot resolve, cannot bind: a config error
+        shown = f"[{host}]" if ":" in host else host
+        _fail(f"Error: cannot serve --http on {shown}:{port}: {exc}", EXIT_BAD_TARGET)
     try:
         yield
     finally:

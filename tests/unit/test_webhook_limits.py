@@ -1,7 +1,7 @@
 """The standalone webhook server under hostile or heavy clients, over real sockets: bodies
 refused before they are read (size, auth, route), slow and many connections, result
 requests that must not starve the others, server settings shared by sources, and a
-server loop that dies. Exercises the waitress hooks of adapters/webhook/_waitress.py on
+server loop that dies. Exercises the waitress hooks of onestep/_serving.py on
 the installed waitress."""
 
 from __future__ import annotations
