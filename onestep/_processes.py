@@ -13,12 +13,17 @@ never a fork of a process that may hold threads or connections. The parent:
 - starts `w1` alone first: if it cannot start (a wrong broker URL), its error is shown
   once and the parent exits with its code, as one process would; then the others;
 - restarts a worker that dies, with backoff (0.5 s doubling to 10 s per worker); more
-  than 5 deaths within 60 s stop every worker and the parent exits 1;
-- on SIGINT/SIGTERM (or `app.request_shutdown()` in the parent) asks every worker to
-  drain over its control pipe, gives it the app's `shutdown_timeout_s` plus
-  `stop_margin_s`, then SIGKILLs it; a second signal only says so in the log;
-- keeps a directory private to the run (`ONESTEP_RUN_DIR` in the workers), removed at
-  exit: the seam for per-worker files such as Prometheus multiprocess metrics.
+  than 5 deaths within 60 s stop every worker and the parent exits 1. A worker not ready
+  within `start_timeout_s` of its start (an import that hangs) is killed and counted as a
+  death; `stalled()` says so once no worker has been ready for that long (/healthz 503);
+- starts each worker in a session of its own (onestep._worker_process), so signals to
+  the parent's process group reach the parent alone; on SIGINT/SIGTERM/SIGHUP (or
+  `app.request_shutdown()` in the parent) it asks every worker to drain over its control
+  pipe, gives it the app's `shutdown_timeout_s` plus `stop_margin_s`, then SIGKILLs its
+  process group; a second signal only says so in the log;
+- keeps a directory private to the run (`ONESTEP_RUN_DIR` in the workers), removed on
+  every way out of `run()`: the seam for per-worker files such as Prometheus
+  multiprocess metrics.
 
 A worker that exits 0 stopped by itself (its app requested shutdown): it is not
 restarted, and once every worker did so the parent exits 0.
@@ -33,27 +38,24 @@ import os
 import selectors
 import shutil
 import signal
-import site
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from actors import AppFailed
 
 from . import _listen, _worker_link
-from ._app import OneStepApp
+from ._app import STOP_SIGNALS, OneStepApp
 from ._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED, EXIT_OK
 from ._logging import JsonFormatter
 from ._process_checks import check_processes, resolve_processes, target_of
+from ._worker_process import WorkerSlot, clean_stop_exit, describe_exit, drain
 
 logger = logging.getLogger("onestep.processes")
 
@@ -65,6 +67,10 @@ MAX_DEATHS = 5
 DEATH_WINDOW_S = 60.0
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 10.0
+#: Seconds a worker may take from its start to running its app (importing the target,
+#: opening sources, startup hooks); one that is not ready by then is killed and counted
+#: as a death, and `/healthz` fails once no worker has been ready for this long.
+START_TIMEOUT_S = 60.0
 # The parent looks at its workers at least this often even when nothing woke it.
 _POLL_S = 1.0
 # ...and this often while a worker's status pipe closed but its exit is not reaped yet.
@@ -105,44 +111,6 @@ def _logging_of_this_process() -> tuple[str, str]:
     return level, "json" if json_logs else "text"
 
 
-def describe_exit(code: int) -> str:
-    """`exit code 1`, or `killed by SIGKILL` for a process that a signal ended."""
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-class _Worker:
-    """One worker slot (`w1`...): its current process, pipes and history. Used only on
-    the thread that runs ProcessSupervisor.run()."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.name = f"w{index}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.control: int | None = None  # write end of the parent -> worker pipe
-        self.status: int | None = None  # read end of the worker -> parent pipe
-        self.status_closed = False
-        self.ready = False
-        self.ever_ready = False
-        self.done = False  # exited 0 on its own: not restarted
-        self.restart_at: float | None = None
-        self.deaths: deque[float] = deque()
-        self.killed = False  # SIGKILLed by the parent at the stop deadline
-        self.stop_code: int | None = None  # exit code after the parent asked it to stop
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.process is None else self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None
-
-
 class ProcessSupervisor:
     """Runs the app `target` (already loaded as `app`) in `count` worker processes until
     they stop; `run()` returns the exit code and leaves a one-line `error` when it is
@@ -160,6 +128,7 @@ class ProcessSupervisor:
         max_deaths: int = MAX_DEATHS,
         death_window_s: float = DEATH_WINDOW_S,
         stop_margin_s: float = STOP_MARGIN_S,
+        start_timeout_s: float = START_TIMEOUT_S,
         snapshots: bool = False,
     ) -> None:
         self.app = app
@@ -175,15 +144,19 @@ class ProcessSupervisor:
         self.max_deaths = max_deaths
         self.death_window_s = death_window_s
         self.stop_margin_s = stop_margin_s
+        self.start_timeout_s = start_timeout_s
         #: Why the run failed, one line, when run() returned non-zero.
         self.error: str | None = None
-        self.workers = [_Worker(i + 1) for i in range(self.count)]
+        self.workers = [WorkerSlot(i + 1) for i in range(self.count)]
         self._exit_code = EXIT_OK
         self._deaths: deque[float] = deque()
         self._others_started = False
         self._all_ready_logged = False
         self._stopping = False
         self._kill_at: float | None = None
+        # Since when no worker has been ready (monotonic; None while one is): read by
+        # stalled() on the HTTP thread, a float replaced whole.
+        self._none_ready_since: float | None = time.monotonic()
         self._signals: list[int] = []
         self._sockets: dict[tuple[str, int], socket.socket] = {}
         self._run_dir = ""
@@ -207,12 +180,26 @@ class ProcessSupervisor:
         """(name, pid or None, ready) of each worker slot."""
         return [(w.name, w.pid, w.ready) for w in self.workers]
 
+    def stalled(self) -> str | None:
+        """Why the workers are failing as a whole: no worker has been ready for longer
+        than `start_timeout_s` (None otherwise, and while stopping)."""
+        since = self._none_ready_since
+        if since is None or self._stopping:
+            return None
+        waited = time.monotonic() - since
+        if waited <= self.start_timeout_s:
+            return None
+        return (
+            f"no worker has been ready for {waited:.0f} s "
+            f"(start timeout {self.start_timeout_s:g} s)"
+        )
+
     # -- the run (the calling thread) ----------------------------------------------------
 
     def run(self) -> int:
         """Start the workers and supervise them until they all stopped. Runs on the
-        calling thread; SIGINT/SIGTERM handlers are installed when that is the main
-        thread, and `app.request_shutdown()` from any thread stops the workers too."""
+        calling thread; SIGINT/SIGTERM/SIGHUP handlers are installed when that is the
+        main thread, and `app.request_shutdown()` from any thread stops the workers too."""
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self.app._shutdown_callbacks.append(self._wake)
         try:
@@ -250,6 +237,7 @@ class ProcessSupervisor:
             if all(w.done for w in self.workers):
                 logger.info("every worker stopped by itself")
                 return
+            self._kill_unready()
             self._start_due()
         self._finish_stop()
 
@@ -259,14 +247,19 @@ class ProcessSupervisor:
         timeout = _POLL_S
         if any(w.status_closed and w.alive for w in self.workers):
             timeout = _REAP_POLL_S
-        deadlines = [w.restart_at for w in self.workers if w.restart_at is not None]
+        deadlines = [
+            deadline
+            for w in self.workers
+            for deadline in (w.restart_at, None if self._stopping else w.ready_by)
+            if deadline is not None
+        ]
         if self._kill_at is not None:
             deadlines.append(self._kill_at)
         for deadline in deadlines:
             timeout = min(timeout, max(0.0, deadline - now))
         for key, _ in self._selector.select(timeout):
             if key.fd == self._wake_r:
-                _drain(self._wake_r)  # only a wake-up: what woke it is looked at next
+                drain(self._wake_r)  # only a wake-up: what woke it is looked at next
 
     # -- starting workers ------------------------------------------------------------
 
@@ -282,63 +275,41 @@ class ProcessSupervisor:
                 worker.restart_at = None
                 self._start(worker)
 
-    def _start(self, worker: _Worker) -> None:
-        control_r, control_w = os.pipe()
-        status_r, status_w = os.pipe()
-        command = [
-            sys.executable,
-            *_interpreter_options(),
-            "-m",
-            "onestep",
-            "_worker",
-            self.target,
-            "--index",
-            str(worker.index),
+    def _start(self, worker: WorkerSlot) -> None:
+        options = [
             "--log-level",
             self.log_level,
             "--log-format",
             self.log_format,
-            "--control-fd",
-            str(control_r),
-            "--status-fd",
-            str(status_w),
             *(["--snapshots"] if self.snapshots else []),
         ]
-        fds = (control_r, status_w, *(sock.fileno() for sock in self._sockets.values()))
         try:
-            process = subprocess.Popen(command, pass_fds=fds, env=self._worker_env(worker))
+            worker.spawn(self.target, options, self._run_dir, self._sockets)
         except OSError as exc:
-            for fd in (control_r, control_w, status_r, status_w):
-                os.close(fd)
             logger.error("worker %s could not be started: %s", worker.name, exc)
             self._died(worker, f"could not be started ({exc})", EXIT_CRASHED)
             return
-        os.close(control_r)
-        os.close(status_w)
-        os.set_blocking(status_r, False)
-        worker.process = process
-        worker.control, worker.status = control_w, status_r
-        worker.status_closed = worker.ready = False
-        self._selector.register(status_r, selectors.EVENT_READ, worker)
-        logger.info("worker %s started (pid %d)", worker.name, process.pid)
+        assert worker.status is not None and worker.process is not None
+        worker.ready_by = time.monotonic() + self.start_timeout_s
+        self._selector.register(worker.status, selectors.EVENT_READ, worker)
+        logger.info("worker %s started (pid %d)", worker.name, worker.process.pid)
 
-    def _worker_env(self, worker: _Worker) -> dict[str, str]:
-        env = dict(os.environ)
-        env[_worker_link.WORKER_ENV] = worker.name
-        env[_worker_link.RUN_DIR_ENV] = self._run_dir
-        if self._sockets:
-            env[_listen.ENV_VAR] = _listen.encode(self._sockets)
-        else:
-            env.pop(_listen.ENV_VAR, None)
-        # The worker must import this same onestep: a source checkout that is not
-        # installed is found through PYTHONPATH (site-packages never is put there, where
-        # it would shadow the standard library).
-        package_root = str(Path(__file__).resolve().parents[1])
-        if package_root not in _site_dirs():
-            paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-            if package_root not in paths:
-                env["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
-        return env
+    def _kill_unready(self) -> None:
+        """Kill each worker not ready by its `ready_by` (its import hangs, say): its
+        exit is then reaped and counted as a death like any other."""
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.process is None or worker.ready_by is None or worker.ready_by > now:
+                continue
+            logger.error(
+                "worker %s (pid %d) was not ready within %g s of its start; killing it",
+                worker.name,
+                worker.process.pid,
+                self.start_timeout_s,
+            )
+            worker.ready_by = None
+            worker.start_timed_out = True
+            worker.kill()
 
     def _bind_sockets(self) -> bool:
         """Bind every standalone server address of the app's sources once. False (with
@@ -367,12 +338,14 @@ class ProcessSupervisor:
 
     # -- what workers say and do ---------------------------------------------------------
 
-    def _read_status(self, worker: _Worker) -> None:
+    def _read_status(self, worker: WorkerSlot) -> None:
         if worker.status is None or worker.status_closed:
             return
-        data, eof = _drain(worker.status)
+        data, eof = drain(worker.status)
         if _worker_link.READY in data and not worker.ready:
             worker.ready = worker.ever_ready = True
+            worker.ready_by = None
+            self._none_ready_since = None
             logger.info("worker %s (pid %s) is running", worker.name, worker.pid)
             if not self._all_ready_logged and all(w.ever_ready for w in self.workers):
                 self._all_ready_logged = True
@@ -381,7 +354,7 @@ class ProcessSupervisor:
             worker.status_closed = True
             self._selector.unregister(worker.status)
 
-    def _reap(self, worker: _Worker) -> None:
+    def _reap(self, worker: WorkerSlot) -> None:
         process = worker.process
         if process is None:
             return
@@ -392,12 +365,16 @@ class ProcessSupervisor:
             self._read_status(worker)  # a READY written just before it exited
         self._close_pipes(worker)
         worker.process = None
+        worker.ready_by = None
         was_ready, worker.ready = worker.ready, False
+        if self._none_ready_since is None and not any(w.ready for w in self.workers):
+            self._none_ready_since = time.monotonic()
         what = describe_exit(code)
+        if worker.start_timed_out:
+            what = f"was not ready within {self.start_timeout_s:g} s, killed"
         if self._stopping:
             worker.stop_code = code
-            clean = code == 0 or -code in (signal.SIGTERM, signal.SIGINT)
-            log = logger.info if clean else logger.warning
+            log = logger.info if clean_stop_exit(code) else logger.warning
             log("worker %s (pid %d) stopped (%s)", worker.name, process.pid, what)
             return
         if code == 0:
@@ -417,7 +394,7 @@ class ProcessSupervisor:
             return
         self._died(worker, f"(pid {process.pid}) died ({what})", code)
 
-    def _died(self, worker: _Worker, what: str, code: int) -> None:
+    def _died(self, worker: WorkerSlot, what: str, code: int) -> None:
         """Count a death; restart the worker after its backoff, or stop everything."""
         now = time.monotonic()
         for history in (self._deaths, worker.deaths):
@@ -493,16 +470,16 @@ class ProcessSupervisor:
                     self.app.shutdown_timeout_s + self.stop_margin_s,
                 )
                 worker.killed = True
-                worker.process.kill()
+                worker.kill()
 
     def _finish_stop(self) -> None:
         """After every worker exited: a stop that some worker did not survive cleanly
         (killed at the deadline, crashed while draining) fails the run."""
         if self._exit_code != EXIT_OK:
             return
-        unclean = [w for w in self.workers if not _stopped_cleanly(w)]
+        unclean = [w for w in self.workers if not w.stopped_cleanly()]
         if unclean:
-            names = ", ".join(f"{w.name} ({_how_stopped(w)})" for w in unclean)
+            names = ", ".join(f"{w.name} ({w.how_stopped()})" for w in unclean)
             self._fail(EXIT_CRASHED, f"worker(s) did not stop cleanly: {names}")
             return
         logger.info("all workers stopped")
@@ -524,7 +501,7 @@ class ProcessSupervisor:
             self._signals.append(signum)
             self._wake()
 
-        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
         try:
             yield
         finally:
@@ -536,7 +513,7 @@ class ProcessSupervisor:
         with contextlib.suppress(OSError):  # the pipe is full: it is awake already
             os.write(self._wake_w, b"!")
 
-    def _close_pipes(self, worker: _Worker) -> None:
+    def _close_pipes(self, worker: WorkerSlot) -> None:
         if worker.status is not None:
             if not worker.status_closed:
                 self._selector.unregister(worker.status)
@@ -551,7 +528,7 @@ class ProcessSupervisor:
         directory removed, the app's shutdown request cleared (it is served)."""
         for worker in self.workers:
             if worker.process is not None:
-                worker.process.kill()
+                worker.kill()
                 worker.process.wait()
                 worker.process = None
             self._close_pipes(worker)
@@ -567,49 +544,3 @@ class ProcessSupervisor:
         if self._run_dir:
             run_dir, self._run_dir = self._run_dir, ""
             shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _stopped_cleanly(worker: _Worker) -> bool:
-    """True for a worker that exited 0 when asked to stop, or that the stop signal
-    itself ended (it came to the whole process group before the worker could handle
-    it), or that was not running when the stop began."""
-    code = worker.stop_code
-    if code is None:
-        return True
-    return not worker.killed and (code == 0 or -code in (signal.SIGTERM, signal.SIGINT))
-
-
-def _how_stopped(worker: _Worker) -> str:
-    if worker.killed:
-        return "killed at the stop deadline"
-    return describe_exit(worker.stop_code or 0)
-
-
-def _drain(fd: int) -> tuple[bytes, bool]:
-    """Everything readable now on a non-blocking pipe, and whether it reached end of
-    file (every writer closed it)."""
-    chunks: list[bytes] = []
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            return b"".join(chunks), False
-        if not data:
-            return b"".join(chunks), True
-        chunks.append(data)
-
-
-def _interpreter_options() -> list[str]:
-    """The parent's command-line options that its environment does not carry to a worker:
-    -O, -X and -W (multiprocessing passes the same to the processes it spawns)."""
-    options = ["-" + "O" * sys.flags.optimize] if sys.flags.optimize else []
-    for key, value in sys._xoptions.items():
-        options += ["-X", key if value is True else f"{key}={value}"]
-    for option in sys.warnoptions:
-        options.append(f"-W{option}")
-    return options
-
-
-def _site_dirs() -> set[str]:
-    dirs = [*site.getsitepackages(), site.getusersitepackages()]
-    return {str(Path(d).resolve()) for d in dirs}
