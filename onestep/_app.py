@@ -339,7 +339,7 @@ class OneStepApp:
         (see `onestep._processes`); each worker imports the module that defines this
         app, so call it under `if __name__ == "__main__":`."""
         if processes != 1:
-            from ._processes import run_processes  # imports this module
+            from ._app_processes import run_processes  # imports this module
 
             if run_processes(self, processes):
                 return

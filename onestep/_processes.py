@@ -1,32 +1,18 @@
-"""`onestep run TARGET --processes N` and `app.run(processes=N)`: a parent that runs an app
-in N worker processes and supervises them, doing no task work itself.
+"""`onestep run TARGET --processes N`: a parent that runs an app in N worker processes and
+supervises them, doing no task work itself (docs/deploying.md says what users see).
 
-Called by the CLI (`ProcessSupervisor`) and by `OneStepApp.run` (`run_processes`); what
-an app must be to run so is checked in `onestep._process_checks`. Each worker is a fresh
-interpreter (`python -m onestep _worker TARGET --index I ...`, see `onestep._worker_link`),
-never a fork of a process that may hold threads or connections. The parent:
-
-- is given the app loaded once and checked (schedules on the in-memory state store are
-  refused before any worker starts: every worker would fire every tick);
-- binds each standalone server address (a WebhookSource's `listen_address`) once and
-  passes the sockets to every worker (`onestep._listen`), so N workers serve one port;
-- starts `w1` alone first: if it cannot start (a wrong broker URL), its error is shown
-  once and the parent exits with its code, as one process would; then the others;
-- restarts a worker that dies, with backoff (0.5 s doubling to 10 s per worker); more
-  than 5 deaths within 60 s stop every worker and the parent exits 1. A worker not ready
-  within `start_timeout_s` of its start (an import that hangs) is killed and counted as a
-  death; `stalled()` says so once no worker has been ready for that long (/healthz 503);
-- starts each worker in a session of its own (onestep._worker_process), so signals to
-  the parent's process group reach the parent alone; on SIGINT/SIGTERM/SIGHUP (or
-  `app.request_shutdown()` in the parent) it asks every worker to drain over its control
-  pipe, gives it the app's `shutdown_timeout_s` plus `stop_margin_s`, then SIGKILLs its
-  process group; a second signal only says so in the log;
-- keeps a directory private to the run (`ONESTEP_RUN_DIR` in the workers), removed on
-  every way out of `run()`: the seam for per-worker files such as Prometheus
-  multiprocess metrics.
-
-A worker that exits 0 stopped by itself (its app requested shutdown): it is not
-restarted, and once every worker did so the parent exits 0.
+Called by the CLI and by `app.run(processes=N)` (onestep._app_processes) with the app
+loaded once and checked (onestep._process_checks). Each worker is a fresh interpreter in
+a session of its own (onestep._worker_process, onestep._worker_link). The parent binds
+the sources' server addresses once for all (onestep._run_resources); starts `w1` alone
+first, the others once it runs (a `w1` that cannot start ends the run with its code);
+restarts a worker that dies, with backoff, until more than `max_deaths` deaths within
+`death_window_s` stop the run (exit 1); kills a worker not ready `start_timeout_s` after
+its start, as a death, and says it is `stalled()` once none has been ready that long;
+and on SIGINT/SIGTERM/SIGHUP (only the parent gets those sent to its group) or
+`app.request_shutdown()` asks every worker to drain over its control pipe, killing the
+process group of any still running `shutdown_timeout_s + stop_margin_s` later. A worker
+that exits 0 by itself is done: not restarted; once all are done the parent exits 0.
 """
 
 from __future__ import annotations
@@ -35,27 +21,16 @@ import contextlib
 import logging
 import math
 import os
-import selectors
-import shutil
 import signal
-import socket
-import tempfile
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
-from typing import Any
 
-from actors import AppFailed
-
-from . import _listen, _worker_link
+from . import _worker_link
 from ._app import STOP_SIGNALS, OneStepApp
 from ._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED, EXIT_OK
-from ._logging import JsonFormatter
-from ._process_checks import check_processes, resolve_processes, target_of
-from ._worker_process import WorkerSlot, clean_stop_exit, describe_exit, drain
+from ._process_checks import check_processes, resolve_processes
+from ._run_resources import ListenFailed, RunResources
+from ._worker_process import WorkerSlot, clean_stop_exit, describe_exit
 
 logger = logging.getLogger("onestep.processes")
 
@@ -75,40 +50,6 @@ START_TIMEOUT_S = 60.0
 _POLL_S = 1.0
 # ...and this often while a worker's status pipe closed but its exit is not reaped yet.
 _REAP_POLL_S = 0.02
-
-
-def run_processes(app: OneStepApp, processes: Any) -> bool:
-    """`app.run(processes=...)`: False when that is one process (the caller runs the app
-    itself); otherwise run `app` in worker processes until they stop, and return True.
-    Raises ValueError before anything starts (bad count, refused, not importable), and
-    AppFailed when the workers failed (died too often, could not start)."""
-    count = resolve_processes(processes)
-    if count == 1:
-        return False
-    if _worker_link.current_worker is not None:
-        raise RuntimeError(
-            f"app.run(processes={processes!r}) ran inside worker {_worker_link.current_worker} "
-            "while it imported the app: call it under `if __name__ == '__main__':`"
-        )
-    if not app.tasks:
-        raise ValueError(f"app {app.name!r} has no tasks: nothing to run in {count} processes")
-    target = target_of(app)
-    level, fmt = _logging_of_this_process()
-    supervisor = ProcessSupervisor(app, target, count, log_level=level, log_format=fmt)
-    if supervisor.run() != EXIT_OK:
-        raise AppFailed(supervisor.error or "the worker processes failed")
-    return True
-
-
-def _logging_of_this_process() -> tuple[str, str]:
-    """The level and format workers log with under `app.run(processes=N)`: the root
-    logger's level, and JSON when one of its handlers formats JSON."""
-    root = logging.getLogger()
-    level = logging.getLevelName(root.getEffectiveLevel())
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        level = "INFO"
-    json_logs = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
-    return level, "json" if json_logs else "text"
 
 
 class ProcessSupervisor:
@@ -132,15 +73,13 @@ class ProcessSupervisor:
         snapshots: bool = False,
     ) -> None:
         self.app = app
-        # Workers write their metrics snapshots into the run directory (`--http`, the
-        # status line: onestep._metrics.WorkersMonitor sums them).
-        self.snapshots = snapshots
         self.target = target
         self.count = resolve_processes(count)
         # what check_processes has to say, logged as the run starts; refused here
         self._notes = check_processes(app, self.count)
-        self.log_level = log_level
-        self.log_format = log_format
+        # the worker command's options besides its target, index and pipes
+        self._worker_options = ["--log-level", log_level, "--log-format", log_format]
+        self._worker_options += ["--snapshots"] if snapshots else []
         self.max_deaths = max_deaths
         self.death_window_s = death_window_s
         self.stop_margin_s = stop_margin_s
@@ -157,20 +96,15 @@ class ProcessSupervisor:
         # Since when no worker has been ready (monotonic; None while one is): read by
         # stalled() on the HTTP thread, a float replaced whole.
         self._none_ready_since: float | None = time.monotonic()
-        self._signals: list[int] = []
-        self._sockets: dict[tuple[str, int], socket.socket] = {}
-        self._run_dir = ""
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
+        self._resources = RunResources()
+        self._wakeup = self._resources.wakeup
 
     # -- read by the parent's metrics (onestep._metrics.WorkersMonitor), any thread ------
 
     @property
     def run_dir(self) -> str:
         """The run's private directory ('' before it exists and after it is removed)."""
-        return self._run_dir
+        return self._resources.run_dir
 
     @property
     def stopping(self) -> bool:
@@ -200,12 +134,15 @@ class ProcessSupervisor:
         """Start the workers and supervise them until they all stopped. Runs on the
         calling thread; SIGINT/SIGTERM/SIGHUP handlers are installed when that is the
         main thread, and `app.request_shutdown()` from any thread stops the workers too."""
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self.app._shutdown_callbacks.append(self._wake)
+        self.app._shutdown_callbacks.append(self._wakeup.wake)
         try:
-            with self._signal_handlers():
-                if self._bind_sockets():
-                    self._run_dir = tempfile.mkdtemp(prefix="onestep-run-")
+            with self._wakeup.catching(STOP_SIGNALS):
+                try:
+                    self._resources.bind(self.app, self.count)
+                except ListenFailed as exc:
+                    self._fail(EXIT_CRASHED, str(exc))
+                else:
+                    self._resources.make_run_dir()
                     self._supervise()
         finally:
             self._cleanup()
@@ -257,9 +194,7 @@ class ProcessSupervisor:
             deadlines.append(self._kill_at)
         for deadline in deadlines:
             timeout = min(timeout, max(0.0, deadline - now))
-        for key, _ in self._selector.select(timeout):
-            if key.fd == self._wake_r:
-                drain(self._wake_r)  # only a wake-up: what woke it is looked at next
+        self._wakeup.wait(timeout)
 
     # -- starting workers ------------------------------------------------------------
 
@@ -276,22 +211,16 @@ class ProcessSupervisor:
                 self._start(worker)
 
     def _start(self, worker: WorkerSlot) -> None:
-        options = [
-            "--log-level",
-            self.log_level,
-            "--log-format",
-            self.log_format,
-            *(["--snapshots"] if self.snapshots else []),
-        ]
+        resources = self._resources
         try:
-            worker.spawn(self.target, options, self._run_dir, self._sockets)
+            worker.spawn(self.target, self._worker_options, resources.run_dir, resources.sockets)
         except OSError as exc:
             logger.error("worker %s could not be started: %s", worker.name, exc)
             self._died(worker, f"could not be started ({exc})", EXIT_CRASHED)
             return
         assert worker.status is not None and worker.process is not None
         worker.ready_by = time.monotonic() + self.start_timeout_s
-        self._selector.register(worker.status, selectors.EVENT_READ, worker)
+        self._wakeup.register(worker.status, worker)
         logger.info("worker %s started (pid %d)", worker.name, worker.process.pid)
 
     def _kill_unready(self) -> None:
@@ -311,48 +240,16 @@ class ProcessSupervisor:
             worker.start_timed_out = True
             worker.kill()
 
-    def _bind_sockets(self) -> bool:
-        """Bind every standalone server address of the app's sources once. False (with
-        `error` set) when one cannot be bound."""
-        for name, spec in self.app.tasks.items():
-            address = getattr(spec.source, "listen_address", None)
-            if address is None or tuple(address) in self._sockets:
-                continue
-            host, port = address
-            try:
-                sock = _listen.bind(host, port)
-            except OSError as exc:
-                self._fail(EXIT_CRASHED, f"task {name!r} cannot listen on {host}:{port}: {exc}")
-                return False
-            self._sockets[(host, port)] = sock
-            bound_host, bound_port = sock.getsockname()[:2]
-            shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-            logger.info(
-                "listening on http://%s:%d (task %r), shared by the %d workers",
-                shown,
-                bound_port,
-                name,
-                self.count,
-            )
-        return True
-
     # -- what workers say and do ---------------------------------------------------------
 
     def _read_status(self, worker: WorkerSlot) -> None:
-        if worker.status is None or worker.status_closed:
+        if not worker.read_status(self._wakeup):
             return
-        data, eof = drain(worker.status)
-        if _worker_link.READY in data and not worker.ready:
-            worker.ready = worker.ever_ready = True
-            worker.ready_by = None
-            self._none_ready_since = None
-            logger.info("worker %s (pid %s) is running", worker.name, worker.pid)
-            if not self._all_ready_logged and all(w.ever_ready for w in self.workers):
-                self._all_ready_logged = True
-                logger.info("all %d workers are running", self.count)
-        if eof:  # the worker exited (or is exiting): _reap() follows it up
-            worker.status_closed = True
-            self._selector.unregister(worker.status)
+        self._none_ready_since = None
+        logger.info("worker %s (pid %s) is running", worker.name, worker.pid)
+        if not self._all_ready_logged and all(w.ever_ready for w in self.workers):
+            self._all_ready_logged = True
+            logger.info("all %d workers are running", self.count)
 
     def _reap(self, worker: WorkerSlot) -> None:
         process = worker.process
@@ -363,7 +260,7 @@ class ProcessSupervisor:
             return
         if not worker.status_closed:
             self._read_status(worker)  # a READY written just before it exited
-        self._close_pipes(worker)
+        worker.close_pipes(self._wakeup)
         worker.process = None
         worker.ready_by = None
         was_ready, worker.ready = worker.ready, False
@@ -425,8 +322,7 @@ class ProcessSupervisor:
     # -- stopping --------------------------------------------------------------------
 
     def _take_signals(self) -> None:
-        signals, self._signals[:] = list(self._signals), []
-        for signum in signals:
+        for signum in self._wakeup.take_signals():
             name = signal.Signals(signum).name
             if not self._stopping:
                 logger.info("got %s; stopping the workers gracefully", name)
@@ -491,56 +387,14 @@ class ProcessSupervisor:
 
     # -- plumbing --------------------------------------------------------------------
 
-    @contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handle(signum: int, frame: FrameType | None) -> None:
-            self._signals.append(signum)
-            self._wake()
-
-        previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-    def _wake(self) -> None:
-        """Wake the supervising thread (from a signal handler or any thread)."""
-        with contextlib.suppress(OSError):  # the pipe is full: it is awake already
-            os.write(self._wake_w, b"!")
-
-    def _close_pipes(self, worker: WorkerSlot) -> None:
-        if worker.status is not None:
-            if not worker.status_closed:
-                self._selector.unregister(worker.status)
-            os.close(worker.status)
-        if worker.control is not None:
-            os.close(worker.control)
-        worker.status = worker.control = None
-        worker.status_closed = False
-
     def _cleanup(self) -> None:
         """Whatever happened: no worker left running, every descriptor closed, the run
         directory removed, the app's shutdown request cleared (it is served)."""
-        for worker in self.workers:
-            if worker.process is not None:
-                worker.kill()
-                worker.process.wait()
-                worker.process = None
-            self._close_pipes(worker)
-        for sock in self._sockets.values():
-            sock.close()
-        self._sockets.clear()
-        if self._wake in self.app._shutdown_callbacks:
-            self.app._shutdown_callbacks.remove(self._wake)
-        self.app._shutdown_requested.clear()
-        self._selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        if self._run_dir:
-            run_dir, self._run_dir = self._run_dir, ""
-            shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            for worker in self.workers:
+                worker.discard(self._wakeup)
+            if self._wakeup.wake in self.app._shutdown_callbacks:
+                self.app._shutdown_callbacks.remove(self._wakeup.wake)
+            self.app._shutdown_requested.clear()
+        finally:
+            self._resources.release()

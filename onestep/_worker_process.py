@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 
 from . import _listen, _worker_link
+from ._wakeup import Wakeup, drain
 
 #: Exits that a stop signal explains: a worker ended by one of them before it could
 #: handle it stopped as it was asked to.
@@ -120,6 +121,40 @@ class WorkerSlot:
                 env["PYTHONPATH"] = os.pathsep.join([package_root, *paths])
         return env
 
+    def read_status(self, wakeup: Wakeup) -> bool:
+        """Read what the worker wrote on its status pipe: True when it just said it is
+        ready. At end of file (the worker exited or is exiting) the pipe is unregistered
+        and `status_closed` set; the supervisor reaps the process next."""
+        if self.status is None or self.status_closed:
+            return False
+        data, eof = drain(self.status)
+        became_ready = _worker_link.READY in data and not self.ready
+        if became_ready:
+            self.ready = self.ever_ready = True
+            self.ready_by = None
+        if eof:
+            self.status_closed = True
+            wakeup.unregister(self.status)
+        return became_ready
+
+    def close_pipes(self, wakeup: Wakeup) -> None:
+        if self.status is not None:
+            if not self.status_closed:
+                wakeup.unregister(self.status)
+            os.close(self.status)
+        if self.control is not None:
+            os.close(self.control)
+        self.status = self.control = None
+        self.status_closed = False
+
+    def discard(self, wakeup: Wakeup) -> None:
+        """Kill and reap the process if there is one, and close its pipes."""
+        if self.process is not None:
+            self.kill()
+            self.process.wait()
+            self.process = None
+        self.close_pipes(wakeup)
+
     def kill(self) -> None:
         """SIGKILL the worker and whatever it started in its process group (its session
         is its own). Only while the process is not reaped: its pid, and so its group's
@@ -160,20 +195,6 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
-
-
-def drain(fd: int) -> tuple[bytes, bool]:
-    """Everything readable now on a non-blocking pipe, and whether it reached end of
-    file (every writer closed it)."""
-    chunks: list[bytes] = []
-    while True:
-        try:
-            data = os.read(fd, 4096)
-        except BlockingIOError:
-            return b"".join(chunks), False
-        if not data:
-            return b"".join(chunks), True
-        chunks.append(data)
 
 
 def interpreter_options() -> list[str]:
