@@ -93,9 +93,9 @@ class ProcessSupervisor:
         self._all_ready_logged = False
         self._stopping = False
         self._kill_at: float | None = None
-        # Since when no worker has been ready (monotonic; None while one is): read by
-        # stalled() on the HTTP thread, a float replaced whole.
-        self._none_ready_since: float | None = time.monotonic()
+        # Since when no worker has been ready (monotonic; None while one is, or before
+        # the run): read by stalled() on the HTTP thread, a float replaced whole.
+        self._none_ready_since: float | None = None
         self._resources = RunResources()
         self._wakeup = self._resources.wakeup
 
@@ -156,6 +156,7 @@ class ProcessSupervisor:
             self.count,
             self.app.name,
         )
+        self._none_ready_since = time.monotonic()
         self._start(self.workers[0])
         while True:
             self._wait()
@@ -384,8 +385,6 @@ class ProcessSupervisor:
         if self.error is None:
             self.error = error
             self._exit_code = code
-
-    # -- plumbing --------------------------------------------------------------------
 
     def _cleanup(self) -> None:
         """Whatever happened: no worker left running, every descriptor closed, the run
