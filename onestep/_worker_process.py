@@ -16,11 +16,12 @@ from collections import deque
 from pathlib import Path
 
 from . import _listen, _worker_link
+from ._app import STOP_SIGNALS
 from ._wakeup import Wakeup, drain
 
 #: Exits that a stop signal explains: a worker ended by one of them before it could
 #: handle it stopped as it was asked to.
-_STOP_EXITS = frozenset(-sig for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+_STOP_EXITS = frozenset(-sig for sig in STOP_SIGNALS)
 
 _Sockets = dict[tuple[str, int], socket.socket]
 
