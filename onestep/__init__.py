@@ -12,20 +12,20 @@ from typing import Any
 
 from actors import AppFailed, EncodeError, Failure, StartupError
 
-from ._app import OneStepApp
-from ._context import TaskContext
-from ._cron import CronSource
-from ._dead_letters import DeadLetter, DeadLetterEntry, DeadLetters, NotBrowsable, NotReplayable
-from ._delivery import Delivery, Sink, Source, SourceContext
-from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
-from ._interval import IntervalSource
-from ._logging import JsonFormatter, configure_logging
-from ._memory import MemoryQueue
 from ._process_executor import ProcessExecutor
-from ._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
-from ._sqlite_state import SQLiteStateStore
-from ._state import InMemoryStateStore, StateStore
 from ._version import __version__
+from .core._app import OneStepApp
+from .core._context import TaskContext
+from .core._delivery import Delivery, Sink, Source, SourceContext
+from .core._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
+from .core._logging import JsonFormatter, configure_logging
+from .core._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
+from .ops._dead_letters import DeadLetter, DeadLetterEntry, DeadLetters, NotBrowsable, NotReplayable
+from .sources._cron import CronSource
+from .sources._interval import IntervalSource
+from .sources._memory import MemoryQueue
+from .state._sqlite import SQLiteStateStore
+from .state._store import InMemoryStateStore, StateStore
 
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {

@@ -17,12 +17,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from waitress import wasyncore
 from waitress.server import create_server
 
-from ._collector import OnestepCollector
-from ._metrics import AppMonitor, Monitor
-from ._status_page import render_status_page
+from .ops._collector import OnestepCollector
+from .ops._metrics import AppMonitor, Monitor
+from .ops._status_page import render_status_page
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from .core._app import OneStepApp
 
 __all__ = ["HttpServer", "add_routes", "parse_address", "serve_http"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from actors import EncodeError, Failure, HandlerFailed
 
-from ._checks import MAX_DELAY_S, check_delay, check_int, check_number
-from ._dead_letters import DEAD_LETTER_ID, DeadLetterEntry, IdTally, NotBrowsable
-from ._delivery import Delivery, Sink, Source, SourceContext
-from ._listen import inherited_socket
-from ._state import StateStore, check_ttl
+from ._values import MAX_DELAY_S, check_delay, check_int, check_number
+from .core._delivery import Delivery, Sink, Source, SourceContext
+from .ops._dead_letters import DEAD_LETTER_ID, DeadLetterEntry, IdTally, NotBrowsable
+from .processes._sockets import inherited_socket
+from .state._store import StateStore, check_ttl
 
 __all__ = [
     "DEAD_LETTER_ID",

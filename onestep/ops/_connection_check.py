@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from ..core._app import OneStepApp
 
 logger = logging.getLogger("onestep.check")
 

@@ -21,16 +21,21 @@ from typing import Any, NoReturn
 
 import click
 
-from ._app import OneStepApp
-from ._connect_check import check_connections
-from ._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable
-from ._loader import TargetError, load_app
-from ._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
-from ._metrics import AppMonitor, Monitor, WorkersMonitor
-from ._process_checks import MAX_PROCESSES, ProcessesRefused, check_processes, resolve_processes
-from ._processes import ProcessSupervisor
-from ._version import __version__
-from ._worker_link import RUN_DIR_ENV, WorkerLink
+from .._version import __version__
+from ..core._app import OneStepApp
+from ..core._loader import TargetError, load_app
+from ..core._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from ..ops._connection_check import check_connections
+from ..ops._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable
+from ..ops._metrics import AppMonitor, Monitor, WorkersMonitor
+from ..processes._preflight import (
+    MAX_PROCESSES,
+    ProcessesRefused,
+    check_processes,
+    resolve_processes,
+)
+from ..processes._supervisor import ProcessSupervisor
+from ..processes._worker_link import RUN_DIR_ENV, WorkerLink
 
 logger = logging.getLogger("onestep.cli")
 
@@ -57,7 +62,7 @@ def _http_option(value: Any) -> tuple[str, int] | None:
     """`--http HOST:PORT` or `--http PORT` (host 127.0.0.1)."""
     if value is None:
         return None
-    from .http import parse_address
+    from ..http import parse_address
 
     try:
         return parse_address(str(value))
@@ -165,7 +170,7 @@ def _operations(monitor: Monitor | None, http: tuple[str, int] | None) -> Iterat
         finally:
             monitor.stop()
         return
-    from .http import HttpServer
+    from ..http import HttpServer
 
     host, port = http
     try:

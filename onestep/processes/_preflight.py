@@ -2,7 +2,7 @@
 or `auto`), the apps that must be refused or deserve a note, and the target by which a
 worker imports an app started with `app.run(processes=N)`.
 
-Called by the CLI (`onestep run/check --processes`) and by `onestep._processes`, before
+Called by the CLI (`onestep run/check --processes`) and by `onestep.processes._supervisor`, before
 any worker starts; nothing here starts a process.
 """
 
@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._app import OneStepApp
-from ._loader import TARGET_MODULE_PREFIX
-from ._memory import MemoryQueue
-from ._schedule import ScheduleSource
-from ._state import InMemoryStateStore
+from ..core._app import OneStepApp
+from ..core._loader import TARGET_MODULE_PREFIX
+from ..sources._memory import MemoryQueue
+from ..sources._schedule import ScheduleSource
+from ..state._store import InMemoryStateStore
 
 #: The most worker processes `--processes` accepts (a typo must not fork-bomb the host).
 MAX_PROCESSES = 1024

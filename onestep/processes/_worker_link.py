@@ -17,8 +17,8 @@ import signal
 import threading
 from types import FrameType
 
-from ._app import OneStepApp
-from ._listen import adopt_inherited
+from ..core._app import OneStepApp
+from ._sockets import adopt_inherited
 
 logger = logging.getLogger("onestep.worker")
 

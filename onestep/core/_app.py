@@ -20,12 +20,12 @@ from typing import Any, TypeVar
 
 from actors import ActorSystem, AppFailed, EventRecord, RestartPolicy, RuntimeStats
 
-from ._checks import check_delay, check_int, check_number
-from ._dead_letters import DeadLetters, dead_letters_of
+from .._process_executor import ProcessExecutor
+from .._values import check_delay, check_int, check_number
+from ..ops._dead_letters import DeadLetters, dead_letters_of
+from ..state._store import InMemoryStateStore, StateStore
 from ._delivery import SourceContext
 from ._events import TaskEvent
-from ._process_executor import ProcessExecutor
-from ._state import InMemoryStateStore, StateStore
 from ._task import TaskSpec, is_async_callable
 
 logger = logging.getLogger("onestep.app")
@@ -79,7 +79,7 @@ class OneStepApp:
         self._shutdown_requested = threading.Event()
         self._shutdown_callbacks: list[Callable[[], None]] = []
         self._failure: BaseException | None = None
-        # The runtime's counters (onestep._metrics reads them), kept across restarts of
+        # The runtime's counters (onestep.ops._metrics reads them), kept across restarts of
         # the app; None until metrics, the status page or the status line need them, so
         # that an app without them counts nothing.
         self._stats: RuntimeStats | None = None
@@ -210,7 +210,7 @@ class OneStepApp:
         running `onestep.http.HttpServer` (`.url`, `.stop()`, a context manager). Call it
         before the app starts: it turns the app's counters on (RuntimeError while the app
         runs without them). Needs no running app: /healthz answers 503 until it runs."""
-        from .http import serve_http  # falcon, waitress, prometheus_client: on demand
+        from ..http import serve_http  # falcon, waitress, prometheus_client: on demand
 
         return serve_http(self, host, port)
 
@@ -331,10 +331,10 @@ class OneStepApp:
 
         `processes=N` (or `"auto"`: one per CPU) runs the app in N worker processes
         under a parent that does no task work, as `onestep run --processes N` does
-        (see `onestep._processes`); each worker imports the module that defines this
+        (see `onestep.processes._supervisor`); each worker imports the module that defines this
         app, so call it under `if __name__ == "__main__":`."""
         if processes != 1:
-            from ._processes import run_processes  # imports this module
+            from ..processes._supervisor import run_processes  # imports this module
 
             if run_processes(self, processes):
                 return

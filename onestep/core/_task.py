@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from actors import ExecutorPort, Failure, SinkRoute
 
-from ._checks import check_delay, check_int
+from .._process_executor import ProcessExecutor, check_runs_elsewhere, executor_option
+from .._values import check_delay, check_int
+from ..state._store import AsyncStateView, StateView
 from ._context import TaskContext
 from ._delivery import Delivery, is_sink, missing_source_methods
-from ._process_executor import ProcessExecutor, check_runs_elsewhere, executor_option
 from ._retry import NoRetry, RetryPolicy
-from ._state import AsyncStateView, StateView
 
 if TYPE_CHECKING:
     from ._app import OneStepApp

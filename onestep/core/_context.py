@@ -20,8 +20,8 @@ from ._delivery import Delivery
 if TYPE_CHECKING:
     import logging
 
+    from ..state._store import AsyncStateView, StateView
     from ._app import OneStepApp
-    from ._state import AsyncStateView, StateView
     from ._task import TaskSpec
 
 

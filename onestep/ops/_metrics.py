@@ -6,7 +6,7 @@ status line); in a worker of `onestep run --processes N` it also writes its snap
 a file every second, and the parent's `WorkersMonitor` sums those files. Both keep a
 background thread ("onestep-monitor") that refreshes queue depths, samples rates and
 logs the status line, so a scrape never queries a broker. The Prometheus side is in
-onestep._collector (imported only by onestep.http).
+onestep.ops._collector (imported only by onestep.http).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from actors import DURATION_BUCKETS
 from ._status_line import StatusLine, handled
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from ..core._app import OneStepApp
 
 logger = logging.getLogger("onestep.metrics")
 

@@ -49,10 +49,11 @@ from typing import Any
 
 from actors import AppFailed
 
-from . import _listen, _worker_link
-from ._app import OneStepApp
-from ._logging import JsonFormatter
-from ._process_checks import check_processes, resolve_processes, target_of
+from ..core._app import OneStepApp
+from ..core._logging import JsonFormatter
+from . import _sockets as _listen
+from . import _worker_link
+from ._preflight import check_processes, resolve_processes, target_of
 
 logger = logging.getLogger("onestep.processes")
 
