@@ -12,20 +12,28 @@ from typing import Any
 
 from actors import AppFailed, EncodeError, Failure, StartupError
 
+from ._onestep_app import OneStepApp
 from ._process_executor import ProcessExecutor
 from ._version import __version__
-from .core._app import OneStepApp
-from .core._context import TaskContext
-from .core._delivery import Delivery, Sink, Source, SourceContext
-from .core._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
-from .core._logging import JsonFormatter, configure_logging
-from .core._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
-from .ops._dead_letters import DeadLetter, DeadLetterEntry, DeadLetters, NotBrowsable, NotReplayable
-from .sources._cron import CronSource
-from .sources._interval import IntervalSource
-from .sources._memory import MemoryQueue
-from .state._sqlite import SQLiteStateStore
-from .state._store import InMemoryStateStore, StateStore
+from .core import (
+    Delivery,
+    ExponentialBackoff,
+    InMemoryMetrics,
+    JsonFormatter,
+    MaxAttempts,
+    NoRetry,
+    RetryPolicy,
+    Sink,
+    Source,
+    SourceContext,
+    StructuredEventLogger,
+    TaskContext,
+    TaskEvent,
+    configure_logging,
+)
+from .ops import DeadLetter, DeadLetterEntry, DeadLetters, NotBrowsable, NotReplayable
+from .sources import CronSource, IntervalSource, MemoryQueue
+from .state import InMemoryStateStore, SQLiteStateStore, StateStore
 
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {

@@ -22,7 +22,7 @@ from .ops._metrics import AppMonitor, Monitor
 from .ops._status_page import render_status_page
 
 if TYPE_CHECKING:
-    from .core._app import OneStepApp
+    from ._onestep_app import OneStepApp
 
 __all__ = ["HttpServer", "add_routes", "parse_address", "serve_http"]
 
@@ -127,7 +127,7 @@ class HttpServer:
         self.url = f"http://{shown}:{self.port}/"
         self._stopped = False
         monitor.start()
-        monitor.app._http_url = self.url
+        monitor.app.internals.set_http_url(self.url)
         self._thread = threading.Thread(
             target=self._serve, name=f"onestep-http-{self.port}", daemon=True
         )
@@ -154,8 +154,7 @@ class HttpServer:
         else:
             wasyncore.close_all(server._map, ignore_all=True)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=_STOP_TIMEOUT_S)
-        if self.monitor.app._http_url == self.url:
-            self.monitor.app._http_url = None
+        self.monitor.app.internals.clear_http_url(self.url)
         self.monitor.stop()
 
     def __enter__(self) -> HttpServer:

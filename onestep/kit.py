@@ -10,10 +10,10 @@ from __future__ import annotations
 from actors import EncodeError, Failure, HandlerFailed
 
 from ._values import MAX_DELAY_S, check_delay, check_int, check_number
-from .core._delivery import Delivery, Sink, Source, SourceContext
-from .ops._dead_letters import DEAD_LETTER_ID, DeadLetterEntry, IdTally, NotBrowsable
-from .processes._sockets import inherited_socket
-from .state._store import StateStore, check_ttl
+from .core import Delivery, Sink, Source, SourceContext
+from .ops import DEAD_LETTER_ID, DeadLetterEntry, IdTally, NotBrowsable
+from .processes import inherited_socket
+from .state import StateStore, check_ttl
 
 __all__ = [
     "DEAD_LETTER_ID",

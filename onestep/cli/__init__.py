@@ -21,9 +21,9 @@ from typing import Any, NoReturn
 
 import click
 
+from .._onestep_app import OneStepApp, load_app
 from .._version import __version__
-from ..core._app import OneStepApp
-from ..core._loader import TargetError, load_app
+from ..core import TargetError
 from ..core._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from ..ops._connection_check import check_connections
 from ..ops._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable

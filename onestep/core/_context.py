@@ -20,8 +20,8 @@ from ._delivery import Delivery
 if TYPE_CHECKING:
     import logging
 
-    from ..state._store import AsyncStateView, StateView
-    from ._app import OneStepApp
+    from ..state import AsyncStateView, StateView
+    from ._app import AppCore
     from ._task import TaskSpec
 
 
@@ -51,7 +51,7 @@ class TaskContext:
         self.deadline = deadline
 
     @property
-    def app(self) -> OneStepApp:
+    def app(self) -> AppCore:
         """The app running the task."""
         return self._spec.app
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from .._onestep_app import OneStepApp
 
 _REQUIRED_SOURCE_METHODS = ("fetch", "ack", "retry", "fail")
 

@@ -49,8 +49,8 @@ from typing import Any
 
 from actors import AppFailed
 
-from ..core._app import OneStepApp
-from ..core._logging import JsonFormatter
+from ..core import AppCore as OneStepApp
+from ..core import JsonFormatter
 from . import _sockets as _listen
 from . import _worker_link
 from ._preflight import check_processes, resolve_processes, target_of
@@ -218,7 +218,7 @@ class ProcessSupervisor:
         calling thread; SIGINT/SIGTERM handlers are installed when that is the main
         thread, and `app.request_shutdown()` from any thread stops the workers too."""
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self.app._shutdown_callbacks.append(self._wake)
+        self.app.internals.add_shutdown_callback(self._wake)
         try:
             with self._signal_handlers():
                 if self._bind_sockets():
@@ -562,9 +562,8 @@ class ProcessSupervisor:
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
-        if self._wake in self.app._shutdown_callbacks:
-            self.app._shutdown_callbacks.remove(self._wake)
-        self.app._shutdown_requested.clear()
+        self.app.internals.remove_shutdown_callback(self._wake)
+        self.app.internals.clear_shutdown_request()
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

@@ -17,7 +17,7 @@ import signal
 import threading
 from types import FrameType
 
-from ..core._app import OneStepApp
+from ..core import AppCore as OneStepApp
 from ._sockets import adopt_inherited
 
 logger = logging.getLogger("onestep.worker")
@@ -74,7 +74,7 @@ class WorkerLink:
         if stop_requested:
             logger.info("stopped before the app started")
             return
-        app._run_in_this_process(on_started=self._ready)
+        app.internals.run_in_this_process(on_started=self._ready)
 
     def _stop(self) -> None:
         with self._lock:

@@ -22,7 +22,7 @@ from typing import Any
 from actors import GIL_ATOMIC
 
 from .._values import check_delay, check_int
-from ..core._delivery import Delivery, Sink, Source
+from ..core import Delivery, Sink, Source
 
 _monotonic = time.monotonic
 
