@@ -337,7 +337,7 @@ class ProcessSupervisor:
         # The worker must import this same onestep: a source checkout that is not
         # installed is found through PYTHONPATH (site-packages never is put there, where
         # it would shadow the standard library).
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])
         if package_root not in _site_dirs():
             paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
             if package_root not in paths:

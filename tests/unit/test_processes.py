@@ -12,6 +12,7 @@ import http.client
 import json
 import logging
 import os
+import site
 import socket
 import sys
 import types
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import onestep
 from adapters.webhook import WebhookSource
 from onestep import (
     IntervalSource,
@@ -351,3 +353,19 @@ def test_workers_get_the_parents_interpreter_options(monkeypatch):
     monkeypatch.setattr(sys, "warnoptions", ["error::DeprecationWarning"])
     options = _interpreter_options()
     assert options[-5:] == ["-X", "dev", "-X", "importtime=2", "-Werror::DeprecationWarning"]
+
+
+def test_workers_find_this_checkout_and_not_the_package_directory(monkeypatch):
+    """The worker's PYTHONPATH gets the directory that holds the `onestep` package (a
+    source checkout), never the package directory itself, where `onestep/http.py` would
+    shadow the standard library's `http`."""
+    from onestep.processes._supervisor import ProcessSupervisor
+
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    supervisor = ProcessSupervisor(app_with(MemoryQueue("q")), "unused:app", 1)
+    env = supervisor._worker_env(supervisor.workers[0])
+    checkout = str(Path(onestep.__file__).resolve().parents[1])
+    paths = env.get("PYTHONPATH", "").split(os.pathsep)
+    assert str(Path(onestep.__file__).resolve().parent) not in paths
+    if checkout not in {str(Path(p).resolve()) for p in site.getsitepackages()}:
+        assert paths[0] == checkout
