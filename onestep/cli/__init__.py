@@ -25,17 +25,25 @@ from .._onestep_app import OneStepApp, load_app
 from .._version import __version__
 from ..core import TargetError
 from ..core._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
-from ..ops._connection_check import check_connections
-from ..ops._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable
-from ..ops._metrics import AppMonitor, Monitor, WorkersMonitor
-from ..processes._preflight import (
+from ..ops import (
+    AppMonitor,
+    DeadLetter,
+    DeadLetters,
+    Monitor,
+    NotBrowsable,
+    NotReplayable,
+    WorkersMonitor,
+    check_connections,
+)
+from ..processes import (
     MAX_PROCESSES,
+    RUN_DIR_ENV,
     ProcessesRefused,
+    ProcessSupervisor,
+    WorkerLink,
     check_processes,
     resolve_processes,
 )
-from ..processes._supervisor import ProcessSupervisor
-from ..processes._worker_link import RUN_DIR_ENV, WorkerLink
 
 logger = logging.getLogger("onestep.cli")
 
