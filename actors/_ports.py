@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,20 +30,6 @@ class Failure:
             "message": self.message,
             "traceback": self.traceback,
         }
-
-
-@runtime_checkable
-class DeliveryPort(Protocol):
-    """What the engine reads from a delivery: its attempt count, a decode error, and an
-    optional `reply(result, failure)` callable that is called once the message
-    succeeded (after its results were accepted) or failed for good (request-reply).
-    A reply may define `encode(result)`: it is called as soon as the handler returned,
-    before anything is published or acked, and an exception it raises (EncodeError for
-    a result it cannot encode) fails the message instead."""
-
-    attempts: int
-    error: BaseException | None
-    reply: Any
 
 
 class SourcePort(Protocol):

@@ -2,7 +2,7 @@
 
 Owned by the domain layer (one RuntimeStats per app, kept across restarts of the app);
 the ActorSystem hands each task's TaskStats to its runtime as the task's event emitter,
-and `onestep._metrics` reads them at scrape time from any thread.
+and `onestep.ops._metrics` reads them at scrape time from any thread.
 """
 
 from __future__ import annotations

@@ -75,7 +75,6 @@ class ActorSystem:
         self.runtimes: list[TaskRuntime] = []
         self._task_refs: list[Any] = []
         self._source_refs: list[Any] = []
-        self._source_actors: list[SourceActor] = []
         self._stopped = threading.Event()
         # Every started actor, with the label health() reports it under.
         self._actors: list[tuple[str, Any]] = []

@@ -151,10 +151,6 @@ class TaskActor(EngineActor):
         else:
             self._top_up()
 
-    @property
-    def abandoned_threads(self) -> int:
-        return sum(1 for w in self._abandoned if w.thread.is_alive())
-
     def _on_stop(self, _: StopTask) -> None:
         """Stop the workers after the shutdown cut-off; runs on the task actor's thread."""
         runtime = self.runtime

@@ -18,7 +18,7 @@ from typing import Any
 logger = logging.getLogger("onestep.actors.timer")
 
 #: The longest delay `call_later` schedules: 30 days, the bound `onestep` puts on every
-#: delay a user gives (`onestep._checks.MAX_DELAY_S`; a test keeps the two equal). A
+#: delay a user gives (`onestep._values.MAX_DELAY_S`; a test keeps the two equal). A
 #: longer, infinite or NaN delay reaching the timer anyway is clamped and logged (a
 #: negative one is due at once), never allowed to break the thread.
 MAX_DELAY_S = 30 * 86_400.0

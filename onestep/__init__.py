@@ -12,20 +12,28 @@ from typing import Any
 
 from actors import AppFailed, EncodeError, Failure, StartupError
 
-from ._app import OneStepApp
-from ._context import TaskContext
-from ._cron import CronSource
-from ._dead_letters import DeadLetter, DeadLetterEntry, DeadLetters, NotBrowsable, NotReplayable
-from ._delivery import Delivery, Sink, Source, SourceContext
-from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
-from ._interval import IntervalSource
-from ._logging import JsonFormatter, configure_logging
-from ._memory import MemoryQueue
+from ._onestep_app import OneStepApp
 from ._process_executor import ProcessExecutor
-from ._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
-from ._sqlite_state import SQLiteStateStore
-from ._state import InMemoryStateStore, StateStore
 from ._version import __version__
+from .core import (
+    Delivery,
+    ExponentialBackoff,
+    InMemoryMetrics,
+    JsonFormatter,
+    MaxAttempts,
+    NoRetry,
+    RetryPolicy,
+    Sink,
+    Source,
+    SourceContext,
+    StructuredEventLogger,
+    TaskContext,
+    TaskEvent,
+    configure_logging,
+)
+from .ops import DeadLetter, DeadLetterEntry, DeadLetters, NotBrowsable, NotReplayable
+from .sources import CronSource, IntervalSource, MemoryQueue
+from .state import InMemoryStateStore, SQLiteStateStore, StateStore
 
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {

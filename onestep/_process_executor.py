@@ -11,12 +11,12 @@ import importlib
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from ._checks import check_int
+from ._values import check_int
 
 if TYPE_CHECKING:
     from actors import ExecutorPort
 
-    from ._task import TaskSpec
+    from .core._task import TaskSpec
 
 # "forkserver" is not offered: thespian 4.0.1's actors started through it never answered
 # (measured: no reply to the first message within 30 s).

@@ -53,13 +53,13 @@ from thespian.actors import Actor, ActorExitRequest, ActorSystem  # type: ignore
 
 from actors import Failure, RemoteFailure, failure_from
 
-from ._delivery import Delivery
 from ._orphan_watch import proc_stat
 from ._process_executor import check_importable
+from .core._delivery import Delivery
 
 if TYPE_CHECKING:
     from ._process_executor import ProcessExecutor
-    from ._task import TaskSpec
+    from .core._task import TaskSpec
 
 logger = logging.getLogger("onestep.process")
 
@@ -861,7 +861,7 @@ class WorkerPool:
             return CallReply(None, exc)
 
     def _emit(self, body: Any, key: tuple[str, str] | None, meta: Any) -> None:
-        from ._context import TaskContext
+        from .core._context import TaskContext
 
         sink = None if key is None else self._find_sink(key)
         # the sync ctx.emit of a handler in the app's process, on this worker thread

@@ -22,14 +22,14 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from waitress import wasyncore
 
-from ._checks import check_delay, check_int
-from ._collector import OnestepCollector
-from ._metrics import AppMonitor, Monitor
-from ._serving import GuardedServer, guarded_adjustments
-from ._status_page import render_status_page
+from ._values import check_delay, check_int
+from .ops._collector import OnestepCollector
+from .ops._metrics import AppMonitor, Monitor
+from .ops._serving import GuardedServer, guarded_adjustments
+from .ops._status_page import render_status_page
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from ._onestep_app import OneStepApp
 
 __all__ = ["HttpServer", "add_routes", "parse_address", "serve_http"]
 
@@ -182,7 +182,7 @@ class HttpServer:
         self.url = f"http://{shown}:{self.port}/"
         self._stopped = False
         monitor.start()
-        monitor.app._http_url = self.url
+        monitor.app.internals.set_http_url(self.url)
         self._thread = threading.Thread(
             target=self._serve, name=f"onestep-http-{self.port}", daemon=True
         )
@@ -209,8 +209,7 @@ class HttpServer:
         else:
             wasyncore.close_all(server._map, ignore_all=True)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=_STOP_TIMEOUT_S)
-        if self.monitor.app._http_url == self.url:
-            self.monitor.app._http_url = None
+        self.monitor.app.internals.clear_http_url(self.url)
         self.monitor.stop()
 
     def __enter__(self) -> HttpServer:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from actors import EncodeError, Failure, HandlerFailed
 
-from ._checks import MAX_DELAY_S, check_delay, check_int, check_number
-from ._dead_letters import DEAD_LETTER_ID, DeadLetterEntry, IdTally, NotBrowsable
-from ._delivery import Delivery, Sink, Source, SourceContext
-from ._listen import inherited_socket
-from ._serving import BODY_REFUSED, BodyRouter, GuardedServer, guarded_adjustments
-from ._state import StateStore, check_ttl
+from ._values import MAX_DELAY_S, check_delay, check_int, check_number
+from .core import Delivery, Sink, Source, SourceContext
+from .ops import DEAD_LETTER_ID, DeadLetterEntry, IdTally, NotBrowsable
+from .ops._serving import BODY_REFUSED, BodyRouter, GuardedServer, guarded_adjustments
+from .processes import inherited_socket
+from .state import StateStore, check_ttl
 
 __all__ = [
     "BODY_REFUSED",

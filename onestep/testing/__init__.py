@@ -17,8 +17,8 @@ from typing import Any
 
 from actors import EventRecord
 
-from .._app import OneStepApp
-from .._checks import check_delay
+from .._values import check_delay
+from ..core import AppCore as OneStepApp
 
 #: The outcomes counted per task, as the event kinds that report them.
 OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered")
@@ -51,7 +51,7 @@ def run_until_idle(app: OneStepApp, timeout_s: float = 10.0) -> dict[str, dict[s
     timeout = check_delay("timeout_s", timeout_s, exclusive=True)
     counts = {name: dict.fromkeys(OUTCOMES, 0) for name in app.tasks}
     tally = _OutcomeCounter(counts)
-    app._event_taps.append(tally)
+    app.internals.add_event_tap(tally)
     try:
         app.start()
         try:
@@ -59,7 +59,7 @@ def run_until_idle(app: OneStepApp, timeout_s: float = 10.0) -> dict[str, dict[s
         finally:
             app.stop()
     finally:
-        app._event_taps.remove(tally)
+        app.internals.remove_event_tap(tally)
     if app.failure is not None:
         raise app.failure
     if busy:
@@ -136,7 +136,7 @@ def _wait_idle(app: OneStepApp, tally: _OutcomeCounter, deadline: float) -> list
 
 def _busy(app: OneStepApp) -> list[str]:
     """What keeps the app from being idle, one phrase per task or source."""
-    system = app._system
+    system = app.internals.system
     if system is None:
         return []
     busy = []

@@ -40,7 +40,7 @@ def stuck() -> int:
     """Two workers whose shutdown hook hangs: killed 1 s past shutdown_timeout_s."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from onestep import configure_logging
-    from onestep._processes import ProcessSupervisor
+    from onestep.processes._supervisor import ProcessSupervisor
     from tests.faults.processes_apps import stuck_at_stop
 
     configure_logging("INFO", "text", worker="parent")

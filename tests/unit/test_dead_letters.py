@@ -23,7 +23,7 @@ from onestep import (
     Sink,
     Source,
 )
-from onestep import _dead_letters as dead_letters_module
+from onestep.ops import _dead_letters as dead_letters_module
 from onestep.testing import run_until_idle
 from tests.helpers import ListSource
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from onestep import OneStepApp
-from onestep._loader import TargetError, load_app, split_target
+from onestep.core._loader import TargetError, load_app, split_target
 
 UNIT_DIR = Path(__file__).resolve().parent
 

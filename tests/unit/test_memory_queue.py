@@ -729,11 +729,11 @@ def test_a_consumer_going_to_sleep_never_misses_the_next_message(mode, consumer,
 
 # -- every interleaving of two operations (tests/interleave.py) --------------------------
 #
-# One operation is stopped before each of its bytecodes in onestep._memory in turn while
+# One operation is stopped before each of its bytecodes in onestep.sources._memory in turn while
 # the other runs; then it is resumed. Only points where the stopped side does not hold
 # the queue's lock are tried when the other side may need that lock.
 
-MEMORY = {"onestep._memory"}
+MEMORY = {"onestep.sources._memory"}
 CONDITION_WAIT = {threading.Condition.wait.__code__}
 
 

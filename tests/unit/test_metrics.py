@@ -1,4 +1,4 @@
-"""The runtime's counters (actors._stats), the monitors (onestep._metrics), the Prometheus
+"""The runtime's counters (actors._stats), the monitors (onestep.ops._metrics), the Prometheus
 collector and the HTTP endpoints (onestep.http, through falcon.testing), and the status
 line; the CLI and real processes are in tests/faults/test_operations_http.py."""
 
@@ -18,9 +18,9 @@ import pytest
 
 from actors import DURATION_BUCKETS, TaskStats
 from onestep import MaxAttempts, MemoryQueue, OneStepApp
-from onestep._metrics import AppMonitor, WorkersMonitor
-from onestep._status_line import StatusLine
 from onestep.http import add_routes, parse_address
+from onestep.ops._metrics import AppMonitor, WorkersMonitor
+from onestep.ops._status_line import StatusLine
 from tests.helpers import FlakySource, running
 
 TIMEOUT = 10.0

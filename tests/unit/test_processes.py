@@ -12,6 +12,7 @@ import http.client
 import json
 import logging
 import os
+import site
 import socket
 import sys
 import types
@@ -19,17 +20,17 @@ from pathlib import Path
 
 import pytest
 
+import onestep
 from adapters.webhook import WebhookSource
 from onestep import (
     IntervalSource,
     MemoryQueue,
     OneStepApp,
     SQLiteStateStore,
-    _listen,
-    _worker_link,
     configure_logging,
 )
-from onestep._process_checks import (
+from onestep.processes import _sockets, _worker_link
+from onestep.processes._preflight import (
     MAX_PROCESSES,
     ProcessesRefused,
     check_processes,
@@ -37,7 +38,7 @@ from onestep._process_checks import (
     resolve_processes,
     target_of,
 )
-from onestep._worker_process import describe_exit
+from onestep.processes._worker_process import describe_exit
 from tests.helpers import running
 
 UNIT_DIR = Path(__file__).resolve().parent
@@ -272,16 +273,16 @@ def test_logs_without_a_worker_are_unchanged(capsys, restore_logging):
 @pytest.fixture
 def inherited(monkeypatch):
     """A socket bound as the parent binds it, adopted as a worker adopts it."""
-    monkeypatch.setattr(_listen, "_inherited", {})
-    parent_side = _listen.bind("127.0.0.1", 0)
-    encoded = json.loads(_listen.encode({("127.0.0.1", 0): parent_side}))
+    monkeypatch.setattr(_sockets, "_inherited", {})
+    parent_side = _sockets.bind("127.0.0.1", 0)
+    encoded = json.loads(_sockets.encode({("127.0.0.1", 0): parent_side}))
     assert encoded == [["127.0.0.1", 0, parent_side.fileno()]]
     worker_fd = os.dup(parent_side.fileno())  # the descriptor a worker would inherit
-    monkeypatch.setenv(_listen.ENV_VAR, json.dumps([["127.0.0.1", 0, worker_fd]]))
-    assert _listen.adopt_inherited() == 1
-    assert _listen.ENV_VAR not in os.environ  # not passed on to the app's own processes
+    monkeypatch.setenv(_sockets.ENV_VAR, json.dumps([["127.0.0.1", 0, worker_fd]]))
+    assert _sockets.adopt_inherited() == 1
+    assert _sockets.ENV_VAR not in os.environ  # not passed on to the app's own processes
     yield parent_side
-    for sock in _listen._inherited.values():
+    for sock in _sockets._inherited.values():
         sock.close()
     parent_side.close()
 
@@ -289,11 +290,11 @@ def inherited(monkeypatch):
 def test_bind_and_inherit_a_listening_socket(inherited):
     port = inherited.getsockname()[1]
     assert port > 0
-    assert _listen.inherited_socket("127.0.0.1", 8080) is None
-    served = _listen.inherited_socket("127.0.0.1", 0)
+    assert _sockets.inherited_socket("127.0.0.1", 8080) is None
+    served = _sockets.inherited_socket("127.0.0.1", 0)
     assert served is not None and served.getsockname()[1] == port
     served.close()  # closing what a server was given leaves the inherited socket open
-    again = _listen.inherited_socket("127.0.0.1", 0)
+    again = _sockets.inherited_socket("127.0.0.1", 0)
     assert again is not None
     with socket.create_connection(("127.0.0.1", port), timeout=5):
         connection, _ = again.accept()
@@ -329,9 +330,9 @@ def test_a_mounted_webhook_has_no_listen_address():
 
 
 def test_a_port_in_use_fails_the_run_before_any_worker_starts():
-    from onestep._processes import ProcessSupervisor
+    from onestep.processes._supervisor import ProcessSupervisor
 
-    taken = _listen.bind("127.0.0.1", 0)
+    taken = _sockets.bind("127.0.0.1", 0)
     port = taken.getsockname()[1]
     try:
         app = app_with(WebhookSource("/in", port=port))
@@ -346,9 +347,25 @@ def test_a_port_in_use_fails_the_run_before_any_worker_starts():
 
 
 def test_workers_get_the_parents_interpreter_options(monkeypatch):
-    from onestep._worker_process import interpreter_options
+    from onestep.processes._worker_process import interpreter_options
 
     monkeypatch.setattr(sys, "_xoptions", {"dev": True, "importtime": "2"})
     monkeypatch.setattr(sys, "warnoptions", ["error::DeprecationWarning"])
     options = interpreter_options()
     assert options[-5:] == ["-X", "dev", "-X", "importtime=2", "-Werror::DeprecationWarning"]
+
+
+def test_workers_find_this_checkout_and_not_the_package_directory(monkeypatch):
+    """The worker's PYTHONPATH gets the directory that holds the `onestep` package (a
+    source checkout), never the package directory itself, where `onestep/http.py` would
+    shadow the standard library's `http`."""
+    from onestep.processes._supervisor import ProcessSupervisor
+
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    supervisor = ProcessSupervisor(app_with(MemoryQueue("q")), "unused:app", 1)
+    env = supervisor.workers[0]._env("/tmp/unused-run-dir", {})
+    checkout = str(Path(onestep.__file__).resolve().parents[1])
+    paths = env.get("PYTHONPATH", "").split(os.pathsep)
+    assert str(Path(onestep.__file__).resolve().parent) not in paths
+    if checkout not in {str(Path(p).resolve()) for p in site.getsitepackages()}:
+        assert paths[0] == checkout

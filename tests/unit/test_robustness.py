@@ -34,7 +34,7 @@ from onestep import (
     RetryPolicy,
     StartupError,
 )
-from onestep._checks import MAX_DELAY_S
+from onestep._values import MAX_DELAY_S
 from tests.helpers import ListSource, running
 
 TIMEOUT = 10.0

@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import onestep._sqlite_state
-import onestep._state
+import onestep.state._sqlite
+import onestep.state._store
 from onestep import (
     CronSource,
     Delivery,
@@ -36,7 +36,7 @@ from onestep import (
     StateStore,
     TaskEvent,
 )
-from onestep._schedule import MAX_BACKLOG, MAX_POLL_S, ScheduleSource
+from onestep.sources._schedule import MAX_BACKLOG, MAX_POLL_S, ScheduleSource
 from tests.helpers import running
 
 TIMEOUT = 5.0
@@ -631,8 +631,8 @@ def store_time(monkeypatch) -> list[float]:
     """The state stores' clock (claim expiry), advanced by the test: [seconds]."""
     now = [1_800_000_000.0]
     fake = SimpleNamespace(time=lambda: now[0], monotonic=lambda: now[0])
-    monkeypatch.setattr(onestep._state, "time", fake)
-    monkeypatch.setattr(onestep._sqlite_state, "time", fake)
+    monkeypatch.setattr(onestep.state._store, "time", fake)
+    monkeypatch.setattr(onestep.state._sqlite, "time", fake)
     return now
 
 

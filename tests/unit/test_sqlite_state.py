@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-import onestep._sqlite_state
-import onestep._state
+import onestep.state._sqlite
+import onestep.state._store
 from onestep import (
     InMemoryStateStore,
     IntervalSource,
@@ -58,8 +58,8 @@ class FakeTime:
 def fake_time(monkeypatch) -> FakeTime:
     fake = FakeTime()
     namespace = SimpleNamespace(time=fake.time, monotonic=fake.monotonic)
-    monkeypatch.setattr(onestep._state, "time", namespace)
-    monkeypatch.setattr(onestep._sqlite_state, "time", namespace)
+    monkeypatch.setattr(onestep.state._store, "time", namespace)
+    monkeypatch.setattr(onestep.state._sqlite, "time", namespace)
     return fake
 
 
@@ -467,7 +467,7 @@ def test_the_first_open_waits_while_another_connection_writes(db, monkeypatch):
         real_sleep(seconds)
 
     monkeypatch.setattr(
-        onestep._sqlite_state,
+        onestep.state._sqlite,
         "time",
         SimpleNamespace(time=time.time, monotonic=time.monotonic, sleep=sleep),
     )

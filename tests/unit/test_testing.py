@@ -141,7 +141,7 @@ def test_the_users_event_handlers_see_the_events_and_are_unchanged() -> None:
     assert run_until_idle(app)["work"]["succeeded"] == 3
     assert metrics.count("succeeded", task="work") == 3
     assert app.describe()["event_handlers"] == ["InMemoryMetrics"]
-    assert app._event_taps == []
+    assert app._events.taps == []
 
 
 def test_an_app_without_event_handlers_builds_no_events_after_it() -> None:

@@ -23,8 +23,8 @@ from onestep import (
     Source,
     SQLiteStateStore,
 )
-from onestep._checks import MAX_DELAY_S
-from onestep._task import MAX_CONCURRENCY
+from onestep._values import MAX_DELAY_S
+from onestep.core._task import MAX_CONCURRENCY
 
 BAD_ARGUMENT = (TypeError, ValueError)
 

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._checks import check_delay
-from ._state import StateStore, check_ttl
+from .._values import check_delay
+from ._store import StateStore, check_ttl
 
 # sqlite3.connect() turns its timeout into a C int of milliseconds: past 2**31 ms (24.8
 # days) it wraps and SQLite then waits not at all. A longer timeout_s is clamped here.

@@ -21,8 +21,8 @@ from typing import Any
 
 from actors import GIL_ATOMIC
 
-from ._checks import check_delay, check_int
-from ._delivery import Delivery, Sink, Source
+from .._values import check_delay, check_int
+from ..core import Delivery, Sink, Source
 
 _monotonic = time.monotonic
 

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from actors import AppFailed
 
+from .._exit_codes import EXIT_OK
+from ..core import JsonFormatter
 from . import _worker_link
-from ._exit_codes import EXIT_OK
-from ._logging import JsonFormatter
-from ._process_checks import resolve_processes, target_of
-from ._processes import ProcessSupervisor
+from ._preflight import resolve_processes, target_of
+from ._supervisor import ProcessSupervisor
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from ..core import AppCore as OneStepApp
 
 
 def run_processes(app: OneStepApp, processes: Any) -> bool:

@@ -25,10 +25,11 @@ import signal
 import time
 from collections import deque
 
+from .._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED, EXIT_OK
+from ..core import STOP_SIGNALS
+from ..core import AppCore as OneStepApp
 from . import _worker_link
-from ._app import STOP_SIGNALS, OneStepApp
-from ._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED, EXIT_OK
-from ._process_checks import check_processes, resolve_processes
+from ._preflight import check_processes, resolve_processes
 from ._run_resources import ListenFailed, RunResources
 from ._worker_process import WorkerSlot, clean_stop_exit, describe_exit
 
@@ -134,7 +135,7 @@ class ProcessSupervisor:
         """Start the workers and supervise them until they all stopped. Runs on the
         calling thread; SIGINT/SIGTERM/SIGHUP handlers are installed when that is the
         main thread, and `app.request_shutdown()` from any thread stops the workers too."""
-        self.app._shutdown_callbacks.append(self._wakeup.wake)
+        self.app.internals.add_shutdown_callback(self._wakeup.wake)
         try:
             with self._wakeup.catching(STOP_SIGNALS):
                 try:
@@ -392,8 +393,7 @@ class ProcessSupervisor:
         try:
             for worker in self.workers:
                 worker.discard(self._wakeup)
-            if self._wakeup.wake in self.app._shutdown_callbacks:
-                self.app._shutdown_callbacks.remove(self._wakeup.wake)
-            self.app._shutdown_requested.clear()
+            self.app.internals.remove_shutdown_callback(self._wakeup.wake)
+            self.app.internals.clear_shutdown_request()
         finally:
             self._resources.release()

@@ -22,17 +22,31 @@ from typing import Any, NoReturn
 
 import click
 
-from ._app import OneStepApp
-from ._connect_check import check_connections
-from ._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable
-from ._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED
-from ._loader import TargetError, load_app
-from ._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
-from ._metrics import AppMonitor, Monitor, WorkersMonitor
-from ._process_checks import MAX_PROCESSES, ProcessesRefused, check_processes, resolve_processes
-from ._processes import START_TIMEOUT_S, ProcessSupervisor
-from ._version import __version__
-from ._worker_link import RUN_DIR_ENV, WorkerLink
+from .._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED
+from .._onestep_app import OneStepApp, load_app
+from .._version import __version__
+from ..core import TargetError
+from ..core._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from ..ops import (
+    AppMonitor,
+    DeadLetter,
+    DeadLetters,
+    Monitor,
+    NotBrowsable,
+    NotReplayable,
+    WorkersMonitor,
+    check_connections,
+)
+from ..processes import (
+    MAX_PROCESSES,
+    RUN_DIR_ENV,
+    START_TIMEOUT_S,
+    ProcessesRefused,
+    ProcessSupervisor,
+    WorkerLink,
+    check_processes,
+    resolve_processes,
+)
 
 logger = logging.getLogger("onestep.cli")
 
@@ -56,7 +70,7 @@ def _http_option(value: Any) -> tuple[str, int] | None:
     """`--http HOST:PORT` or `--http PORT` (host 127.0.0.1)."""
     if value is None:
         return None
-    from .http import parse_address
+    from ..http import parse_address
 
     try:
         return parse_address(str(value))
@@ -177,7 +191,7 @@ def _operations(monitor: Monitor | None, http: tuple[str, int] | None) -> Iterat
         finally:
             monitor.stop()
         return
-    from .http import HttpServer
+    from ..http import HttpServer
 
     host, port = http
     try:

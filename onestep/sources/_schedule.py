@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ._delivery import Delivery, Source, SourceContext
-from ._state import InMemoryStateStore, StateStore
+from ..core import Delivery, Source, SourceContext
+from ..state import InMemoryStateStore, StateStore
 
 logger = logging.getLogger("onestep.schedule")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._app import OneStepApp
+from ._app import AppCore
 
 DEFAULT_ATTR = "app"
 
@@ -31,7 +31,7 @@ class TargetError(ValueError):
     """The target names no importable module or file, or no OneStepApp in it."""
 
 
-def load_app(target: str) -> OneStepApp:
+def load_app(target: str) -> AppCore:
     """Import `target` and return the OneStepApp it names.
 
     `target` is `module:attr` or `path/to/file.py[:attr]`; `attr` defaults to `app`
@@ -139,14 +139,14 @@ def _get_attr(module: ModuleType, label: str, attr: str) -> Any:
 
 
 def _apps_in(module: ModuleType) -> str:
-    apps = sorted(name for name, value in vars(module).items() if isinstance(value, OneStepApp))
+    apps = sorted(name for name, value in vars(module).items() if isinstance(value, AppCore))
     if not apps:
         return "it defines no OneStepApp"
     return f"its OneStepApp attributes: {', '.join(apps)}"
 
 
-def _as_app(obj: Any, where: str) -> OneStepApp:
-    if isinstance(obj, OneStepApp):
+def _as_app(obj: Any, where: str) -> AppCore:
+    if isinstance(obj, AppCore):
         return obj
     if not callable(obj):
         raise TargetError(f"{where} is not a OneStepApp: it is {_show(obj)}")
@@ -164,7 +164,7 @@ def _as_app(obj: Any, where: str) -> OneStepApp:
         raise TargetError(f"factory {where} {_exited(exc)}") from exc
     except Exception as exc:
         raise TargetError(f"factory {where} raised {_describe(exc)}") from exc
-    if not isinstance(app, OneStepApp):
+    if not isinstance(app, AppCore):
         raise TargetError(f"factory {where} returned {_show(app)}, not a OneStepApp")
     return app
 

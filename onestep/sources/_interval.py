@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ._checks import MAX_DELAY_S, check_number
+from .._values import MAX_DELAY_S, check_number
 from ._schedule import Clock, ScheduleSource
 
 # An interval's anchor is kept "for ever" (a claim needs an expiry: a century).

@@ -6,7 +6,7 @@ status line); in a worker of `onestep run --processes N` it also writes its snap
 a file every second, and the parent's `WorkersMonitor` sums those files. Both keep a
 background thread ("onestep-monitor") that refreshes queue depths, samples rates and
 logs the status line, so a scrape never queries a broker. The Prometheus side is in
-onestep._collector (imported only by onestep.http).
+onestep.ops._collector (imported only by onestep.http).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from actors import DURATION_BUCKETS
 from ._status_line import StatusLine, handled
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from ..core import AppCore
 
 logger = logging.getLogger("onestep.metrics")
 
@@ -57,7 +57,7 @@ def _empty_task(source: str | None) -> dict[str, Any]:
 class Monitor:
     """The common part: a snapshot to read, rates over the last minute, a thread."""
 
-    def __init__(self, app: OneStepApp, *, status_interval_s: float = 0.0) -> None:
+    def __init__(self, app: AppCore, *, status_interval_s: float = 0.0) -> None:
         self.app = app
         self._samples: deque[tuple[float, dict[str, int]]] = deque()
         self._samples_lock = threading.Lock()
@@ -147,14 +147,14 @@ class AppMonitor(Monitor):
 
     def __init__(
         self,
-        app: OneStepApp,
+        app: AppCore,
         *,
         status_interval_s: float = 0.0,
         snapshot_dir: str | None = None,
         worker: str = "",
     ) -> None:
         super().__init__(app, status_interval_s=status_interval_s)
-        self.stats = app._enable_stats()
+        self.stats = app.internals.enable_stats()
         self._depths: dict[str, int | None] = {}
         self._depths_at = -math.inf
         self._snapshot_path: Path | None = None
@@ -168,7 +168,7 @@ class AppMonitor(Monitor):
         health = app.health()
         running = health["status"] != "stopped"
         problems = health["problems"]
-        system = app._system
+        system = app.internals.system
         inflight = (
             {} if system is None else {rt.task.name: len(rt.ledger) for rt in system.runtimes}
         )
@@ -241,7 +241,7 @@ class WorkersMonitor(Monitor):
 
     def __init__(
         self,
-        app: OneStepApp,
+        app: AppCore,
         workers: Callable[[], list[tuple[str, int | None, bool]]],
         run_dir: Callable[[], str],
         running: Callable[[], bool],

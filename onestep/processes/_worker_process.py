@@ -15,8 +15,9 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from . import _listen, _worker_link
-from ._app import STOP_SIGNALS
+from ..core import STOP_SIGNALS
+from . import _sockets as _listen
+from . import _worker_link
 from ._wakeup import Wakeup, drain
 
 #: Exits that a stop signal explains: a worker ended by one of them before it could
@@ -115,7 +116,7 @@ class WorkerSlot:
         # The worker must import this same onestep: a source checkout that is not
         # installed is found through PYTHONPATH (site-packages never is put there, where
         # it would shadow the standard library).
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])
         if package_root not in site_dirs():
             paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
             if package_root not in paths:

@@ -1,5 +1,5 @@
 """The status line of `onestep run --status-interval S`: one INFO record per task every S
-seconds, from the monitor thread (onestep._metrics) that reads the counters anyway."""
+seconds, from the monitor thread (onestep.ops._metrics) that reads the counters anyway."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from .._onestep_app import OneStepApp
 
 _REQUIRED_SOURCE_METHODS = ("fetch", "ack", "retry", "fail")
 
@@ -24,7 +24,10 @@ class Delivery:
     that could not decode the message: the runtime dead-letters it with kind `decode`
     without calling the handler. `task` is the name of the task handling it. `reply`,
     set by a request-reply source, is called with `(result, None)` after success or
-    `(None, failure)` once the message failed for good.
+    `(None, failure)` once the message failed for good; a reply may define
+    `encode(result)`, called as soon as the handler returned and before anything is
+    published or acked: an exception it raises (EncodeError for a result it cannot
+    encode) fails the message instead.
     """
 
     # __slots__ halves the size of a Delivery (56 vs 104 bytes plus a dict) and makes

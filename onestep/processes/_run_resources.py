@@ -12,11 +12,11 @@ import socket
 import tempfile
 from typing import TYPE_CHECKING
 
-from . import _listen
+from . import _sockets as _listen
 from ._wakeup import Wakeup
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from ..core import AppCore as OneStepApp
 
 logger = logging.getLogger("onestep.processes")
 

@@ -1,4 +1,6 @@
-"""OneStepApp: registers tasks, hooks and event handlers, and runs them on the actors.
+"""AppCore: the app's core: registers tasks, hooks and event handlers, and runs them on
+the actors. `onestep.OneStepApp` (onestep/_onestep_app.py) is this plus the parts that
+extend it (`run(processes=N)`, `serve_http`, `dead_letters`, `executor="process"`).
 
 `run()` blocks the calling thread; `await serve()` runs inside an asyncio program;
 `start()`/`stop()` embed the runtime in a host process without blocking it.
@@ -9,36 +11,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 import math
-import signal
 import threading
 from collections.abc import Callable, Mapping
-from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from actors import ActorSystem, AppFailed, EventRecord, RestartPolicy, RuntimeStats
 
-from ._checks import check_delay, check_int, check_number
-from ._dead_letters import DeadLetters, dead_letters_of
+from .._values import check_delay, check_int, check_number
+from ..state import InMemoryStateStore, StateStore
 from ._delivery import SourceContext
 from ._events import TaskEvent
-from ._process_executor import ProcessExecutor
-from ._state import InMemoryStateStore, StateStore
-from ._task import TaskSpec, is_async_callable
+from ._hooks import (
+    EventDispatch,
+    Hook,
+    callable_name,
+    install_signal_handlers,
+    on_runtime_thread,
+    run_shutdown_hooks,
+    run_startup_hooks,
+)
+from ._internals import AppInternals
+from ._task import ExecutorOptions, TaskSpec
+
+if TYPE_CHECKING:
+    from .._onestep_app import OneStepApp
 
 logger = logging.getLogger("onestep.app")
-
-#: The signals that start a graceful shutdown: Ctrl-C, systemd's and Docker's SIGTERM, and
-#: a hangup (a closed terminal or SSH session), which would otherwise end the process at
-#: once with messages in flight.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class OneStepApp:
+class AppCore:
     """The application: a name, config, a state store, and its tasks."""
 
     def __init__(
@@ -72,27 +77,26 @@ class OneStepApp:
         self.state: StateStore = state if state is not None else InMemoryStateStore()
         self.shutdown_timeout_s = float(shutdown_timeout_s)
         self._tasks: dict[str, TaskSpec] = {}
-        self._event_handlers: list[Callable[[TaskEvent], Any]] = []
-        # Internal listeners of the raw event records (onestep.testing.run_until_idle
-        # counts outcomes with one); unlike handlers they see no TaskEvent and are not
-        # part of describe(). Events flow while either list is non-empty.
-        self._event_taps: list[Callable[[EventRecord], None]] = []
-        self._startup_hooks: list[Callable[[OneStepApp], Any]] = []
-        self._shutdown_hooks: list[Callable[[OneStepApp], Any]] = []
+        self._events = EventDispatch(name)
+        self._startup_hooks: list[Hook] = []
+        self._shutdown_hooks: list[Hook] = []
         self._system: ActorSystem | None = None
         self._lifecycle = threading.Lock()
         self._shutdown_requested = threading.Event()
         self._shutdown_callbacks: list[Callable[[], None]] = []
         self._failure: BaseException | None = None
-        # The runtime's counters (onestep._metrics reads them), kept across restarts of
-        # the app; None until metrics, the status page or the status line need them, so
-        # that an app without them counts nothing.
+        # The runtime's counters (onestep.ops._metrics reads them), kept across restarts
+        # of the app; None until metrics, the status page or the status line need them,
+        # so that an app without them counts nothing.
         self._stats: RuntimeStats | None = None
-        # Set by onestep.http.HttpServer while it serves this app.
+        # Set by onestep.http.HttpServer (through `internals`) while it serves this app.
         self._http_url: str | None = None
+        #: The interface onestep's own extensions (HTTP, metrics, `--processes`, the
+        #: testing helpers) use; not for applications.
+        self.internals = AppInternals(self)
 
     def __repr__(self) -> str:
-        return f"OneStepApp({self.name!r}, tasks={list(self._tasks)})"
+        return f"{type(self).__name__}({self.name!r}, tasks={list(self._tasks)})"
 
     # -- registration ----------------------------------------------------------------------
 
@@ -106,7 +110,7 @@ class OneStepApp:
         dead_letter: Any = None,
         timeout_s: float | None = None,
         concurrency: int = 1,
-        executor: str | ProcessExecutor = "thread",
+        executor: str | ExecutorOptions = "thread",
     ) -> Callable[[F], F]:
         """Register the decorated `def f(ctx, item)` or `async def f(ctx, item)`.
 
@@ -131,6 +135,7 @@ class OneStepApp:
                 timeout_s=timeout_s,
                 concurrency=concurrency,
                 executor=executor,
+                read_executor=self._executor_options,
             )
             if spec.name in self._tasks:
                 raise ValueError(f"name {spec.name!r} is already a task of app {self.name!r}")
@@ -146,13 +151,21 @@ class OneStepApp:
 
         return decorate
 
+    def _executor_options(self, value: Any, fn: Callable[..., Any], task: str) -> Any:
+        """The options of `@app.task(executor=value)` for the handler `fn` of `task`, or
+        None for threads (and async handlers). The core runs handlers in this process
+        only; `onestep.OneStepApp` adds `"process"`."""
+        if value is None or value == "thread":
+            return None
+        raise ValueError(f"executor must be 'thread', got {value!r}")
+
     def on_event(self, handler: Callable[[TaskEvent], Any]) -> Callable[[TaskEvent], Any]:
         """Call `handler(event)` for every TaskEvent, on the event actor's thread (an async
         handler on the event-loop thread). Usable as a decorator."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         self._check_not_running("add an event handler")
-        self._event_handlers.append(handler)
+        self._events.handlers.append(handler)
         return handler
 
     def on_startup(self, hook: F) -> F:
@@ -163,7 +176,7 @@ class OneStepApp:
         """Run `hook(app)` after the sinks are flushed at shutdown."""
         return self._add_hook(self._shutdown_hooks, hook)
 
-    def _add_hook(self, hooks: list[Callable[[OneStepApp], Any]], hook: F) -> F:
+    def _add_hook(self, hooks: list[Hook], hook: F) -> F:
         if not callable(hook):
             raise TypeError(f"hook must be callable, got {type(hook).__name__}")
         hooks.append(hook)
@@ -188,36 +201,8 @@ class OneStepApp:
             "shutdown_timeout_s": self.shutdown_timeout_s,
             "state": type(self.state).__name__,
             "tasks": [spec.describe() for spec in self._tasks.values()],
-            "event_handlers": [_callable_name(h) for h in self._event_handlers],
+            "event_handlers": [callable_name(h) for h in self._events.handlers],
         }
-
-    def dead_letters(self, task: str, *, sink: Any = None) -> DeadLetters:
-        """The dead letters of `task` in its dead-letter sink (`sink`, the object or its
-        name, when it has several): `.list(limit)`, `.replay(limit, keep_attempts=)`,
-        `.discard(limit)`. Works with the app stopped or running; each call runs on the
-        calling thread. ValueError for an unknown task or sink, or a task without a
-        dead-letter sink; NotBrowsable for a sink that cannot list its dead letters."""
-        return dead_letters_of(self, task, sink)
-
-    def _enable_stats(self) -> RuntimeStats:
-        """The app's RuntimeStats, made on first use: from the next start on, every task
-        counts its outcomes. RuntimeError while the app runs without them (its tasks
-        were started without counters)."""
-        with self._lifecycle:
-            if self._stats is None:
-                self._check_not_running("turn metrics on")
-                self._stats = RuntimeStats()
-            return self._stats
-
-    def serve_http(self, host: str = "127.0.0.1", port: int = 9100) -> Any:
-        """Serve `/metrics` (Prometheus), `/healthz`, `/readyz` and the status page at
-        `host:port` (port 0: any free port) in a thread of this process, and return the
-        running `onestep.http.HttpServer` (`.url`, `.stop()`, a context manager). Call it
-        before the app starts: it turns the app's counters on (RuntimeError while the app
-        runs without them). Needs no running app: /healthz answers 503 until it runs."""
-        from .http import serve_http  # falcon, waitress, prometheus_client: on demand
-
-        return serve_http(self, host, port)
 
     @property
     def http_url(self) -> str | None:
@@ -239,7 +224,7 @@ class OneStepApp:
             self._failure = None
             system = ActorSystem(
                 list(self._tasks.values()),
-                on_event=self._deliver_event if self._event_handlers or self._event_taps else None,
+                on_event=self._deliver_event if self._events.wanted else None,
                 on_fatal=self._fatal,
                 restarts=self.restarts,
                 stats=self._stats,
@@ -262,7 +247,7 @@ class OneStepApp:
         assert system is not None
         for spec in self._tasks.values():
             spec.bind(system.route)
-        self._run_startup_hooks()
+        run_startup_hooks(system, self, self._startup_hooks)
 
     def _may_fetch(self) -> bool:
         """Asked by the actor system after the startup hooks, on the thread that called
@@ -275,12 +260,13 @@ class OneStepApp:
             if attach is None:
                 continue
             report = functools.partial(system.report_event, spec.name, spec.source_name)
-            attach(SourceContext(self, spec.name, report))
+            # every app that runs is a onestep.OneStepApp, which connectors may type it as
+            attach(SourceContext(cast("OneStepApp", self), spec.name, report))
 
     def stop(self) -> None:
         """Shut down gracefully: stop fetching, give in-flight work `shutdown_timeout_s`,
         release what is left to its source, close sinks, run shutdown hooks. Idempotent."""
-        if _on_runtime_thread():
+        if on_runtime_thread():
             raise RuntimeError(
                 "app.stop() cannot run on one of the app's own threads (it would wait for "
                 "itself); call ctx.app.request_shutdown() from handlers and hooks"
@@ -291,7 +277,10 @@ class OneStepApp:
             if system is None:
                 return
             try:
-                released = system.stop(self.shutdown_timeout_s, self._run_shutdown_hooks)
+                released = system.stop(
+                    self.shutdown_timeout_s,
+                    functools.partial(run_shutdown_hooks, system, self, self._shutdown_hooks),
+                )
             finally:
                 for spec in self._tasks.values():
                     spec.bind(None)
@@ -330,25 +319,15 @@ class OneStepApp:
         """Why the app stopped on its own, if an actor failed past its restart limit."""
         return self._failure
 
-    def run(self, *, processes: int | str = 1) -> None:
-        """Run until `request_shutdown()` (or SIGINT/SIGTERM/SIGHUP on the main thread), then
-        shut down gracefully. Raises AppFailed if an actor failed past its restart limit.
-
-        `processes=N` (or `"auto"`: one per CPU) runs the app in N worker processes
-        under a parent that does no task work, as `onestep run --processes N` does
-        (see `onestep._processes`); each worker imports the module that defines this
-        app, so call it under `if __name__ == "__main__":`."""
-        if processes != 1:
-            from ._app_processes import run_processes  # imports this module
-
-            if run_processes(self, processes):
-                return
+    def run(self) -> None:
+        """Run until `request_shutdown()` (or SIGINT/SIGTERM/SIGHUP on the main thread), then shut
+        down gracefully. Raises AppFailed if an actor failed past its restart limit."""
         self._run_in_this_process()
 
     def _run_in_this_process(self, on_started: Callable[[], None] | None = None) -> None:
         """`run()` in this process; `on_started()` is called on the calling thread once
         `start()` returned (a worker of `--processes N` tells its parent so)."""
-        restore = self._install_signal_handlers()
+        restore = install_signal_handlers(self._shutdown_requested.is_set, self.request_shutdown)
         try:
             self.start()
             try:
@@ -400,96 +379,11 @@ class OneStepApp:
             self._failure = error if isinstance(error, AppFailed) else AppFailed(str(error))
         self.request_shutdown()
 
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handle(signum: int, frame: FrameType | None) -> None:
-            if self._shutdown_requested.is_set():
-                logger.warning("shutdown already in progress")
-                return
-            logger.info("got %s; shutting down", signal.Signals(signum).name)
-            self.request_shutdown()
-
-        previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
-        return restore
-
-    # -- hooks and events (called by the actor system) -------------------------------------
-
-    def _call_hook(self, hook: Callable[[OneStepApp], Any]) -> None:
-        system = self._system
-        assert system is not None
-        result = hook(self)
-        if inspect.isawaitable(result):
-            system.loop.wait(result)
-
-    def _run_startup_hooks(self) -> None:
-        """Runs on the thread that called start()."""
-        for hook in self._startup_hooks:
-            try:
-                self._call_hook(hook)
-            except Exception as exc:
-                raise RuntimeError(
-                    f"startup hook {_callable_name(hook)} failed: {type(exc).__name__}: {exc}"
-                ) from exc
-
-    def _run_shutdown_hooks(self) -> None:
-        """Runs on the thread that called stop(); a failing hook is logged, the rest run."""
-        for hook in self._shutdown_hooks:
-            try:
-                self._call_hook(hook)
-            except Exception:
-                logger.exception("shutdown hook %s failed", _callable_name(hook))
-
     def _deliver_event(self, record: EventRecord) -> None:
         """Runs on the event actor's thread."""
-        for tap in self._event_taps:
-            tap(record)
-        if not self._event_handlers:
-            return
-        kind, task, source, attempts, emitted_at, duration_s, failure, meta = record
-        event = TaskEvent(
-            kind,
-            self.name,
-            task,
-            source,
-            attempts,
-            emitted_at,
-            duration_s,
-            None if failure is None else failure.as_dict(),
-            meta,
-        )
-        system = self._system
-        for handler in self._event_handlers:
-            try:
-                if is_async_callable(handler) and system is not None:
-                    system.loop.submit(handler(event)).add_done_callback(_log_event_failure)
-                else:
-                    handler(event)
-            except Exception:
-                logger.exception("event handler %s failed on %s", _callable_name(handler), kind)
-
-
-def _on_runtime_thread() -> bool:
-    name = threading.current_thread().name
-    return name.startswith("onestep-") or "Actor-" in name
+        self._events.deliver(record, self._system)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _log_event_failure(future: Any) -> None:
-    error = future.exception()
-    if error is not None:
-        logger.error("async event handler failed", exc_info=error)
-
-
-def _callable_name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__name__

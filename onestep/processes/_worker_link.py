@@ -17,8 +17,9 @@ import signal
 import threading
 from types import FrameType
 
-from ._app import STOP_SIGNALS, OneStepApp
-from ._listen import adopt_inherited
+from ..core import STOP_SIGNALS
+from ..core import AppCore as OneStepApp
+from ._sockets import adopt_inherited
 
 logger = logging.getLogger("onestep.worker")
 
@@ -74,7 +75,7 @@ class WorkerLink:
         if stop_requested:
             logger.info("stopped before the app started")
             return
-        app._run_in_this_process(on_started=self._ready)
+        app.internals.run_in_this_process(on_started=self._ready)
 
     def _stop(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from ._checks import check_number
+from .._values import check_number
 
 _MISSING = object()
 

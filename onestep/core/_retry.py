@@ -12,7 +12,7 @@ from typing import Any
 
 from actors import Failure
 
-from ._checks import check_delay, check_int, check_number
+from .._values import check_delay, check_int, check_number
 
 
 class RetryPolicy(ABC):

@@ -11,19 +11,33 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from actors import ExecutorPort, Failure, SinkRoute
 
-from ._checks import check_delay, check_int
+from .._values import check_delay, check_int
+from ..state import AsyncStateView, StateView
 from ._context import TaskContext
 from ._delivery import Delivery, is_sink, missing_source_methods
-from ._process_executor import ProcessExecutor, check_runs_elsewhere, executor_option
 from ._retry import NoRetry, RetryPolicy
-from ._state import AsyncStateView, StateView
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from ._app import AppCore
+
+
+class ExecutorOptions(Protocol):
+    """What `@app.task(executor=...)` reads into for a task that runs its handler
+    elsewhere (`onestep.ProcessExecutor`): it makes the task's executor when the app
+    starts."""
+
+    def bind(self, spec: TaskSpec) -> ExecutorPort: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+#: Reads `@app.task(executor=value)` for the handler `fn` of task `name`: the options of
+#: an executor that runs it elsewhere, or None for threads (and async handlers).
+ExecutorReader = Callable[[Any, Callable[..., Any], str], "ExecutorOptions | None"]
 
 
 _PLAIN_RESULTS = frozenset({type(None), int, float, str, bytes, bool, dict, list, tuple})
@@ -102,7 +116,7 @@ class TaskSpec:
 
     def __init__(
         self,
-        app: OneStepApp,
+        app: AppCore,
         fn: Callable[..., Any],
         *,
         source: Any,
@@ -113,6 +127,7 @@ class TaskSpec:
         timeout_s: Any,
         concurrency: Any,
         executor: Any = None,
+        read_executor: ExecutorReader,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"handler must be callable, got {type(fn).__name__}")
@@ -130,9 +145,7 @@ class TaskSpec:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         is_async = is_async_callable(fn)
-        process = executor_option(_placeholder(executor))
-        if process is not None:
-            check_runs_elsewhere(fn, name)
+        process = read_executor(_placeholder(executor), fn, name)
         self.executor_kind = "async" if is_async else "thread" if process is None else "process"
         concurrency = check_concurrency(concurrency, self.executor_kind)
         timeout_s = _placeholder(timeout_s)
@@ -171,7 +184,7 @@ class TaskSpec:
         )
         self._routes: tuple[SinkRoute, ...] | None = None
         self._lock = threading.Lock()
-        self.process: ProcessExecutor | None = process
+        self.process: ExecutorOptions | None = process
         self.executor: ExecutorPort | None = None
 
     # -- running (called by the engine) --------------------------------------------------

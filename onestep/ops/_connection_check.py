@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
+    from ..core import AppCore
 
 logger = logging.getLogger("onestep.check")
 
@@ -64,7 +64,7 @@ class EndpointCheck:
         return f"{self.role} {self.name!r} ({where}): {outcome}"
 
 
-def check_connections(app: OneStepApp) -> list[EndpointCheck]:
+def check_connections(app: AppCore) -> list[EndpointCheck]:
     """Open and close every source and sink of `app`'s tasks, in task order (sources
     first within a task, then emit and dead-letter sinks); one EndpointCheck each.
     Afterwards the connectors' pooled connections are closed."""
@@ -81,7 +81,7 @@ def check_connections(app: OneStepApp) -> list[EndpointCheck]:
     return checks
 
 
-def _endpoints(app: OneStepApp) -> list[tuple[str, Any, list[str]]]:
+def _endpoints(app: AppCore) -> list[tuple[str, Any, list[str]]]:
     """(role, endpoint, what uses it) for every distinct endpoint per role."""
     found: dict[tuple[str, int], tuple[str, Any, list[str]]] = {}
 

@@ -1,5 +1,5 @@
 """The Prometheus collector of `GET /metrics`: turns a monitor's snapshot
-(onestep._metrics) into metric families at scrape time; used by onestep.http."""
+(onestep.ops._metrics) into metric families at scrape time; used by onestep.http."""
 
 from __future__ import annotations
 

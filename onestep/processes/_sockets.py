@@ -1,6 +1,6 @@
 """Listening sockets shared by the worker processes of `onestep run --processes N`.
 
-The parent (`onestep._processes`) binds each server address once with `bind()` and hands
+The parent (`onestep.processes._supervisor`) binds each server address once with `bind()` and hands
 the sockets to its workers; in a worker, `adopt_inherited()` takes them over at start and
 a standalone server (the webhook adapter's) asks `inherited_socket(host, port)` for the
 one to serve instead of binding its own. Every worker then accepts on the same port.

@@ -24,12 +24,12 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._delivery import Delivery
-from ._memory import MemoryQueue
+from ..core import Delivery
+from ..sources import MemoryQueue
 
 if TYPE_CHECKING:
-    from ._app import OneStepApp
-    from ._task import TaskSpec
+    from ..core import AppCore as OneStepApp
+    from ..core import TaskSpec
 
 logger = logging.getLogger("onestep.dead_letters")
 

@@ -2,7 +2,7 @@
 or `auto`), the apps that must be refused or deserve a note, and the target by which a
 worker imports an app started with `app.run(processes=N)`.
 
-Called by the CLI (`onestep run/check --processes`) and by `onestep._processes`, before
+Called by the CLI (`onestep run/check --processes`) and by `onestep.processes._supervisor`, before
 any worker starts; nothing here starts a process.
 """
 
@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._app import OneStepApp
-from ._loader import TARGET_MODULE_PREFIX
-from ._memory import MemoryQueue
-from ._schedule import ScheduleSource
-from ._state import InMemoryStateStore
+from ..core import TARGET_MODULE_PREFIX, AppCore
+from ..sources import MemoryQueue, ScheduleSource
+from ..state import InMemoryStateStore
 
 #: The most worker processes `--processes` accepts (a typo must not fork-bomb the host).
 MAX_PROCESSES = 1024
@@ -51,7 +49,7 @@ def resolve_processes(value: Any) -> int:
     return value
 
 
-def check_processes(app: OneStepApp, count: int) -> list[str]:
+def check_processes(app: AppCore, count: int) -> list[str]:
     """What running `app` in `count` worker processes means, one note per line (a
     MemoryQueue source is per worker, a webhook port is shared). Raises ProcessesRefused
     when it would be wrong: schedules on the in-memory state store would fire every tick
@@ -88,7 +86,7 @@ def check_processes(app: OneStepApp, count: int) -> list[str]:
     return notes
 
 
-def target_of(app: OneStepApp) -> str:
+def target_of(app: AppCore) -> str:
     """A target (`path/to/file.py:attr` or `module:attr`) by which a fresh interpreter
     imports `app`: a module-level name of the running script (preferred) or of an
     imported module. ValueError when there is none."""

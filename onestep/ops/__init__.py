@@ -1,0 +1,34 @@
+"""Operations: metrics monitors, status page and line, dead-letter tooling, connection
+checks. Imports the core, the state stores and the sources; imported by the public app,
+onestep.http, onestep.kit and the CLI. The Prometheus collector (`_collector`) is not
+re-exported here: prometheus_client is imported only by onestep.http.
+"""
+
+from ._connection_check import EndpointCheck, check_connections
+from ._dead_letters import (
+    DEAD_LETTER_ID,
+    DeadLetter,
+    DeadLetterEntry,
+    DeadLetters,
+    IdTally,
+    NotBrowsable,
+    NotReplayable,
+    dead_letters_of,
+)
+from ._metrics import AppMonitor, Monitor, WorkersMonitor
+
+__all__ = [
+    "DEAD_LETTER_ID",
+    "AppMonitor",
+    "DeadLetter",
+    "DeadLetterEntry",
+    "DeadLetters",
+    "EndpointCheck",
+    "IdTally",
+    "Monitor",
+    "NotBrowsable",
+    "NotReplayable",
+    "WorkersMonitor",
+    "check_connections",
+    "dead_letters_of",
+]
