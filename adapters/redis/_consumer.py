@@ -1,0 +1,265 @@
+"""The source side of a Redis stream: reading as one consumer of a group, reclaiming what
+dead consumers left pending, keeping the entries in flight alive, and settling in
+batches; owned by RedisStream, every method runs on its SourceActor's thread."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis.exceptions
+
+from onestep.kit import Delivery
+
+from ._codec import decode_entry, pack_delayed, with_attempts
+from ._scripts import KEEP_CHUNK
+
+if TYPE_CHECKING:
+    from ._stream import RedisStream
+
+logger = logging.getLogger("onestep.redis")
+
+#: The delay set is looked at (and its due entries moved) at most this often per
+#: consumer while messages flow; an idle consumer's blocking read also ends when the
+#: next delayed entry falls due.
+MOVE_EVERY_S = 0.05
+#: Due delayed entries moved into the stream per look.
+MOVE_LIMIT = 1000
+
+
+class Consumer:
+    """One consumer of the stream's group: the entries it handed out and not settled
+    (`held`, kept alive by `keep_alive`), and its settlements waiting for `flush`."""
+
+    def __init__(self, stream: RedisStream) -> None:
+        self.stream = stream
+        self.key = stream.name
+        self.group = stream.group
+        self.name = stream.consumer
+        #: ids of the entries handed out and not yet settled, in fetch order
+        self.held: dict[bytes, None] = {}
+        self._acks: list[bytes] = []
+        # entries to add again (a retry, a release): (delay in ms, fields)
+        self._readds: list[tuple[int, dict[bytes, bytes]]] = []
+        self._next_move = 0.0
+        # monotonic time the earliest delayed entry falls due (inf: none known)
+        self._next_due = float("inf")
+        self._next_reclaim = 0.0
+        self._cursor: bytes = b"0-0"
+        #: called (by the runtime's `subscribe`) to fetch again at once; None otherwise
+        self.wakeup: Callable[[], None] | None = None
+        self.call_later: Callable[..., Any] | None = None
+        self._wake_pending = False
+
+    @property
+    def buffered(self) -> bool:
+        return bool(self._acks or self._readds)
+
+    # -- the group ----------------------------------------------------------------------
+
+    def create_group(self) -> None:
+        """Create the group at the stream's `start_id` (and the stream, MKSTREAM) unless
+        it exists."""
+        try:
+            self.stream.client.xgroup_create(
+                self.key, self.group, id=self.stream.start_id, mkstream=True
+            )
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- fetching -----------------------------------------------------------------------
+
+    def fetch(self, limit: int) -> list[Delivery]:
+        count = min(limit, self.stream.batch_size)
+        if count <= 0:
+            return []
+        if self.buffered:
+            self.flush()
+        now = time.monotonic()
+        if now >= self._next_move or now >= self._next_due:
+            self._move_due(now)
+        deliveries: list[Delivery] = []
+        if now >= self._next_reclaim:
+            deliveries = self._reclaim(count, now)
+        left = count - len(deliveries)
+        if left > 0:
+            block_ms = self._block_ms(now) if not deliveries and not self.held else None
+            try:
+                deliveries += self._read(left, block_ms)
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # the stream or group was deleted (or the server restarted without
+                # persistence): make them again and read on
+                logger.warning(
+                    "Redis stream %r has no group %r any more; creating it again",
+                    self.key,
+                    self.group,
+                )
+                self.create_group()
+        if not deliveries:
+            self._after_empty(block_ms=left > 0 and not self.held)
+        return deliveries
+
+    def _block_ms(self, now: float) -> int:
+        """How long an idle read may wait on the server: `poll_interval_s`, shorter
+        when a delayed entry falls due sooner; never 0 (BLOCK 0 waits for ever)."""
+        wait = min(self.stream.poll_interval_s, self._next_due - now)
+        return max(1, int(wait * 1000))
+
+    def _read(self, count: int, block_ms: int | None) -> list[Delivery]:
+        response = self.stream.client.xreadgroup(
+            self.group, self.name, {self.key: ">"}, count=count, block=block_ms
+        )
+        if not response:
+            return []
+        entries = response[0][1]
+        held = self.held
+        decode = decode_entry
+        deliveries = []
+        for entry_id, fields in entries:
+            held[entry_id] = None
+            deliveries.append(decode(entry_id, fields))
+        return deliveries
+
+    def _after_empty(self, *, block_ms: bool) -> None:
+        """After an empty fetch: with the runtime's wakeup, fetch again at once after an
+        idle blocking read (it waited already), or after `poll_interval_s` while
+        handlers run (a settlement fetches sooner)."""
+        wakeup = self.wakeup
+        if wakeup is None:
+            return
+        if block_ms:
+            wakeup()
+        elif not self._wake_pending and self.call_later is not None:
+            self._wake_pending = True
+            self.call_later(self.stream.poll_interval_s, self._wake_later)
+
+    def _wake_later(self) -> None:
+        """Runs on the runtime's timer thread."""
+        self._wake_pending = False
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def _move_due(self, now: float) -> None:
+        moved, next_ms = self.stream.scripts.move_due(
+            keys=[self.stream.delay_key, self.key],
+            args=[MOVE_LIMIT, self.stream.maxlen or 0],
+        )
+        self._next_move = now + MOVE_EVERY_S
+        if moved >= MOVE_LIMIT:
+            self._next_due = now  # more are due: move on at the next fetch
+        else:
+            self._next_due = now + next_ms / 1000 if next_ms >= 0 else float("inf")
+
+    def _reclaim(self, count: int, now: float) -> list[Delivery]:
+        """Take over up to `count` entries other consumers left pending for longer than
+        `claim_idle_s` (XAUTOCLAIM), each counted as one more attempt; scans the
+        pending list in steps, a step per fetch, and starts again every
+        `claim_idle_s / 2`."""
+        stream = self.stream
+        min_idle_ms = int(stream.claim_idle_s * 1000)
+        cursor, entries, *_ = stream.client.xautoclaim(
+            self.key, self.group, self.name, min_idle_ms, self._cursor, count=count
+        )
+        self._cursor = cursor
+        if cursor in (b"0-0", "0-0"):
+            self._next_reclaim = now + stream.claim_idle_s / 2
+        held = self.held
+        claimed = [(i, f) for i, f in entries if f is not None and i not in held]
+        if not claimed:
+            return []
+        delivered = self._times_delivered([i for i, _ in claimed])
+        logger.warning(
+            "Redis stream %r: consumer %r took over %d entr%s idle for more than %g s "
+            "(their consumer stopped or stalled)",
+            self.key,
+            self.name,
+            len(claimed),
+            "y" if len(claimed) == 1 else "ies",
+            stream.claim_idle_s,
+        )
+        deliveries = []
+        for entry_id, fields in claimed:
+            held[entry_id] = None
+            # delivered n times: the earlier n - 1 deliveries were executions
+            redelivered = max(1, delivered.get(entry_id, 2) - 1)
+            deliveries.append(decode_entry(entry_id, fields, redelivered))
+        return deliveries
+
+    def _times_delivered(self, ids: list[bytes]) -> dict[bytes, int]:
+        """How often the group handed out each of `ids` (now pending to this consumer)."""
+        pending = self.stream.client.xpending_range(
+            self.key, self.group, min(ids), max(ids), len(self.held) + len(ids), self.name
+        )
+        return {item["message_id"]: int(item["times_delivered"]) for item in pending}
+
+    # -- keeping entries alive ----------------------------------------------------------
+
+    def keep_alive(self) -> None:
+        """Reset the idle time of the entries in flight, so that no other consumer
+        reclaims one while its handler runs; an entry someone else owns by now is
+        reported (it may run twice) and no longer kept."""
+        if self.buffered:
+            self.flush()
+        ids = list(self.held)
+        stream = self.stream
+        for start in range(0, len(ids), KEEP_CHUNK):
+            lost = stream.scripts.keep(
+                keys=[self.key], args=[self.group, self.name, *ids[start : start + KEEP_CHUNK]]
+            )
+            for entry_id in lost:
+                self.held.pop(entry_id, None)
+                logger.warning(
+                    "Redis stream %r: entry %s is no longer pending to consumer %r (another "
+                    "consumer reclaimed it after more than claim_idle_s=%g s): it may run "
+                    "twice",
+                    self.key,
+                    entry_id.decode(),
+                    self.name,
+                    stream.claim_idle_s,
+                )
+
+    # -- settling -----------------------------------------------------------------------
+
+    def ack(self, delivery: Delivery) -> None:
+        entry_id = delivery.handle[0]
+        self.held.pop(entry_id, None)
+        self._acks.append(entry_id)
+
+    def readd(self, delivery: Delivery, attempts: int, delay_s: float | None) -> None:
+        """Add the message again with `attempts` (after `delay_s`) and ack this entry,
+        both at the next flush, in one transaction."""
+        entry_id, fields = delivery.handle
+        self.held.pop(entry_id, None)
+        delay_ms = int((delay_s or 0.0) * 1000)
+        self._readds.append((delay_ms, with_attempts(fields, attempts)))
+        self._acks.append(entry_id)
+
+    def flush(self) -> None:
+        """Write the buffered settlements: one XACK for every settled entry, with the
+        re-added entries in the same MULTI/EXEC when there are any. If it fails they
+        stay buffered for the next flush (the entries stay pending meanwhile)."""
+        acks, readds = self._acks, self._readds
+        if not acks and not readds:
+            return
+        stream = self.stream
+        if not readds:
+            stream.client.xack(self.key, self.group, *acks)
+        else:
+            pipe = stream.client.pipeline(transaction=True)
+            maxlen = stream.maxlen
+            for delay_ms, fields in readds:
+                if delay_ms > 0:
+                    stream.scripts.delay(
+                        keys=[stream.delay_key], args=[delay_ms, pack_delayed(fields)], client=pipe
+                    )
+                    self._next_due = min(self._next_due, time.monotonic() + delay_ms / 1000)
+                else:
+                    pipe.xadd(self.key, fields, maxlen=maxlen, approximate=True)
+            pipe.xack(self.key, self.group, *acks)
+            pipe.execute()
+        self._acks, self._readds = [], []
