@@ -121,7 +121,10 @@ def decode_entry(entry_id: bytes, fields: dict[bytes, bytes], redelivered: int =
     payload: Any = body
     if body is None:
         error = ValueError(f"entry {entry_id.decode()} has no {BODY.decode()!r} field")
-        payload = {key.decode("utf-8", "replace"): value for key, value in fields.items()}
+        payload = {
+            key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
+            for key, value in fields.items()
+        }
     elif fields.get(TYPE) != BYTES_TYPE:
         try:
             payload = json.loads(body)

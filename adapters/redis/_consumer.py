@@ -47,7 +47,7 @@ class Consumer:
         # monotonic time the earliest delayed entry falls due (inf: none known)
         self._next_due = float("inf")
         self._next_reclaim = 0.0
-        self._cursor: bytes = b"0-0"
+        self._cursor: bytes = b"-"
         #: called (by the runtime's `subscribe`) to fetch again at once; None otherwise
         self.wakeup: Callable[[], None] | None = None
         self.call_later: Callable[..., Any] | None = None
@@ -156,23 +156,36 @@ class Consumer:
             self._next_due = now + next_ms / 1000 if next_ms >= 0 else float("inf")
 
     def _reclaim(self, count: int, now: float) -> list[Delivery]:
-        """Take over up to `count` entries other consumers left pending for longer than
-        `claim_idle_s` (XAUTOCLAIM), each counted as one more attempt; scans the
-        pending list in steps, a step per fetch, and starts again every
-        `claim_idle_s / 2`."""
+        """Take over up to `count` entries left pending for longer than `claim_idle_s`
+        (their consumer died, or stalled without keepalive), each counted as one more
+        attempt. XPENDING IDLE finds them with their delivery counts, skipping this
+        consumer's own entries in flight; XCLAIM with the same min-idle takes them, so
+        an entry whose owner kept it alive in between stays with its owner. Scans the
+        pending list a page per fetch, and starts again every `claim_idle_s / 2`."""
         stream = self.stream
         min_idle_ms = int(stream.claim_idle_s * 1000)
-        cursor, entries, *_ = stream.client.xautoclaim(
-            self.key, self.group, self.name, min_idle_ms, self._cursor, count=count
+        page = stream.client.xpending_range(
+            self.key, self.group, self._cursor, "+", count, idle=min_idle_ms
         )
-        self._cursor = cursor
-        if cursor in (b"0-0", "0-0"):
+        if len(page) < count:
+            self._cursor = b"-"
             self._next_reclaim = now + stream.claim_idle_s / 2
+        else:
+            self._cursor = b"(" + page[-1]["message_id"]
         held = self.held
-        claimed = [(i, f) for i, f in entries if f is not None and i not in held]
+        delivered = {
+            item["message_id"]: int(item["times_delivered"])
+            for item in page
+            if item["message_id"] not in held
+        }
+        if not delivered:
+            return []
+        claimed = stream.client.xclaim(
+            self.key, self.group, self.name, min_idle_ms, list(delivered)
+        )
+        claimed = [(i, f) for i, f in claimed if f is not None]
         if not claimed:
             return []
-        delivered = self._times_delivered([i for i, _ in claimed])
         logger.warning(
             "Redis stream %r: consumer %r took over %d entr%s idle for more than %g s "
             "(their consumer stopped or stalled)",
@@ -185,17 +198,9 @@ class Consumer:
         deliveries = []
         for entry_id, fields in claimed:
             held[entry_id] = None
-            # delivered n times: the earlier n - 1 deliveries were executions
-            redelivered = max(1, delivered.get(entry_id, 2) - 1)
-            deliveries.append(decode_entry(entry_id, fields, redelivered))
+            # handed out n times before this claim: n executions, each an attempt
+            deliveries.append(decode_entry(entry_id, fields, delivered.get(entry_id, 1)))
         return deliveries
-
-    def _times_delivered(self, ids: list[bytes]) -> dict[bytes, int]:
-        """How often the group handed out each of `ids` (now pending to this consumer)."""
-        pending = self.stream.client.xpending_range(
-            self.key, self.group, min(ids), max(ids), len(self.held) + len(ids), self.name
-        )
-        return {item["message_id"]: int(item["times_delivered"]) for item in pending}
 
     # -- keeping entries alive ----------------------------------------------------------
 

@@ -76,7 +76,8 @@ for i = 3, #ARGV do
   end
 end
 if #owned > 0 then
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, 'JUSTID', unpack(owned))
+  owned[#owned + 1] = 'JUSTID'
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned))
 end
 return lost
 """
