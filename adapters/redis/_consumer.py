@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,22 +26,39 @@ logger = logging.getLogger("onestep.redis")
 #: consumer while messages flow; an idle consumer's blocking read also ends when the
 #: next delayed entry falls due.
 MOVE_EVERY_S = 0.05
+#: How long the runtime's flush leaves plain acks buffered, so that they go with the next
+#: read in one pipelined round trip. A task with concurrency 8 settles a handful of
+#: entries per flush: draining 50,000 entries took 6,250 XACK round trips besides the
+#: 522 reads; now all 50,000 acks ride on those reads. The source's own close and
+#: keepalive write them whatever their age.
+ACK_DELAY_S = 0.02
 #: Due delayed entries moved into the stream per look.
 MOVE_LIMIT = 1000
 
 
 class Consumer:
-    """One consumer of the stream's group: the entries it handed out and not settled
-    (`held`, kept alive by `keep_alive`), and its settlements waiting for `flush`."""
+    """One consumer of the stream's group: the entries it read ahead (`ready`), those
+    read and not settled (`held`, kept alive by `keep_alive`), and its settlements
+    waiting for `flush`.
+
+    Reading ahead up to `batch_size` entries whatever the task's free credits (as an
+    AMQP prefetch does) keeps one XREADGROUP per batch even for a task with a
+    concurrency of 1. Measured with concurrency 8 draining 50,000 entries (2 loaded
+    CPUs): 11,100 entries/s reading only the free credits (0.11 of the raw loop),
+    25,800 reading ahead (0.39)."""
 
     def __init__(self, stream: RedisStream) -> None:
         self.stream = stream
         self.key = stream.name
         self.group = stream.group
         self.name = stream.consumer
-        #: ids of the entries handed out and not yet settled, in fetch order
+        #: ids of the entries read and not yet settled (in `ready` or handed out)
         self.held: dict[bytes, None] = {}
+        #: entries read ahead (up to `batch_size`) and not yet handed out
+        self.ready: deque[Delivery] = deque()
         self._acks: list[bytes] = []
+        # when the oldest buffered ack was made
+        self._acks_since = 0.0
         # entries to add again (a retry, a release): (delay in ms, fields)
         self._readds: list[tuple[int, dict[bytes, bytes]]] = []
         self._next_move = 0.0
@@ -73,36 +91,63 @@ class Consumer:
     # -- fetching -----------------------------------------------------------------------
 
     def fetch(self, limit: int) -> list[Delivery]:
-        count = min(limit, self.stream.batch_size)
-        if count <= 0:
+        """Up to `limit` deliveries from the read-ahead buffer, topped up first (with up
+        to `batch_size` entries per read) when it holds fewer than `limit`."""
+        if limit <= 0:
             return []
-        if self.buffered:
+        if self._readds:
             self.flush()
+        ready = self.ready
+        blocked = False
+        if len(ready) < limit:
+            blocked = self._top_up()
+        count = min(limit, len(ready))
+        if not count:
+            self._after_empty(blocked=blocked)
+            return []
+        popleft = ready.popleft
+        return [popleft() for _ in range(count)]
+
+    def _top_up(self) -> bool:
+        """Fill the buffer up to `batch_size`: due delayed entries moved into the
+        stream, then reclaimed entries, then new ones (waiting on the server when
+        nothing is in flight). True if the read waited on the server."""
         now = time.monotonic()
         if now >= self._next_move or now >= self._next_due:
             self._move_due(now)
-        deliveries: list[Delivery] = []
-        if now >= self._next_reclaim:
-            deliveries = self._reclaim(count, now)
-        left = count - len(deliveries)
-        if left > 0:
-            block_ms = self._block_ms(now) if not deliveries and not self.held else None
-            try:
-                deliveries += self._read(left, block_ms)
-            except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # the stream or group was deleted (or the server restarted without
-                # persistence): make them again and read on
-                logger.warning(
-                    "Redis stream %r has no group %r any more; creating it again",
-                    self.key,
-                    self.group,
-                )
-                self.create_group()
-        if not deliveries:
-            self._after_empty(block_ms=left > 0 and not self.held)
-        return deliveries
+        ready = self.ready
+        room = self.stream.batch_size - len(ready)
+        if room > 0 and now >= self._next_reclaim:
+            ready.extend(self._reclaim(room, now))
+            room = self.stream.batch_size - len(ready)
+        if room <= 0:
+            return False
+        block_ms = None if self.held else self._block_ms(now)
+        if self._readds:
+            self.flush()
+        try:
+            ready.extend(self._read(room, block_ms))
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # the stream or group was deleted (or the server restarted without
+            # persistence): make them again and read on
+            logger.warning(
+                "Redis stream %r has no group %r any more; creating it again",
+                self.key,
+                self.group,
+            )
+            self.create_group()
+            return False
+        return block_ms is not None
+
+    def release_ready(self) -> None:
+        """Give back what was read ahead and not handed out (added again, attempts
+        unchanged, at the next flush); runs before the source closes."""
+        ready = self.ready
+        while ready:
+            delivery = ready.popleft()
+            self.readd(delivery, delivery.attempts, None)
 
     def _block_ms(self, now: float) -> int:
         """How long an idle read may wait on the server: `poll_interval_s`, shorter
@@ -111,9 +156,20 @@ class Consumer:
         return max(1, int(wait * 1000))
 
     def _read(self, count: int, block_ms: int | None) -> list[Delivery]:
-        response = self.stream.client.xreadgroup(
-            self.group, self.name, {self.key: ">"}, count=count, block=block_ms
-        )
+        """Read up to `count` new entries; the buffered acks go in the same round trip
+        (a pipeline of XACK and XREADGROUP)."""
+        client = self.stream.client
+        acks = self._acks
+        if acks:
+            pipe = client.pipeline(transaction=False)
+            pipe.xack(self.key, self.group, *acks)
+            pipe.xreadgroup(self.group, self.name, {self.key: ">"}, count=count, block=block_ms)
+            response = pipe.execute()[1]
+            self._acks = []
+        else:
+            response = client.xreadgroup(
+                self.group, self.name, {self.key: ">"}, count=count, block=block_ms
+            )
         if not response:
             return []
         entries = response[0][1]
@@ -125,14 +181,14 @@ class Consumer:
             deliveries.append(decode(entry_id, fields))
         return deliveries
 
-    def _after_empty(self, *, block_ms: bool) -> None:
+    def _after_empty(self, *, blocked: bool) -> None:
         """After an empty fetch: with the runtime's wakeup, fetch again at once after an
         idle blocking read (it waited already), or after `poll_interval_s` while
         handlers run (a settlement fetches sooner)."""
         wakeup = self.wakeup
         if wakeup is None:
             return
-        if block_ms:
+        if blocked:
             wakeup()
         elif not self._wake_pending and self.call_later is not None:
             self._wake_pending = True
@@ -233,6 +289,8 @@ class Consumer:
     def ack(self, delivery: Delivery) -> None:
         entry_id = delivery.handle[0]
         self.held.pop(entry_id, None)
+        if not self._acks:
+            self._acks_since = time.monotonic()
         self._acks.append(entry_id)
 
     def readd(self, delivery: Delivery, attempts: int, delay_s: float | None) -> None:
@@ -242,14 +300,26 @@ class Consumer:
         self.held.pop(entry_id, None)
         delay_ms = int((delay_s or 0.0) * 1000)
         self._readds.append((delay_ms, with_attempts(fields, attempts)))
+        if not self._acks:
+            self._acks_since = time.monotonic()
         self._acks.append(entry_id)
 
-    def flush(self) -> None:
+    def flush(self, *, force: bool = True) -> None:
         """Write the buffered settlements: one XACK for every settled entry, with the
         re-added entries in the same MULTI/EXEC when there are any. If it fails they
-        stay buffered for the next flush (the entries stay pending meanwhile)."""
+        stay buffered for the next flush (the entries stay pending meanwhile).
+
+        Unless `force`d, plain acks wait (for at most ACK_DELAY_S, or until a batch is
+        full) to go with the next read in one round trip; see ACK_DELAY_S."""
         acks, readds = self._acks, self._readds
         if not acks and not readds:
+            return
+        if (
+            not force
+            and not readds
+            and len(acks) < self.stream.batch_size
+            and time.monotonic() - self._acks_since < ACK_DELAY_S
+        ):
             return
         stream = self.stream
         if not readds:

@@ -135,9 +135,13 @@ class RedisStream(Source, Sink):
                 self._consumer.flush()
 
     def close(self) -> None:
-        """On the source actor's thread, write buffered settlements (what cannot be
-        written stays pending and is reclaimed later: nothing is lost)."""
-        if self._on_source_thread() and self._consumer.buffered:
+        """On the source actor's thread, give back the entries read ahead and write the
+        buffered settlements (what cannot be written stays buffered for the next open,
+        and pending in Redis: nothing is lost)."""
+        if not self._on_source_thread():
+            return
+        self._consumer.release_ready()
+        if self._consumer.buffered:
             with self.connector.errors(f"settle entries of Redis stream {self.name!r}"):
                 self._consumer.flush()
 
@@ -153,8 +157,9 @@ class RedisStream(Source, Sink):
     # -- the source side (the source actor's thread) -------------------------------------
 
     def fetch(self, limit: int) -> list[Delivery]:
-        """Up to min(limit, batch_size) entries: reclaimed ones first, then new ones
-        (waiting up to `poll_interval_s` on the server when nothing is in flight)."""
+        """Up to `limit` entries, read ahead `batch_size` at a time: due delayed ones,
+        reclaimed ones, then new ones (waiting up to `poll_interval_s` on the server when
+        nothing is in flight)."""
         ident = threading.get_ident()
         if ident != self._source_thread:
             self._source_thread = ident
@@ -180,10 +185,11 @@ class RedisStream(Source, Sink):
         self._consumer.ack(delivery)
 
     def flush(self) -> None:
-        """Write the buffered settlements; runs when the actor's mailbox is empty."""
+        """Write the buffered settlements (plain acks may wait up to 20 ms to go with
+        the next read); runs when the actor's mailbox is empty."""
         if self._consumer.buffered and self._on_source_thread():
             with self.connector.errors(f"settle entries of Redis stream {self.name!r}"):
-                self._consumer.flush()
+                self._consumer.flush(force=False)
 
     def keepalive(self) -> None:
         """Reset the idle time of the entries in flight; runs on the source actor's
