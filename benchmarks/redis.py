@@ -39,7 +39,7 @@ from typing import Any
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE] + [_HERE]
 
-from _common import (
+from _common import (  # noqa: E402  (after the sys.path fix above)
     CountingEvent,
     add_common_args,
     emit_child_result,
