@@ -14,7 +14,7 @@ import redis.exceptions
 
 from onestep.kit import Delivery
 
-from ._codec import decode_entry, pack_delayed, with_attempts
+from ._codec import decode_entries, decode_entry, pack_delayed, with_attempts
 from ._scripts import KEEP_CHUNK
 
 if TYPE_CHECKING:
@@ -174,12 +174,9 @@ class Consumer:
             return []
         entries = response[0][1]
         held = self.held
-        decode = decode_entry
-        deliveries = []
-        for entry_id, fields in entries:
+        for entry_id, _ in entries:
             held[entry_id] = None
-            deliveries.append(decode(entry_id, fields))
-        return deliveries
+        return decode_entries(entries)
 
     def _after_empty(self, *, blocked: bool) -> None:
         """After an empty fetch: with the runtime's wakeup, fetch again at once after an
