@@ -340,3 +340,28 @@ def test_connector_arguments_are_checked_and_the_password_is_not_shown() -> None
     described = RedisConnector(URL).stream("s").describe()
     assert described["consumer"] == f"{socket.gethostname()}-{os.getpid()}"
     assert described["server"] == URL
+
+
+def test_an_idle_blocking_read_holds_up_a_shutdown_for_at_most_poll_interval_s(
+    keys: Keys, redis_connector: RedisConnector
+) -> None:
+    jobs = keys.name("jobs")
+    app = OneStepApp("idle")
+
+    @app.task(source=redis_connector.stream(jobs, poll_interval_s=3.0, consumer="idle-one"))
+    def work(ctx: Any, item: Any) -> None: ...
+
+    def blocked() -> bool:
+        return any(
+            client.get("cmd") == "xreadgroup" and "b" in client.get("flags", "")
+            for client in keys.client.client_list()
+        )
+
+    app.start()
+    try:
+        wait_until(blocked)  # the source waits on the server (XREADGROUP ... BLOCK)
+    finally:
+        started = time.monotonic()
+        app.stop()
+    # a read blocked for ever (BLOCK 0), or until the socket timed out (30 s), would show
+    assert time.monotonic() - started < 3.0 + 3.0
