@@ -30,6 +30,11 @@ from ._task import TaskSpec, is_async_callable
 
 logger = logging.getLogger("onestep.app")
 
+#: The signals that start a graceful shutdown: Ctrl-C, systemd's and Docker's SIGTERM, and
+#: a hangup (a closed terminal or SSH session), which would otherwise end the process at
+#: once with messages in flight.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -326,15 +331,15 @@ class OneStepApp:
         return self._failure
 
     def run(self, *, processes: int | str = 1) -> None:
-        """Run until `request_shutdown()` (or SIGINT/SIGTERM on the main thread), then shut
-        down gracefully. Raises AppFailed if an actor failed past its restart limit.
+        """Run until `request_shutdown()` (or SIGINT/SIGTERM/SIGHUP on the main thread), then
+        shut down gracefully. Raises AppFailed if an actor failed past its restart limit.
 
         `processes=N` (or `"auto"`: one per CPU) runs the app in N worker processes
         under a parent that does no task work, as `onestep run --processes N` does
         (see `onestep._processes`); each worker imports the module that defines this
         app, so call it under `if __name__ == "__main__":`."""
         if processes != 1:
-            from ._processes import run_processes  # imports this module
+            from ._app_processes import run_processes  # imports this module
 
             if run_processes(self, processes):
                 return
@@ -406,7 +411,7 @@ class OneStepApp:
             logger.info("got %s; shutting down", signal.Signals(signum).name)
             self.request_shutdown()
 
-        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
 
         def restore() -> None:
             for sig, old in previous.items():

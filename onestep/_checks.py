@@ -30,15 +30,17 @@ def check_number(
 
 
 def check_int(param: str, value: Any, *, minimum: int) -> int:
+    """`value` if it is an int (not a bool) >= `minimum`; ValueError naming `param`
+    otherwise."""
     if type(value) is not int or value < minimum:
         raise ValueError(f"{param} must be an int >= {minimum}, got {value!r}")
     return value
 
 
-#: The longest delay or timeout onestep accepts anywhere (`delay_s`, `timeout_s`, retry
-#: delays, leases): 30 days. Longer ones are refused where they are given, naming the
-#: parameter, instead of overflowing a timer or a timestamp later.
 MAX_DELAY_S = 30 * 86_400.0
+"""The longest delay or timeout onestep accepts anywhere (`delay_s`, `timeout_s`, retry
+delays, leases): 30 days. Longer ones are refused where they are given, naming the
+parameter, instead of overflowing a timer or a timestamp later."""
 
 
 def check_delay(param: str, value: Any, *, exclusive: bool = False) -> float:

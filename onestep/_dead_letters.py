@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("onestep.dead_letters")
 
-#: The meta key of the id the dead-letter path gives every dead letter (a uuid4 hex),
-#: so that a dead letter can be found again in a queue that has no ids of its own.
 DEAD_LETTER_ID = "dead_letter_id"
+"""The meta key of the id the dead-letter path gives every dead letter (a uuid4 hex), so
+that a dead letter can be found again in a queue that has no ids of its own."""
 
 #: A replay removes the dead letters it put back on the source after every this many:
 #: a crash mid-replay duplicates at most this many messages (never loses one), and a

@@ -118,15 +118,26 @@ class Source(Endpoint):
     poll_interval_s: ClassVar[float] = 0.05
 
     def fetch(self, limit: int) -> Any:
+        """Up to `limit` ready messages as a list of Delivery, `[]` when there are none
+        (the runtime fetches again after `poll_interval_s`). `limit` is the task's free
+        capacity; a source may also define `fetch()` without it."""
         raise NotImplementedError(f"{type(self).__name__} must implement fetch()")
 
     def ack(self, delivery: Delivery) -> Any:
+        """The message succeeded and every emit sink accepted its result: remove it for
+        good, so that no consumer sees it again."""
         raise NotImplementedError(f"{type(self).__name__} must implement ack()")
 
     def retry(self, delivery: Delivery, delay_s: float | None = None) -> Any:
+        """Deliver the message again after `delay_s` seconds (at once with None or 0),
+        with `attempts` one higher; the count travels with the message, so it survives
+        a restart."""
         raise NotImplementedError(f"{type(self).__name__} must implement retry()")
 
     def fail(self, delivery: Delivery, error: BaseException | None = None) -> Any:
+        """The retry policy gave up and the task has no dead-letter sink: never deliver
+        the message again (drop it, or keep it where an operator can see it). `error` is
+        a HandlerFailed carrying the Failure."""
         raise NotImplementedError(f"{type(self).__name__} must implement fail()")
 
     def release(self, delivery: Delivery) -> Any:
@@ -148,6 +159,8 @@ class Sink(Endpoint):
     """
 
     def publish(self, body: Any, meta: dict[str, Any] | None = None) -> Any:
+        """Store one result with its meta; return only once it is stored (the message
+        is acked after every emit sink returned), raise if it was not."""
         raise NotImplementedError(f"{type(self).__name__} must implement publish()")
 
 

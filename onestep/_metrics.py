@@ -246,12 +246,16 @@ class WorkersMonitor(Monitor):
         run_dir: Callable[[], str],
         running: Callable[[], bool],
         *,
+        stalled: Callable[[], str | None] = lambda: None,
         status_interval_s: float = 0.0,
     ) -> None:
+        """`stalled()` says why the workers fail as a whole (none has been ready for too
+        long), or None: health "failed" then, and /healthz answers 503."""
         super().__init__(app, status_interval_s=status_interval_s)
         self._workers = workers
         self._run_dir = run_dir
         self._running = running
+        self._stalled = stalled
 
     def _files(self) -> Iterator[dict[str, Any]]:
         directory = self._run_dir()
@@ -303,7 +307,12 @@ class WorkersMonitor(Monitor):
             worker = next((w for w, pid, _ in workers if pid == snap.get("pid")), "?")
             for part, error in snap.get("health", {}).get("problems", {}).items():
                 problems[f"{worker}: {part}"] = error
+        stalled = self._stalled() if running else None
+        if stalled is not None:
+            problems["workers"] = stalled
         status = "stopped" if not running else "degraded" if problems else "ok"
+        if stalled is not None:
+            status = "failed"
         return {
             "app": self.app.name,
             "pid": os.getpid(),

@@ -27,13 +27,16 @@ class StateStore(ABC):
     blocking: bool = True
 
     @abstractmethod
-    def get(self, key: str, default: Any = None) -> Any: ...
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key`, or `default` when it is absent (or expired)."""
 
     @abstractmethod
-    def set(self, key: str, value: Any) -> None: ...
+    def set(self, key: str, value: Any) -> None:
+        """Store `value` (JSON-able for a store that leaves the process) under `key`."""
 
     @abstractmethod
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Remove `key`; nothing happens when it is absent."""
 
     def incr(self, key: str, amount: int = 1) -> int:
         """Add `amount` to an integer value (0 when absent) and return the new value."""
@@ -65,6 +68,8 @@ class StateStore(ABC):
 
 
 def check_ttl(ttl_s: Any) -> float:
+    """`ttl_s` as a float if it is a finite number above 0 (a `claim`'s lifetime);
+    ValueError naming `ttl_s` otherwise."""
     return check_number("ttl_s", ttl_s, exclusive=True)
 
 

@@ -17,7 +17,7 @@ import signal
 import threading
 from types import FrameType
 
-from ._app import OneStepApp
+from ._app import STOP_SIGNALS, OneStepApp
 from ._listen import adopt_inherited
 
 logger = logging.getLogger("onestep.worker")
@@ -43,8 +43,8 @@ current_worker: str | None = None
 
 class WorkerLink:
     """Built first thing in a worker process (on its main thread): takes over the pipes
-    and the inherited listening sockets, watches the parent, and records SIGINT/SIGTERM
-    until the app's own handlers take over, so that a stop that comes while the target
+    and the inherited listening sockets, watches the parent, and records SIGINT/SIGTERM/
+    SIGHUP until the app's own handlers take over, so that a stop that comes while the target
     loads stops the worker as soon as it has loaded."""
 
     def __init__(self, index: int, control_fd: int, status_fd: int) -> None:
@@ -61,7 +61,7 @@ class WorkerLink:
         self._lock = threading.Lock()
         self._app: OneStepApp | None = None
         self.stop_requested = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
         threading.Thread(target=self._watch_parent, name="onestep-parent-link", daemon=True).start()
 

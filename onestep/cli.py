@@ -4,8 +4,9 @@ discard TARGET --task NAME` handles a task's dead letters. Installed as a consol
 script; `python -m onestep` runs it too.
 
 Commands stay thin: they parse options, call `load_app` and the app (or, for `run
---processes N`, `onestep._processes.ProcessSupervisor`), and map errors to exit codes: 2
-for a bad target or option (an app without tasks included), 1 when the app crashed (or an
+--processes N`, `onestep._processes.ProcessSupervisor`), and map errors to exit codes
+(onestep._exit_codes): 2 for a bad target or option (an app without tasks, an `--http`
+address that cannot be resolved or bound included), 1 when the app crashed (or an
 endpoint failed, for `check --connect` and `dlq`), 0 after a clean stop. The hidden
 `_worker` command is what that supervisor starts in each worker process.
 """
@@ -24,18 +25,16 @@ import click
 from ._app import OneStepApp
 from ._connect_check import check_connections
 from ._dead_letters import DeadLetter, DeadLetters, NotBrowsable, NotReplayable
+from ._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED
 from ._loader import TargetError, load_app
 from ._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from ._metrics import AppMonitor, Monitor, WorkersMonitor
 from ._process_checks import MAX_PROCESSES, ProcessesRefused, check_processes, resolve_processes
-from ._processes import ProcessSupervisor
+from ._processes import START_TIMEOUT_S, ProcessSupervisor
 from ._version import __version__
 from ._worker_link import RUN_DIR_ENV, WorkerLink
 
 logger = logging.getLogger("onestep.cli")
-
-EXIT_CRASHED = 1
-EXIT_BAD_TARGET = 2
 
 TARGET_HELP = "TARGET is module:attr or path/to/file.py[:attr]; attr defaults to 'app'."
 
@@ -122,6 +121,16 @@ def _log_options(command: Any) -> Any:
     help="Log one status line per task this often (messages, rate, in flight, retries, "
     "dead letters); 0 turns it off.",
 )
+@click.option(
+    "--start-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=START_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --processes: a worker not running its app this long after it started (an "
+    "import that hangs) is killed and counted as a death; /healthz answers 503 once no "
+    "worker has been running for this long.",
+)
 def run(
     target: str,
     log_level: str,
@@ -129,14 +138,17 @@ def run(
     processes: int,
     http: tuple[str, int] | None,
     status_interval: float,
+    start_timeout: float,
 ) -> None:
-    """Run the app TARGET until SIGINT or SIGTERM, or until it stops by itself.
+    """Run the app TARGET until SIGINT, SIGTERM or SIGHUP, or until it stops by itself.
 
     A signal starts a graceful shutdown: sources stop fetching and in-flight work gets
     the app's shutdown_timeout_s to finish. With --processes N every worker drains so.
     """
     if processes > 1:
-        _run_processes(target, log_level, log_format, processes, http, status_interval)
+        _run_processes(
+            target, log_level, log_format, processes, http, status_interval, start_timeout
+        )
         return
     configure_logging(log_level, log_format)
     app = _load(target)
@@ -170,8 +182,9 @@ def _operations(monitor: Monitor | None, http: tuple[str, int] | None) -> Iterat
     host, port = http
     try:
         server = HttpServer(monitor, host, port)
-    except OSError as exc:
-        _fail(f"Error: cannot serve --http on {host}:{port}: {exc}", EXIT_CRASHED)
+    except (OSError, ValueError) as exc:  # cannot resolve, cannot bind: a config error
+        shown = f"[{host}]" if ":" in host else host
+        _fail(f"Error: cannot serve --http on {shown}:{port}: {exc}", EXIT_BAD_TARGET)
     try:
         yield
     finally:
@@ -185,6 +198,7 @@ def _run_processes(
     processes: int,
     http: tuple[str, int] | None = None,
     status_interval: float = 0.0,
+    start_timeout: float = START_TIMEOUT_S,
 ) -> None:
     configure_logging(log_level, log_format, worker="parent")
     app = _load(target)
@@ -198,6 +212,7 @@ def _run_processes(
             processes,
             log_level=log_level.upper(),
             log_format=log_format,
+            start_timeout_s=start_timeout,
             snapshots=counting,
         )
     except ProcessesRefused as exc:
@@ -209,6 +224,7 @@ def _run_processes(
             supervisor.worker_states,
             lambda: supervisor.run_dir,
             lambda: not supervisor.stopping,
+            stalled=supervisor.stalled,
             status_interval_s=status_interval,
         )
     with _operations(monitor, http):

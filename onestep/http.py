@@ -4,21 +4,28 @@ status page at `/`, as falcon resources and as a waitress server in a thread.
 `onestep run --http` and `app.serve_http()` start an `HttpServer`; an app that already
 runs falcon mounts the same resources with `add_routes(falcon_app, app)`. The endpoints
 read a monitor (onestep._metrics) and add nothing to the per-message path but counting.
+
+The server is the webhook's guarded waitress server (onestep._serving): slow or idle
+clients are cut off (read and idle timeouts), hundreds of them fit under the connection
+limit, and no request body is ever read (none of these endpoints takes one), so a
+liveness probe is answered while clients trickle bytes or hold idle connections.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from waitress import wasyncore
-from waitress.server import create_server
 
+from ._checks import check_delay, check_int
 from ._collector import OnestepCollector
 from ._metrics import AppMonitor, Monitor
+from ._serving import GuardedServer, guarded_adjustments
 from ._status_page import render_status_page
 
 if TYPE_CHECKING:
@@ -29,6 +36,19 @@ __all__ = ["HttpServer", "add_routes", "parse_address", "serve_http"]
 logger = logging.getLogger("onestep.http")
 
 _STOP_TIMEOUT_S = 5.0
+
+#: Connections the endpoint keeps open at most: many more than the probes and scrapers
+#: that use it, so that slow or idle clients (cut off after the timeouts below) do not
+#: lock them out; with a webhook server's 500 it fits the common `ulimit -n` of 1024.
+CONNECTION_LIMIT = 300
+#: Seconds a request may take to arrive from its first byte before it is cut off.
+READ_TIMEOUT_S = 10.0
+#: Seconds a connection may stay idle between requests.
+IDLE_TIMEOUT_S = 30.0
+#: Threads answering requests. A slow client holds none (the server's loop reads the
+#: request and writes the answer); a thread only renders a page, so a few keep the
+#: probes answered while the status page is being rendered for someone else.
+THREADS = 4
 
 
 class MetricsResource:
@@ -110,16 +130,51 @@ def add_routes(
     return monitor
 
 
-class HttpServer:
-    """The endpoints on a waitress server in a thread ("onestep-http"); `stop()` (or
-    leaving a `with` block) closes it. `url` is where it listens, with a trailing `/`."""
+class _NoBodies:
+    """The endpoint's BodyRouter: none of its routes takes a body, so a request that
+    announces one (or sends it chunked) is answered without reading it."""
 
-    def __init__(self, monitor: Monitor, host: str, port: int) -> None:
+    def body_limit(
+        self, method: str, path: str, headers: Mapping[str, str], content_length: int | None
+    ) -> int | None:
+        """Runs on the server's loop thread once a request's headers are in."""
+        return 0 if content_length == 0 else None
+
+
+class HttpServer:
+    """The endpoints on a guarded waitress server (onestep._serving) in a thread
+    ("onestep-http-PORT"); `stop()` (or leaving a `with` block) closes it. `url` is where
+    it listens, with a trailing `/`. Raises OSError when `host` cannot be resolved or
+    `port` bound, ValueError (naming the parameter) for a bad setting."""
+
+    def __init__(
+        self,
+        monitor: Monitor,
+        host: str,
+        port: int,
+        *,
+        connection_limit: int = CONNECTION_LIMIT,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        threads: int = THREADS,
+    ) -> None:
         self.monitor = monitor
         self.falcon_app = falcon.App()
         add_routes(self.falcon_app, monitor)
-        self._server: Any = create_server(
-            self.falcon_app, host=host, port=port, threads=2, ident="onestep", map={}
+        adj = guarded_adjustments(
+            host,
+            port,
+            threads=check_int("threads", threads, minimum=2),
+            connection_limit=check_int("connection_limit", connection_limit, minimum=1),
+            max_request_body_size=0,
+        )
+        self._server = GuardedServer(
+            self.falcon_app,
+            adj,
+            _NoBodies(),
+            read_timeout_s=check_delay("read_timeout_s", read_timeout_s, exclusive=True),
+            idle_timeout_s=check_delay("idle_timeout_s", idle_timeout_s, exclusive=True),
+            label="operations endpoint",
         )
         self.host = host
         self.port: int = self._server.effective_port
@@ -173,12 +228,15 @@ def _close_all(server: Any) -> None:
     server.trigger.close()
 
 
-def serve_http(app: OneStepApp | Monitor, host: str = "127.0.0.1", port: int = 9100) -> HttpServer:
+def serve_http(
+    app: OneStepApp | Monitor, host: str = "127.0.0.1", port: int = 9100, **settings: Any
+) -> HttpServer:
     """Serve the endpoints for `app` at `host:port` (port 0: any free port) in a thread
     of this process, and return the running HttpServer. Turns the app's counters on, so
-    call it before the app starts (RuntimeError otherwise)."""
+    call it before the app starts (RuntimeError otherwise). `settings` are HttpServer's
+    `connection_limit`, `read_timeout_s`, `idle_timeout_s` and `threads`."""
     monitor = app if isinstance(app, Monitor) else AppMonitor(app)
-    return HttpServer(monitor, host, port)
+    return HttpServer(monitor, host, port, **settings)
 
 
 def parse_address(value: str) -> tuple[str, int]:

@@ -11,13 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import falcon
 from waitress import wasyncore
-from waitress.adjustments import Adjustments
 
-from onestep.kit import inherited_socket
+from onestep.kit import GuardedServer, guarded_adjustments, inherited_socket
 
 from ._limits import DEFAULT_THREADS, EffectiveSettings, check_file_limit, merge
 from ._resource import WebhookResource
-from ._waitress import GuardedServer
 
 if TYPE_CHECKING:
     from ._source import WebhookSource
@@ -30,7 +28,7 @@ SERVER_THREADS = DEFAULT_THREADS
 # How long close() waits for in-flight requests before it stops the server anyway.
 _DRAIN_TIMEOUT_S = 10.0
 # Bytes over the largest max_body_bytes that waitress's own body limit allows: room for
-# chunk framing, so that the per-source checks in _waitress always answer first.
+# chunk framing, so that the per-source checks in the guarded server always answer first.
 _WAITRESS_BODY_SLACK = 65_536
 
 
@@ -50,17 +48,12 @@ class _SharedServer:
         self._stopped = False
         #: The exception that ended the server loop, if one did.
         self.crash: BaseException | None = None
-        adj = Adjustments(
-            host=host,
-            port=port,
+        adj = guarded_adjustments(
+            host,
+            port,
             threads=settings.threads,
             connection_limit=settings.connection_limit,
             max_request_body_size=settings.max_body_bytes + _WAITRESS_BODY_SLACK,
-            # poll(), not select(): select() fails on descriptors over 1023, which a
-            # process with hundreds of connections reaches.
-            asyncore_use_poll=True,
-            cleanup_interval=1,  # how often GuardedServer.maintenance applies the timeouts
-            ident="onestep",
         )
         self.server = GuardedServer(
             self._wsgi,
@@ -71,6 +64,7 @@ class _SharedServer:
             # Under `onestep run --processes N` the parent bound (host, port) once and
             # every worker's server accepts on that socket: one port for all workers.
             sock=inherited_socket(host, port),
+            label="webhook server",
         )
         self.port: int = self.server.effective_port
         self.where = f"{host}:{self.port}"

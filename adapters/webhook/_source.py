@@ -14,7 +14,7 @@ from typing import Any
 import falcon
 
 from onestep import Delivery, MemoryQueue, OneStepApp, SourceContext
-from onestep.kit import check_delay, check_int
+from onestep.kit import BODY_REFUSED, check_delay, check_int
 
 from ._auth import BearerToken, HmacSignature
 from ._body import _parse_body
@@ -32,7 +32,6 @@ from ._limits import ServerSettings
 from ._reply import _Reply
 from ._resource import WebhookResource
 from ._server import _acquire_server, _release_server, _SharedServer
-from ._waitress import BODY_REFUSED
 
 logger = logging.getLogger("onestep.webhook")
 

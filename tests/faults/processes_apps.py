@@ -92,7 +92,7 @@ def forever() -> OneStepApp:
     @app.task(source=jobs)
     def work(ctx: Any, item: Any) -> None:
         ctx.logger.info("working")
-        say(f"working in {worker()} run dir {os.environ['ONESTEP_RUN_DIR']}")
+        say(f"working in {worker()} run dir {os.environ.get('ONESTEP_RUN_DIR', '-')}")
         ctx.app.wait_for_shutdown_request()
         if drain_s:
             time.sleep(drain_s)  # the last of the work, so that the drain takes a while
@@ -154,5 +154,16 @@ def stuck_at_stop() -> OneStepApp:
     def hang(app: OneStepApp) -> None:
         say(f"hanging in {worker()}")
         time.sleep(3600)  # the hang under test, not synchronisation
+
+    return app
+
+
+def forever_with_hook() -> OneStepApp:
+    """`forever` with a shutdown hook that says it ran."""
+    app = forever()
+
+    @app.on_shutdown
+    def goodbye(app: OneStepApp) -> None:
+        say(f"shutdown hook in {worker()}")
 
     return app

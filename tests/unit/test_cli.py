@@ -1,7 +1,8 @@
 """The `onestep` command: exit codes, messages, `check` output, and signals.
 
 Most tests run the command in-process with click's CliRunner; a few start a real
-process to check the console script, `python -m onestep` and SIGTERM/SIGINT handling.
+process to check the console script, `python -m onestep` and SIGTERM/SIGINT/SIGHUP
+handling.
 """
 
 from __future__ import annotations
@@ -190,7 +191,10 @@ def test_a_target_calling_sys_exit_exits_2_with_a_message_from_the_console_scrip
     )
 
 
-@pytest.mark.parametrize(("option", "value"), [("--log-format", "xml"), ("--log-level", "LOUD")])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--log-format", "xml"), ("--log-level", "LOUD"), ("--start-timeout", "0")],
+)
 def test_bad_option_exits_2(invoke, option, value):
     result = invoke("run", "cli_apps.apps", option, value)
     assert result.exit_code == 2
@@ -363,7 +367,9 @@ class LineReader:
         return "".join(self.lines)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
 def test_a_signal_drains_in_flight_work_and_exits_0(signum):
     process = subprocess.Popen(
         [*onestep_command(), "run", "cli_apps.forever"],

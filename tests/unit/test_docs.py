@@ -56,6 +56,8 @@ REQUIRED_PAGES = {
     "RabbitMQ guide": "guides/rabbitmq.md",
     "MySQL guide": "guides/mysql.md",
     "Redis guide": "guides/redis.md",
+    "write a connector (issue 18)": "guides/connector.md",
+    "connector kit reference": "reference/kit.md",
     "retries, timeouts and dead letters": "retries.md",
     "running and deploying": "deploying.md",
     "operations": "operations.md",
@@ -131,6 +133,21 @@ def test_the_api_reference_covers_every_public_name():
     public = {f"onestep.{name}" for name in onestep.__all__ if not name.startswith("_")}
     missing = sorted((public | set(ADAPTER_NAMES)) - documented)
     assert not missing, f"not in docs/reference: {missing}"
+
+
+def test_the_connector_page_lists_the_whole_kit_and_every_check():
+    """docs/guides/connector.md has a table row for every name of onestep.kit and every
+    conformance check, and the reference renders both modules."""
+    from onestep import kit
+    from onestep.testing.conformance import CHECKS
+
+    page = (DOCS / "guides" / "connector.md").read_text()
+    rows = set(re.findall(r"^\| `([\w-]+)` \|", page, re.MULTILINE))
+    assert set(kit.__all__) - rows == set(), "kit names missing from the connector page"
+    assert set(CHECKS) - rows == set(), "conformance checks missing from the connector page"
+    reference = (DOCS / "reference" / "kit.md").read_text()
+    assert "::: onestep.kit\n" in reference
+    assert "::: onestep.testing.conformance\n" in reference
 
 
 def quickstart_commands(text: str) -> list[str]:

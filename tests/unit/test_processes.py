@@ -37,7 +37,7 @@ from onestep._process_checks import (
     resolve_processes,
     target_of,
 )
-from onestep._processes import describe_exit
+from onestep._worker_process import describe_exit
 from tests.helpers import running
 
 UNIT_DIR = Path(__file__).resolve().parent
@@ -346,9 +346,9 @@ def test_a_port_in_use_fails_the_run_before_any_worker_starts():
 
 
 def test_workers_get_the_parents_interpreter_options(monkeypatch):
-    from onestep._processes import _interpreter_options
+    from onestep._worker_process import interpreter_options
 
     monkeypatch.setattr(sys, "_xoptions", {"dev": True, "importtime": "2"})
     monkeypatch.setattr(sys, "warnoptions", ["error::DeprecationWarning"])
-    options = _interpreter_options()
+    options = interpreter_options()
     assert options[-5:] == ["-X", "dev", "-X", "importtime=2", "-Werror::DeprecationWarning"]

@@ -221,7 +221,7 @@ def test_a_body_shorter_than_its_content_length_is_refused() -> None:
 def test_a_body_the_server_refused_unread_is_never_taken_for_empty() -> None:
     """The route changed between the headers (body refused, not read) and the app: the
     client is asked to retry instead of the request being queued with an empty body."""
-    from adapters.webhook._waitress import BODY_REFUSED
+    from onestep.kit import BODY_REFUSED
 
     source = WebhookSource("/hook", serve=False)
     source.falcon_resource()

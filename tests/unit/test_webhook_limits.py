@@ -1,7 +1,7 @@
 """The standalone webhook server under hostile or heavy clients, over real sockets: bodies
 refused before they are read (size, auth, route), slow and many connections, result
 requests that must not starve the others, server settings shared by sources, and a
-server loop that dies. Exercises the waitress hooks of adapters/webhook/_waitress.py on
+server loop that dies. Exercises the waitress hooks of onestep/_serving.py on
 the installed waitress."""
 
 from __future__ import annotations
@@ -129,6 +129,33 @@ def test_expect_100_continue_over_the_limit_gets_413_never_100(collected) -> Non
             sock.sendall(b"{}")
             assert read_response(sock)[0] == 202
         assert collected.get(timeout=TIMEOUT)["body"] == {}
+
+
+def test_a_content_length_of_exactly_max_body_bytes_is_read_and_one_more_is_not(
+    collected,
+) -> None:
+    """The pre-body check at its boundary (issue 24): the headers alone decide, so with
+    `Expect: 100-continue` the server either invites the body (100) or answers 413
+    without it; a Content-Length equal to max_body_bytes is within the limit."""
+    source = WebhookSource("/in", port=0, max_body_bytes=1000)
+    at_limit = json.dumps("x" * 998).encode()
+    assert len(at_limit) == 1000
+    with running(collecting_app(source, items=collected)):
+        with connect(source, timeout=1.0) as sock:  # the body is never sent
+            sock.sendall(head("/in", "Content-Length: 1001", "Expect: 100-continue"))
+            status, headers, _ = read_response(sock)
+            assert status == 413 and headers["connection"] == "close"
+        with connect(source) as sock:
+            sock.sendall(head("/in", "Content-Length: 1000", "Expect: 100-continue"))
+            assert read_response(sock)[0] == 100  # invited: the check let it through
+            sock.sendall(at_limit)
+            assert read_response(sock)[0] == 202
+        with connect(source) as sock:  # and without Expect, the plain way
+            sock.sendall(head("/in", "Content-Length: 1000") + at_limit)
+            assert read_response(sock)[0] == 202
+        bodies = [collected.get(timeout=TIMEOUT)["body"] for _ in range(2)]
+    assert bodies == ["x" * 998, "x" * 998]
+    assert collected.empty()
 
 
 def test_bearer_auth_fails_before_the_body_is_read(collected) -> None:

@@ -1,6 +1,8 @@
-"""The waitress server under a standalone webhook, with what waitress lacks: a decision
-when a request's headers have arrived, so a body that would be refused is never read,
-and a deadline for a whole request, so slow clients are cut off. Built by _server.
+"""The guarded waitress server under onestep's HTTP servers, with what waitress lacks: a
+decision when a request's headers have arrived, so a body that would be refused is never
+read, and a deadline for a whole request, so slow clients are cut off. Built by the
+webhook adapter's standalone servers (through `onestep.kit`) and by the operations
+endpoint (`onestep.http`).
 
 Waitress reads a request in full (spooling a large body to a temporary file) before it
 calls the WSGI app, and it only closes connections that send nothing for its
@@ -8,7 +10,7 @@ calls the WSGI app, and it only closes connections that send nothing for its
 Four small subclasses fix that; their hooks run on the server's loop thread (`_Task`'s
 on the waitress thread answering the request):
 
-- `_Parser.parse_header` asks the router (the shared server) what to do once the headers
+- `_Parser.parse_header` asks the router (the server's owner) what to do once the headers
   are in: read the body up to a limit, or refuse it. A refused body is not read: the
   request goes to the WSGI app at once with an empty body, `BODY_REFUSED` in its environ
   and `Connection: close` (the unread bytes make the connection unusable), and the app
@@ -25,7 +27,8 @@ These hooks use waitress internals (`HTTPRequestParser.parse_header`/`received` 
 their attributes, `HTTPChannel.parser_class`/`task_class`, `WSGITask.get_environment`,
 `BaseWSGIServer.channel_class`/`maintenance`/`active_channels`), read from waitress
 3.0.2; setup.cfg pins `waitress>=3.0.1,<3.1` and tests/unit/test_webhook_limits.py
-checks each hook on the installed version.
+checks each hook on the installed version (tests/unit/test_http_limits.py the same for
+the operations endpoint).
 """
 
 from __future__ import annotations
@@ -42,13 +45,15 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import WSGITask
 
-logger = logging.getLogger("onestep.webhook")
+logger = logging.getLogger("onestep.serving")
 
 #: WSGI environ key, True on a request whose body the server refused without reading.
 BODY_REFUSED = "onestep.webhook.body_refused"
+#: How often (seconds) GuardedServer.maintenance applies the timeouts.
+MAINTENANCE_INTERVAL_S = 1
 
 
-class Router(Protocol):
+class BodyRouter(Protocol):
     """What the server asks once a request's headers are in (on its loop thread)."""
 
     def body_limit(
@@ -80,7 +85,7 @@ class _Parser(HTTPRequestParser):  # type: ignore[misc]
     body_refused = False
     body_limit: int | None = None
 
-    def __init__(self, adj: Adjustments, router: Router) -> None:
+    def __init__(self, adj: Adjustments, router: BodyRouter) -> None:
         super().__init__(adj)
         self.router = router
         self.started_at = time.monotonic()
@@ -142,9 +147,42 @@ class _Channel(HTTPChannel):  # type: ignore[misc]
         return _Parser(adj, self.server.router)
 
 
+def guarded_adjustments(
+    host: str,
+    port: int,
+    *,
+    threads: int,
+    connection_limit: int,
+    max_request_body_size: int,
+) -> Adjustments:
+    """waitress's settings for a GuardedServer (its timeouts are GuardedServer's own).
+    Raises OSError (socket.gaierror) naming the problem when `host` cannot be resolved:
+    waitress would only say "Invalid host/port specified"."""
+    socket.getaddrinfo(
+        None if host == "*" else host,
+        port,
+        socket.AF_UNSPEC,
+        socket.SOCK_STREAM,
+        socket.IPPROTO_TCP,
+    )
+    return Adjustments(
+        host=host,
+        port=port,
+        threads=threads,
+        connection_limit=connection_limit,
+        max_request_body_size=max_request_body_size,
+        # poll(), not select(): select() fails on descriptors over 1023, which a process
+        # with hundreds of connections reaches.
+        asyncore_use_poll=True,
+        cleanup_interval=MAINTENANCE_INTERVAL_S,
+        ident="onestep",
+    )
+
+
 class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
     """A waitress TCP server with the guarded channels and the read and idle timeouts
-    (both changeable while it runs, like `adj.connection_limit`)."""
+    (both changeable while it runs, like `adj.connection_limit`). `label` names it in
+    the log ("webhook server", "operations endpoint")."""
 
     channel_class = _Channel
 
@@ -152,17 +190,20 @@ class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
         self,
         application: Callable[..., Any],
         adj: Adjustments,
-        router: Router,
+        router: BodyRouter,
         *,
         read_timeout_s: float,
         idle_timeout_s: float,
         sock: socket.socket | None = None,
+        label: str = "server",
     ) -> None:
         """`sock`, when given, is a listening socket bound elsewhere (by the parent of
-        `onestep run --processes N`): it is served as it is, never bound again."""
+        `onestep run --processes N`): it is served as it is, never bound again. Raises
+        OSError when the address cannot be resolved or bound."""
         self.router = router
         self.read_timeout_s = read_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.label = label
         if sock is not None:
             sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
             super().__init__(application, adj=adj, _sock=sock, bind_socket=False, sockinfo=sockinfo)
@@ -189,8 +230,9 @@ class GuardedServer(TcpWSGIServer):  # type: ignore[misc]
                 channel.will_close = True
         if slow:
             logger.info(
-                "webhook server on port %s closed %d connection(s) whose request did not "
+                "%s on port %s closed %d connection(s) whose request did not "
                 "arrive within read_timeout_s=%g",
+                self.label,
                 self.effective_port,
                 slow,
                 self.read_timeout_s,

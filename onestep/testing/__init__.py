@@ -17,8 +17,8 @@ from typing import Any
 
 from actors import EventRecord
 
-from ._app import OneStepApp
-from ._checks import check_delay
+from .._app import OneStepApp
+from .._checks import check_delay
 
 #: The outcomes counted per task, as the event kinds that report them.
 OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered")

@@ -1,0 +1,74 @@
+"""Every built-in broker queue passes onestep.testing.conformance.check_queue against its
+real server (MemoryQueue passes it in tests/unit/test_conformance.py).
+
+A backend is one entry of QUEUES: a context manager that skips (or fails under CI) without
+its server, yields `make_queue` on a uniquely named queue, and removes that queue after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from mysql_support import URL as MYSQL_URL
+from mysql_support import query, quote, require_server, server_problem
+from rabbitmq_support import AMQP_URL, Rabbit, require_broker
+
+from onestep import MySQLConnector, RabbitMQConnector
+from onestep.testing.conformance import CHECKS, check_queue, delay_for
+
+pytestmark = pytest.mark.integration
+
+MakeQueue = Callable[[], Any]
+
+
+@contextlib.contextmanager
+def rabbitmq_queue() -> Iterator[MakeQueue]:
+    """`RabbitMQConnector(url).queue(name)`; the queue and its delay queue deleted after."""
+    require_broker()
+    rabbit = Rabbit()
+    connector = RabbitMQConnector(AMQP_URL)
+    name = rabbit.name("conformance")
+    rabbit.delayed(name, delay_for(connector.queue(name)))
+    try:
+        yield lambda: connector.queue(name)
+    finally:
+        connector.close()
+        rabbit.close()
+
+
+@contextlib.contextmanager
+def mysql_table_queue() -> Iterator[MakeQueue]:
+    """`MySQLConnector(url).table_queue(table)`; the table dropped after."""
+    require_server()
+    connector = MySQLConnector(MYSQL_URL, connect_timeout_s=5)
+    table = f"t_conformance_{uuid.uuid4().hex[:10]}"
+    try:
+        yield lambda: connector.table_queue(table)
+    finally:
+        connector.close()
+        if server_problem() is None:
+            query(f"DROP TABLE IF EXISTS {quote(table)}")
+
+
+#: Every built-in queue on a real server; a new backend adds its context manager here.
+QUEUES: dict[str, Callable[[], contextlib.AbstractContextManager[MakeQueue]]] = {
+    "rabbitmq": rabbitmq_queue,
+    "mysql-table": mysql_table_queue,
+}
+
+
+@pytest.fixture(params=sorted(QUEUES))
+def make_queue(request: pytest.FixtureRequest) -> Iterator[MakeQueue]:
+    with QUEUES[request.param]() as make:
+        yield make
+
+
+# A passing run takes 3-10 s; a failing one may wait timeout_s at several steps before
+# it reports every failed check, which pytest's default 60 s would cut short.
+@pytest.mark.timeout(600)
+def test_the_queue_passes_every_conformance_check(make_queue: MakeQueue) -> None:
+    assert check_queue(make_queue) == list(CHECKS)
