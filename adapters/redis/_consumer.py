@@ -69,7 +69,7 @@ class Consumer:
         #: called (by the runtime's `subscribe`) to fetch again at once; None otherwise
         self.wakeup: Callable[[], None] | None = None
         self.call_later: Callable[..., Any] | None = None
-        self._wake_pending = False
+        self.wake_pending = False
 
     @property
     def buffered(self) -> bool:
@@ -187,13 +187,13 @@ class Consumer:
             return
         if blocked:
             wakeup()
-        elif not self._wake_pending and self.call_later is not None:
-            self._wake_pending = True
+        elif not self.wake_pending and self.call_later is not None:
+            self.wake_pending = True
             self.call_later(self.stream.poll_interval_s, self._wake_later)
 
     def _wake_later(self) -> None:
         """Runs on the runtime's timer thread."""
-        self._wake_pending = False
+        self.wake_pending = False
         if self.wakeup is not None:
             self.wakeup()
 

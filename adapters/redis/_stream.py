@@ -42,15 +42,15 @@ def default_consumer() -> str:
 class RedisStream(Source, Sink):
     """A Redis stream (`name` is its key) read by consumer group `group`.
 
-    Every process that reads with the same group shares the entries; each reads as
-    consumer `consumer` (default `<host>-<pid>`). The group is made when the source
-    opens, at `start_id` ("0": entries already in the stream are read too; "$": only
-    entries added afterwards). An entry is acked once settled (XACK, one per batch of
-    settlements). A retry adds the message again with one more attempt (through the
-    delay set when delayed) and acks the old entry, in one transaction; an entry that a
-    consumer left pending for longer than `claim_idle_s` (it died) is reclaimed by a
-    living one and counts one more attempt. While a handler runs, `keepalive` (every
-    `claim_idle_s / 3`) resets its entry's idle time, so a slow job is never reclaimed.
+    Every process that reads with the same group shares the entries; each reads as consumer
+    `consumer` (default `<host>-<pid>`). The group is made when the stream opens (as a
+    source or a sink), at `start_id` ("0": entries already in the stream are read too; "$":
+    only entries added afterwards). An entry is acked once settled (XACK, one per batch of
+    settlements). A retry adds the message again with one more attempt (through the delay
+    set when delayed) and acks the old entry, in one transaction; an entry that a consumer
+    left pending for longer than `claim_idle_s` (it died) is reclaimed by a living one and
+    counts one more attempt. While a handler runs, `keepalive` (every `claim_idle_s / 3`)
+    resets its entry's idle time, so a slow job is never reclaimed.
 
     An idle consumer waits on the server for new entries for at most `poll_interval_s`
     (XREADGROUP BLOCK), which bounds how long it can hold up a shutdown. `maxlen` trims
@@ -125,9 +125,10 @@ class RedisStream(Source, Sink):
     # -- set-up (the opening actor's thread) ---------------------------------------------
 
     def open(self) -> None:
-        """Check the server answers; on the source actor's thread also make the group
-        (MKSTREAM) and write settlements buffered while the connection was down. One
-        attempt: after a lost connection the supervisor reopens with its backoff."""
+        """Check the server answers, make the group (MKSTREAM) unless it exists, and, on
+        the source actor's thread, write settlements buffered while the connection was
+        down. One attempt: after a lost connection the supervisor reopens with its
+        backoff."""
         self.connector.ping()
         with self.connector.errors(f"open Redis stream {self.name!r}"):
             self._consumer.create_group()
@@ -153,6 +154,7 @@ class RedisStream(Source, Sink):
         blocking read, at once; while handlers run, after `poll_interval_s`."""
         self._consumer.wakeup = wakeup
         self._consumer.call_later = call_later
+        self._consumer.wake_pending = False  # a timer of an earlier run never fired
 
     # -- the source side (the source actor's thread) -------------------------------------
 
