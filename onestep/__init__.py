@@ -40,6 +40,7 @@ _LAZY = {
     "MySQLConnector": "adapters.mysql",
     "PublishRefused": "adapters.rabbitmq",
     "RabbitMQConnector": "adapters.rabbitmq",
+    "RedisConnector": "adapters.redis",
     "WebhookSource": "adapters.webhook",
 }
 
@@ -88,7 +89,7 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as exc:
         raise ImportError(
             f"onestep.{name} needs the package {exc.name!r}; install the matching extra, "
-            f"e.g. pip install 'onestep[rabbitmq]' or 'onestep[mysql]'"
+            f"e.g. pip install 'onestep[rabbitmq]', 'onestep[mysql]' or 'onestep[redis]'"
         ) from exc
     value = getattr(module, name)
     globals()[name] = value

@@ -58,6 +58,15 @@ def mysql_app() -> OneStepApp:
     return _app("ops-mysql", jobs, dead if len(dead) > 1 else dead[0])
 
 
+def redis_app() -> OneStepApp:
+    """Task `work` on stream $ONESTEP_TEST_QUEUE, dead letters to stream $ONESTEP_TEST_DEAD."""
+    from onestep import RedisConnector
+
+    server = RedisConnector(os.environ["ONESTEP_TEST_URL"], connect_timeout_s=5)
+    jobs = server.stream(os.environ["ONESTEP_TEST_QUEUE"], poll_interval_s=0.05)
+    return _app("ops-redis", jobs, server.stream(os.environ["ONESTEP_TEST_DEAD"]))
+
+
 def configure(monkeypatch: Any, url: str, queue: str, dead: str, sink: str = "") -> None:
     """Point the factories at these names, in this process and in `onestep` processes."""
     monkeypatch.setenv("ONESTEP_TEST_URL", url)

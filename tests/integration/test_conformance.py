@@ -16,8 +16,11 @@ import pytest
 from mysql_support import URL as MYSQL_URL
 from mysql_support import query, quote, require_server, server_problem
 from rabbitmq_support import AMQP_URL, Rabbit, require_broker
+from redis_support import URL as REDIS_URL
+from redis_support import Keys
+from redis_support import require_server as require_redis
 
-from onestep import MySQLConnector, RabbitMQConnector
+from onestep import MySQLConnector, RabbitMQConnector, RedisConnector
 from onestep.testing.conformance import CHECKS, check_queue, delay_for
 
 pytestmark = pytest.mark.integration
@@ -54,10 +57,25 @@ def mysql_table_queue() -> Iterator[MakeQueue]:
             query(f"DROP TABLE IF EXISTS {quote(table)}")
 
 
+@contextlib.contextmanager
+def redis_stream() -> Iterator[MakeQueue]:
+    """`RedisConnector(url).stream(name)`; the stream and its delay set deleted after."""
+    require_redis()
+    keys = Keys()
+    connector = RedisConnector(REDIS_URL)
+    name = keys.name("conformance")
+    try:
+        yield lambda: connector.stream(name, poll_interval_s=0.1)
+    finally:
+        connector.close()
+        keys.cleanup()
+
+
 #: Every built-in queue on a real server; a new backend adds its context manager here.
 QUEUES: dict[str, Callable[[], contextlib.AbstractContextManager[MakeQueue]]] = {
     "rabbitmq": rabbitmq_queue,
     "mysql-table": mysql_table_queue,
+    "redis-stream": redis_stream,
 }
 
 

@@ -1,10 +1,12 @@
-"""The documentation's code blocks marked `# needs: rabbitmq` or `# needs: mysql` run
-against the real servers (tests/unit/test_docs.py runs the rest).
+"""The documentation's code blocks marked `# needs: rabbitmq`, `# needs: mysql` or
+`# needs: redis` run against the real servers (tests/unit/test_docs.py runs the rest).
 
 Each block runs in a fresh RabbitMQ virtual host or MariaDB database, deleted afterwards:
 the block's URL (`amqp://guest:guest@127.0.0.1:5672/%2F`, `mysql://root@127.0.0.1:3306/test`,
 the ones docs/contributing.md tells writers to use) is replaced with one for it, so the
-blocks can use plain names such as `jobs` without meeting each other's messages."""
+blocks can use plain names such as `jobs` without meeting each other's messages. Redis
+has no such namespaces: a block's `redis://127.0.0.1:6379/0` runs on database 15, and
+the keys it made there are deleted afterwards."""
 
 from __future__ import annotations
 
@@ -19,9 +21,14 @@ import pytest
 from tests.docs_blocks import explain, run_block, runnable_blocks
 from tests.integration.mysql_support import query, require_server
 from tests.integration.rabbitmq_support import require_broker
+from tests.integration.redis_support import raw_client
+from tests.integration.redis_support import require_server as require_redis
 
 DOCS_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DOCS_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
+DOCS_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The database a Redis block runs on (the tests' keys live in database 0).
+BLOCKS_REDIS_DB = 15
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +67,27 @@ def mysql_database() -> Iterator[str]:
         query(f"DROP DATABASE IF EXISTS `{database}`")
 
 
+@pytest.fixture
+def redis_database() -> Iterator[str]:
+    """Database 15; the keys a block made there are deleted afterwards (the ones it
+    found are kept)."""
+    require_redis()
+    client = raw_client()
+    client.select(BLOCKS_REDIS_DB)
+    before = set(client.scan_iter())
+    try:
+        yield f"redis://127.0.0.1:6379/{BLOCKS_REDIS_DB}"
+    finally:
+        made = set(client.scan_iter()) - before
+        if made:
+            client.delete(*made)
+        client.close()
+
+
 @pytest.mark.parametrize(
-    "block", runnable_blocks(needing=frozenset({"rabbitmq", "mysql"})), ids=lambda b: b.id
+    "block",
+    runnable_blocks(needing=frozenset({"rabbitmq", "mysql", "redis"})),
+    ids=lambda b: b.id,
 )
 def test_block_runs_against_the_servers(block, request, tmp_path):
     substitutions = {}
@@ -69,6 +95,8 @@ def test_block_runs_against_the_servers(block, request, tmp_path):
         substitutions[DOCS_AMQP_URL] = request.getfixturevalue("rabbitmq_vhost")
     if "mysql" in block.needs:
         substitutions[DOCS_MYSQL_URL] = request.getfixturevalue("mysql_database")
+    if "redis" in block.needs:
+        substitutions[DOCS_REDIS_URL] = request.getfixturevalue("redis_database")
     for url in substitutions:
         assert url in block.code, f"{block.id} does not use the docs' URL {url}"
     completed = run_block(block, tmp_path, substitutions)

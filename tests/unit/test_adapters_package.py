@@ -25,10 +25,12 @@ def test_an_unknown_name_is_an_attribute_error():
 def test_onestep_reexports_every_connector():
     from adapters.mysql import MySQLConnector
     from adapters.rabbitmq import RabbitMQConnector
+    from adapters.redis import RedisConnector
     from adapters.webhook import WebhookSource
 
     assert onestep.MySQLConnector is MySQLConnector
     assert onestep.RabbitMQConnector is RabbitMQConnector
+    assert onestep.RedisConnector is RedisConnector
     assert onestep.WebhookSource is WebhookSource
     with pytest.raises(AttributeError, match="NoSuchConnector"):
         onestep.NoSuchConnector  # noqa: B018
