@@ -30,6 +30,7 @@ from ._version import __version__
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {
     "MySQLConnector": "adapters.mysql",
+    "PostgresConnector": "adapters.postgres",
     "PublishRefused": "adapters.rabbitmq",
     "RabbitMQConnector": "adapters.rabbitmq",
     "WebhookSource": "adapters.webhook",
@@ -80,7 +81,7 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as exc:
         raise ImportError(
             f"onestep.{name} needs the package {exc.name!r}; install the matching extra, "
-            f"e.g. pip install 'onestep[rabbitmq]' or 'onestep[mysql]'"
+            f"e.g. pip install 'onestep[rabbitmq]', 'onestep[mysql]' or 'onestep[postgres]'"
         ) from exc
     value = getattr(module, name)
     globals()[name] = value
