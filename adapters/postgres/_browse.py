@@ -82,10 +82,11 @@ class PendingRows:
         removed = 0
         for start in range(0, len(wanted), _PAGE):
             chunk = wanted[start : start + _PAGE]
-            removed += int(
-                self._run(lambda conn, ids=chunk: conn.execute(self._sql_delete, (ids,)).rowcount)
-            )
+            removed += int(self._run(self._deleter(chunk)))
         return removed
+
+    def _deleter(self, ids: list[int]) -> Callable[[Any], int]:
+        return lambda conn: int(conn.execute(self._sql_delete, (ids,)).rowcount)
 
     def count(self) -> int:
         """The pending rows, due now or later (0 when the table does not exist yet)."""
