@@ -220,7 +220,9 @@ def test_15_puts_into_an_idle_queue_wake_the_handler_in_milliseconds(connector, 
     source.create_table()
     latencies = _latencies(source, lambda n: source.put({"n": n}), 15)
     median = statistics.median(latencies)
-    print(f"put -> handler start: median {median * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+    print(
+        f"put -> handler start: median {median * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+    )
     assert median < 0.2
 
 
@@ -276,9 +278,7 @@ def test_shutdown_is_not_held_up_by_the_listening_connection(connector, tables):
 # -- producers ---------------------------------------------------------------------------------
 
 
-def test_put_and_put_many_from_threads_without_an_app_then_an_app_consumes_them(
-    connector, tables
-):
+def test_put_and_put_many_from_threads_without_an_app_then_an_app_consumes_them(connector, tables):
     jobs = tables("producers")
     source = connector.table_queue(jobs, poll_interval_s=0.05)  # the table made by put
 
