@@ -157,7 +157,11 @@ class Listener:
                     try:
                         conn = self._connect()
                     except Exception as exc:
-                        logger.warning("%s: cannot LISTEN (polling meanwhile): %s", self._name, exc)
+                        # said once per outage, not at every attempt
+                        level = logging.WARNING if backoff == _RECONNECT_MIN_S else logging.DEBUG
+                        logger.log(
+                            level, "%s: cannot LISTEN (polling meanwhile): %s", self._name, exc
+                        )
                         retry_at, backoff = now + backoff, min(backoff * 2, _RECONNECT_MAX_S)
                     else:
                         retry_at, backoff = None, _RECONNECT_MIN_S

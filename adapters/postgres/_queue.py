@@ -5,6 +5,7 @@ PostgresConnector.table_queue. Its Source methods run on its SourceActor's threa
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from onestep import Delivery, Source
 from onestep.kit import DeadLetterEntry, check_delay, check_int, check_number
 
 from ._browse import PendingRows
-from ._connection import close_quietly, quote_ident
+from ._connection import close_quietly, is_connection_error, quote_ident
 from ._leases import Leases
 from ._listener import Listener
 from ._producer import Producer
@@ -21,6 +22,8 @@ from ._queue_schema import QueueColumns, QueueSchema
 
 if TYPE_CHECKING:
     from ._connector import PostgresConnector
+
+logger = logging.getLogger("onestep.postgres")
 
 
 class TableQueue(Source):
@@ -160,6 +163,11 @@ class TableQueue(Source):
         try:
             if self._conn is not None and self._leases.buffered:
                 self._leases.flush(self._conn)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            # the connection is gone (a restart): they stay buffered for the reopen
+            logger.debug("%s: settlements kept for the next open: %s", self.name, exc)
         finally:
             conn, self._conn = self._conn, None
             close_quietly(conn)
