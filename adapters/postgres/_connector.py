@@ -3,7 +3,8 @@ queues, sinks and state stores; built by users, its connections made on any thre
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -79,6 +80,13 @@ class PostgresConnector:
         except psycopg.Error as exc:
             reason = self._target.mask(" ".join(str(exc).split()))
             raise ConnectionError(f"cannot connect to {self.describe_target()}: {reason}") from None
+
+    @contextlib.contextmanager
+    def pooled(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection for the block (any thread), given back after
+        it; for your own queries beside onestep's."""
+        with self._pool.connection() as conn:
+            yield conn
 
     def run_pooled(self, operation: Callable[[Any], Any]) -> Any:
         """Run `operation(conn)` on a pooled autocommit connection (any thread); a pooled

@@ -4,9 +4,10 @@ on any thread. Opened on first use, closed by PostgresConnector.close."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import psycopg_pool
@@ -67,24 +68,27 @@ class Pool:
             return self._run_once(operation)
 
     def _run_once(self, operation: Callable[[Any], Any]) -> Any:
+        # the pool rolls back an open transaction and discards a broken connection
+        with self.connection() as conn:
+            return operation(conn)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A pooled connection for the block; given back (rolled back if the block left
+        a transaction open, dropped if broken) afterwards."""
         pool = self._get()
         try:
             conn = pool.getconn()
         except psycopg_pool.PoolTimeout:
-            # the pool only says it waited: one direct attempt tells why
-            self._connector.connect().close()
+            self._connector.connect().close()  # one direct attempt tells why
             raise ConnectionError(
                 f"cannot connect to {self._connector.describe_target()}: no pooled "
                 f"connection within {self._connector.connect_timeout_s} s"
             ) from None
         try:
-            result = operation(conn)
-        except BaseException:
-            # the pool rolls back an open transaction and discards a broken connection
+            yield conn
+        finally:
             pool.putconn(conn)
-            raise
-        pool.putconn(conn)
-        return result
 
     def close(self) -> None:
         with self._lock:
