@@ -1,9 +1,10 @@
-"""The documentation's code blocks marked `# needs: rabbitmq` or `# needs: mysql` run
-against the real servers (tests/unit/test_docs.py runs the rest).
+"""The documentation's code blocks marked `# needs: rabbitmq`, `# needs: mysql` or
+`# needs: postgres` run against the real servers (tests/unit/test_docs.py runs the rest).
 
-Each block runs in a fresh RabbitMQ virtual host or MariaDB database, deleted afterwards:
-the block's URL (`amqp://guest:guest@127.0.0.1:5672/%2F`, `mysql://root@127.0.0.1:3306/test`,
-the ones docs/contributing.md tells writers to use) is replaced with one for it, so the
+Each block runs in a fresh RabbitMQ virtual host, MariaDB or PostgreSQL database, deleted
+afterwards: the block's URL (`amqp://guest:guest@127.0.0.1:5672/%2F`,
+`mysql://root@127.0.0.1:3306/test`, `postgresql://postgres@127.0.0.1:5432/test`, the ones
+docs/contributing.md tells writers to use) is replaced with one for it, so the
 blocks can use plain names such as `jobs` without meeting each other's messages."""
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests.docs_blocks import explain, run_block, runnable_blocks
+from tests.integration import postgres_support
 from tests.integration.mysql_support import query, require_server
 from tests.integration.rabbitmq_support import require_broker
 
 DOCS_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DOCS_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
+DOCS_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +63,22 @@ def mysql_database() -> Iterator[str]:
         query(f"DROP DATABASE IF EXISTS `{database}`")
 
 
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database; the URL of the block's substitute."""
+    postgres_support.require_server()
+    database = f"onestep_docs_{uuid.uuid4().hex[:10]}"
+    postgres_support.query(f'CREATE DATABASE "{database}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{database}"
+    finally:
+        postgres_support.query(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 @pytest.mark.parametrize(
-    "block", runnable_blocks(needing=frozenset({"rabbitmq", "mysql"})), ids=lambda b: b.id
+    "block",
+    runnable_blocks(needing=frozenset({"rabbitmq", "mysql", "postgres"})),
+    ids=lambda b: b.id,
 )
 def test_block_runs_against_the_servers(block, request, tmp_path):
     substitutions = {}
@@ -69,6 +86,8 @@ def test_block_runs_against_the_servers(block, request, tmp_path):
         substitutions[DOCS_AMQP_URL] = request.getfixturevalue("rabbitmq_vhost")
     if "mysql" in block.needs:
         substitutions[DOCS_MYSQL_URL] = request.getfixturevalue("mysql_database")
+    if "postgres" in block.needs:
+        substitutions[DOCS_POSTGRES_URL] = request.getfixturevalue("postgres_database")
     for url in substitutions:
         assert url in block.code, f"{block.id} does not use the docs' URL {url}"
     completed = run_block(block, tmp_path, substitutions)
