@@ -9,8 +9,9 @@ docs/contributing.md describes the markers:
 
 - `# fragment: <why>` on the first line: a piece of a larger program, not run (the reason
   is required; the build hook docs/_hooks.py hides the line from readers);
-- `# needs: rabbitmq` / `# needs: mysql` / `# needs: postgres` on the first line: run by the integration tests
-  against the real server (skipped with the reason without it, failing under CI).
+- `# needs: rabbitmq` / `# needs: mysql` / `# needs: postgres` on the first line: run by
+  the integration tests against the real server (skipped with the reason without it,
+  failing under CI).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+
 from onestep import Delivery
 
 from ._queue_schema import QueueColumns
@@ -23,6 +25,12 @@ _MAX_ROWS_PER_STATEMENT = 1000
 
 # One buffered settlement: (row id, lease token, delivery).
 Entry = tuple[int, str, Delivery]
+
+# One settlement statement sent: (its cursor, row ids, token, the entries, kind).
+_Sent = tuple[Any, list[int], str, list[Entry], str]
+
+# Pipeline mode needs libpq 14+ (the psycopg[binary] wheels bundle a newer one).
+_PIPELINE = psycopg.Pipeline.is_supported()
 
 
 class Leases:
@@ -53,6 +61,8 @@ class Leases:
         self.name = name
         self.table = table
         self.fenced = columns.lease_token is not None
+        #: Whether flush_and_claim writes the settlements in the claim's round trip.
+        self.pipelined = _PIPELINE
         self._has_meta = columns.meta is not None
         self._delete_on_ack = delete_on_ack
         self._lease_s = float(lease_s)
@@ -227,29 +237,60 @@ class Leases:
     def flush(self, conn: Any) -> None:
         """Write the buffered acks, retries and releases: one statement per kind (per
         delay for retries, per claim batch) and up to 1000 rows, each its own
-        transaction. What was written leaves the buffer at once, so after a lost
-        connection only the rest is written again."""
-        cursor = conn.cursor()
-        if self._acks:
-            self._write(cursor, self._sql_ack, (), self._acks, "ack")
-        while self._retries:
-            delay_s, entries = next(iter(self._retries.items()))
-            self._write(cursor, self._sql_retry, (delay_s,), entries, "retry")
-            del self._retries[delay_s]
-        if self._releases:
-            self._write(cursor, self._sql_release, (), self._releases, "release")
+        transaction. They leave the buffer once every statement ran, so after a lost
+        connection they are written again (a row already settled by us keeps our
+        token, so writing it twice reports nothing)."""
+        self._settled(conn, self._send(conn))
 
-    def _write(
-        self, cursor: Any, sql: str, leading: tuple[Any, ...], entries: list[Entry], kind: str
-    ) -> None:
-        while entries:
-            chunk = entries[:_MAX_ROWS_PER_STATEMENT]
+    def flush_and_claim(self, conn: Any, count: int) -> list[Delivery]:
+        """flush() and claim(count) in one round trip (psycopg's pipeline mode): the
+        settlements and the claim statement go to the server together. With the
+        benchmark's queue (batch 100, concurrency 100) every fetch follows a flush, and
+        a round trip costs most on a loaded machine."""
+        if not self.pipelined:
+            self.flush(conn)
+            return self.claim(conn, count)
+        with conn.pipeline():
+            sent = self._send(conn)
+            deliveries = self.claim(conn, count)  # its fetchall() sends both
+        self._settled(conn, sent)
+        return deliveries
+
+    def _send(self, conn: Any) -> list[_Sent]:
+        """Execute the statements of the buffered settlements (in pipeline mode: queue
+        them); each on its own cursor, whose rowcount _settled() reads."""
+        batches: list[tuple[str, tuple[Any, ...], list[Entry], str]] = []
+        if self._acks:
+            batches.append((self._sql_ack, (), self._acks, "ack"))
+        for delay_s, entries in self._retries.items():
+            batches.append((self._sql_retry, (delay_s,), entries, "retry"))
+        if self._releases:
+            batches.append((self._sql_release, (), self._releases, "release"))
+        return [sent for batch in batches for sent in self._execute(conn, *batch)]
+
+    def _execute(
+        self, conn: Any, sql: str, leading: tuple[Any, ...], entries: list[Entry], kind: str
+    ) -> list[_Sent]:
+        sent = []
+        for start in range(0, len(entries), _MAX_ROWS_PER_STATEMENT):
+            chunk = entries[start : start + _MAX_ROWS_PER_STATEMENT]
             for ids, token in self._groups(chunk):
                 args = (*leading, ids, token) if self.fenced else (*leading, ids)
-                matched = cursor.execute(sql, args).rowcount
-                if matched < len(ids):
-                    self._report_unmatched(cursor, ids, token, chunk, kind, matched)
-            del entries[: len(chunk)]
+                cursor = conn.cursor()
+                cursor.execute(sql, args)
+                sent.append((cursor, ids, token, chunk, kind))
+        return sent
+
+    def _settled(self, conn: Any, sent: list[_Sent]) -> None:
+        """Every sent statement ran: empty the buffers, and report the rows a statement
+        did not match (lost leases)."""
+        if not sent:
+            return
+        self._acks, self._retries, self._releases = [], {}, []
+        for cursor, ids, token, chunk, kind in sent:
+            matched = cursor.rowcount
+            if matched < len(ids):
+                self._report_unmatched(conn.cursor(), ids, token, chunk, kind, matched)
 
     def fail(self, conn: Any, delivery: Delivery, error_text: str | None) -> None:
         """Mark the row failed with `error_text` (rare: written at once, after the
@@ -259,7 +300,8 @@ class Leases:
             return
         self.flush(conn)
         leading = () if error_text is None else (error_text,)
-        self._write(conn.cursor(), self._sql_fail, leading, [entry], "fail")
+        sent = self._execute(conn, self._sql_fail, leading, [entry], "fail")
+        self._settled(conn, sent)
 
     def _groups(self, entries: Sequence[Entry]) -> list[tuple[list[int], str]]:
         """The ids of `entries` per lease token (one claim batch each): one statement per

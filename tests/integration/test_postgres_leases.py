@@ -161,7 +161,7 @@ def test_a_worker_that_lost_its_lease_cannot_ack_the_row(connector, tables, lost
         [theirs] = other.fetch(1)  # ... and another worker took the row
         assert theirs.handle == row_id and theirs.attempts == 1
         paused.ack(mine)
-        paused.flush()  # matches nothing: the token is the other worker's
+        paused.keepalive()  # writes the ack: it matches nothing, the token is theirs
         assert lease_row(jobs, row_id)[0] == "leased"
         assert mine.meta["lease_lost"] is True
         assert "lease_lost" not in theirs.meta
@@ -187,7 +187,7 @@ def test_retry_release_and_fail_are_fenced_too(connector, tables, lost_lease_log
             paused.release(mine)
         else:
             paused.fail(mine, RuntimeError("late"))
-        paused.flush()
+        paused.keepalive()  # writes the buffered settlements
         assert lease_row(jobs, row_id)[0::2] == ("leased", token)
         assert mine.meta["lease_lost"] is True
         assert len(lost_lease_warnings(lost_lease_log)) == 1
@@ -215,7 +215,7 @@ def test_renewal_finds_a_lost_row_and_marks_the_delivery(connector, tables, lost
         assert f"row(s) {lost.handle} " in warning and "another worker claimed" in warning
         paused.ack(lost)  # dropped: not ours
         paused.ack(kept)
-        paused.flush()
+        paused.keepalive()  # writes the buffered settlements
         assert len(lost_lease_warnings(lost_lease_log)) == 1  # no second warning
         assert lease_row(jobs, lost.handle)[0] == "leased"
         other.ack(theirs)
@@ -232,7 +232,7 @@ def test_delete_on_ack_is_fenced(connector, tables, lost_lease_log):
         expire_leases(jobs)
         [theirs] = other.fetch(1)
         paused.ack(mine)
-        paused.flush()
+        paused.keepalive()  # writes the buffered settlements
         assert lease_row(jobs, row_id)[0] == "leased"  # not deleted under the other worker
         assert mine.meta["lease_lost"] is True
         other.ack(theirs)
@@ -252,7 +252,7 @@ def test_a_row_claimed_again_by_the_same_worker_drops_the_older_claim(
         assert (first.handle, again.handle) == (row_id, row_id)
         assert first.meta["lease_lost"] is True
         queue.ack(first)  # the older claim settles nothing
-        queue.flush()
+        queue.keepalive()  # writes the buffered settlements
         assert lease_row(jobs, row_id)[0] == "leased"
         queue.ack(again)
     assert query(f"SELECT status, attempts FROM {quote(jobs)}") == [("done", 2)]
@@ -311,7 +311,7 @@ def test_an_existing_table_with_its_own_column_names_and_no_fencing(connector, t
         expire_leases(jobs, "lease_end", "state")
         [theirs] = other.fetch(1)
         paused.ack(mine)
-        paused.flush()  # without a token: acked under the other worker
+        paused.keepalive()  # writes the ack: without a token, under the other worker
         assert query(f"SELECT state, tries FROM {quote(jobs)}") == [("done", 2)]
         other.ack(theirs)
     assert paused.describe()["fenced"] is False
