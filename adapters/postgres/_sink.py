@@ -112,21 +112,39 @@ class TableSink(Sink):
             conn = self._conn = self.connector.connect()
         if self.auto_create and not self._created:
             self._create(conn, groups)
+        if len(groups) == 1:
+            # one statement (a COPY, or one INSERT of up to 500 rows) is atomic on its
+            # own in autocommit: no BEGIN and COMMIT round trips, each of which also
+            # waits for the GIL again when the task's thread is busy (the sink
+            # benchmark's rows: 28-40k -> 63-73k rows/s, this machine under load)
+            [(columns, rows)] = groups.items()
+            if self.mode == "insert" or len(rows) <= self._rows_per_statement(columns):
+                self._write_group(conn, columns, rows)
+                return
         with conn.transaction():
             for columns, rows in groups.items():
-                if self.mode == "insert":
-                    # COPY: measured 2.1x the rows/s of a 500-row multi-row INSERT
-                    # (benchmarks/postgres.py --case sink, this machine under load)
-                    with conn.cursor().copy(self._copy_statement(columns)) as copy:
-                        write_row = copy.write_row
-                        for row in rows:
-                            write_row(row)
-                    continue
-                per_statement = max(1, min(_MAX_ROWS, _MAX_ARGS // len(columns)))
-                for start in range(0, len(rows), per_statement):
-                    chunk = rows[start : start + per_statement]
-                    args = [value for row in chunk for value in row]
-                    conn.execute(self._statement(columns, len(chunk)), args)
+                self._write_group(conn, columns, rows)
+
+    def _write_group(
+        self, conn: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    ) -> None:
+        if self.mode == "insert":
+            # COPY: 2-3x the rows/s of multi-row INSERTs of 500 (interleaved runs of
+            # the sink benchmark's rows, this machine under load)
+            with conn.cursor().copy(self._copy_statement(columns)) as copy:
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+            return
+        per_statement = self._rows_per_statement(columns)
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            args = [value for row in chunk for value in row]
+            conn.execute(self._statement(columns, len(chunk)), args)
+
+    @staticmethod
+    def _rows_per_statement(columns: tuple[str, ...]) -> int:
+        return max(1, min(_MAX_ROWS, _MAX_ARGS // len(columns)))
 
     def _copy_statement(self, columns: tuple[str, ...]) -> str:
         sql = self._statements.get((columns, 0))
