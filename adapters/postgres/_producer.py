@@ -92,6 +92,9 @@ class Producer:
         leading = (meta_text, delay) if self.has_meta else (delay,)
 
         def insert(conn: Any) -> int:
+            if len(payloads) <= _ROWS_PER_INSERT:  # one statement: atomic on its own
+                conn.execute(self._sql_insert_shared, (*leading, payloads))
+                return len(payloads)
             with conn.transaction():
                 for start in range(0, len(payloads), _ROWS_PER_INSERT):
                     chunk = payloads[start : start + _ROWS_PER_INSERT]
