@@ -16,6 +16,7 @@ import psycopg
 
 from onestep import Delivery
 
+from ._lease_sql import LeaseStatements
 from ._queue_schema import QueueColumns
 
 logger = logging.getLogger("onestep.postgres")
@@ -80,62 +81,7 @@ class Leases:
         self._acks: list[Entry] = []
         self._retries: dict[float, list[Entry]] = {}  # delay in seconds -> entries
         self._releases: list[Entry] = []
-        self._build_statements(quoted_table, columns)
-
-    def _build_statements(self, t: str, c: QueueColumns) -> None:
-        meta = f", {c.meta}::text" if c.meta is not None else ""
-        returning = f" RETURNING {c.id}, {c.payload}, {c.attempts}{meta}"
-        until = "clock_timestamp() + %s * interval '1 second'"
-        lease = f"{c.status} = 'leased', {c.leased_until} = {until}"
-        if c.lease_token is not None:
-            lease += f", {c.lease_token} = %s"
-        # one statement claims: the rows locked by the inner SELECT (skipping the ones
-        # other workers are claiming) are the ones the UPDATE leases and returns
-        self._sql_claim_pending = (
-            f"UPDATE {t} SET {lease} WHERE {c.id} IN (SELECT {c.id} FROM {t} "
-            f"WHERE {c.status} = 'pending' AND {c.available_at} <= now() "
-            f"ORDER BY {c.available_at}, {c.id} LIMIT %s FOR UPDATE SKIP LOCKED)" + returning
-        )
-        # an expired lease was an execution whose worker died: it counts as an attempt
-        self._sql_claim_expired = (
-            f"UPDATE {t} SET {c.attempts} = {c.attempts} + 1, {lease} WHERE {c.id} IN "
-            f"(SELECT {c.id} FROM {t} WHERE {c.status} = 'leased' AND {c.leased_until} < now() "
-            f"LIMIT %s FOR UPDATE SKIP LOCKED)" + returning
-        )
-        # every statement below ends in the rows it may touch: the rows this worker
-        # leased, matched by id and, when fenced, lease token (see _write)
-        ours = f" WHERE {c.status} = 'leased' AND {c.id} = ANY(%s::bigint[])"
-        if c.lease_token is not None:
-            ours += f" AND {c.lease_token} = %s"
-        self._sql_renew = (
-            f"UPDATE {t} SET {c.leased_until} = clock_timestamp() + %s * interval '1 second'"
-            f"{ours} RETURNING {c.id}"
-        )
-        # an ack counts the execution too, so a finished row shows how often it ran
-        if self._delete_on_ack:
-            self._sql_ack = f"DELETE FROM {t}{ours}"
-        else:
-            self._sql_ack = (
-                f"UPDATE {t} SET {c.status} = 'done', {c.attempts} = {c.attempts} + 1, "
-                f"{c.leased_until} = NULL{ours}"
-            )
-        self._sql_retry = (
-            f"UPDATE {t} SET {c.status} = 'pending', {c.attempts} = {c.attempts} + 1, "
-            f"{c.available_at} = clock_timestamp() + %s * interval '1 second', "
-            f"{c.leased_until} = NULL{ours}"
-        )
-        self._sql_release = f"UPDATE {t} SET {c.status} = 'pending', {c.leased_until} = NULL{ours}"
-        error_set = "" if c.last_error is None else f", {c.last_error} = %s"
-        self._sql_fail = (
-            f"UPDATE {t} SET {c.status} = 'failed', {c.attempts} = {c.attempts} + 1, "
-            f"{c.leased_until} = NULL{error_set}{ours}"
-        )
-        # After a settlement matched fewer rows than it named: which rows carry our
-        # token (a row we settled keeps it, which tells it from one another worker
-        # holds), which still exist (a delete).
-        token = f" AND {c.lease_token} = %s" if c.lease_token is not None else ""
-        self._sql_ours = f"SELECT {c.id} FROM {t} WHERE {c.id} = ANY(%s::bigint[]){token}"
-        self._sql_exists = f"SELECT {c.id} FROM {t} WHERE {c.id} = ANY(%s::bigint[])"
+        self._sql = LeaseStatements(quoted_table, columns, delete_on_ack=delete_on_ack)
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -153,15 +99,15 @@ class Leases:
         cursor = conn.cursor()
         if now - self._last_expired_check >= self._expired_check_every_s:
             self._last_expired_check = now
-            expired = cursor.execute(self._sql_claim_expired, (*lease_args, count)).fetchall()
+            expired = cursor.execute(self._sql.claim_expired, (*lease_args, count)).fetchall()
             count -= len(expired)
         rows: Sequence[Any] = ()
         if count > 0:
-            rows = cursor.execute(self._sql_claim_pending, (*lease_args, count)).fetchall()
+            rows = cursor.execute(self._sql.claim_pending, (*lease_args, count)).fetchall()
             if not expired and len(rows) < count and now != self._last_expired_check:
                 self._last_expired_check = now
                 expired = cursor.execute(
-                    self._sql_claim_expired, (*lease_args, count - len(rows))
+                    self._sql.claim_expired, (*lease_args, count - len(rows))
                 ).fetchall()
         if not rows and not expired:
             return []
@@ -261,11 +207,11 @@ class Leases:
         them); each on its own cursor, whose rowcount _settled() reads."""
         batches: list[tuple[str, tuple[Any, ...], list[Entry], str]] = []
         if self._acks:
-            batches.append((self._sql_ack, (), self._acks, "ack"))
+            batches.append((self._sql.ack, (), self._acks, "ack"))
         for delay_s, entries in self._retries.items():
-            batches.append((self._sql_retry, (delay_s,), entries, "retry"))
+            batches.append((self._sql.retry, (delay_s,), entries, "retry"))
         if self._releases:
-            batches.append((self._sql_release, (), self._releases, "release"))
+            batches.append((self._sql.release, (), self._releases, "release"))
         return [sent for batch in batches for sent in self._execute(conn, *batch)]
 
     def _execute(
@@ -300,7 +246,7 @@ class Leases:
             return
         self.flush(conn)
         leading = () if error_text is None else (error_text,)
-        sent = self._execute(conn, self._sql_fail, leading, [entry], "fail")
+        sent = self._execute(conn, self._sql.fail, leading, [entry], "fail")
         self._settled(conn, sent)
 
     def _groups(self, entries: Sequence[Entry]) -> list[tuple[list[int], str]]:
@@ -341,10 +287,10 @@ class Leases:
             return
         if self._delete_on_ack and kind == "ack":
             # our deleted rows are gone: a row still there was not ours to delete
-            lost_ids = {row[0] for row in cursor.execute(self._sql_exists, (ids,)).fetchall()}
+            lost_ids = {row[0] for row in cursor.execute(self._sql.exists, (ids,)).fetchall()}
         else:
             # a row we settled keeps our token: one without it is another worker's
-            ours = {row[0] for row in cursor.execute(self._sql_ours, (ids, token)).fetchall()}
+            ours = {row[0] for row in cursor.execute(self._sql.ours, (ids, token)).fetchall()}
             lost_ids = set(ids) - ours
         self._warn_lost(
             [entry for entry in entries if entry[0] in lost_ids and entry[1] == token],
@@ -365,7 +311,7 @@ class Leases:
         for start in range(0, len(entries), _MAX_ROWS_PER_STATEMENT):
             for ids, token in self._groups(entries[start : start + _MAX_ROWS_PER_STATEMENT]):
                 args = (self._lease_s, ids, token) if self.fenced else (self._lease_s, ids)
-                ours = {row[0] for row in cursor.execute(self._sql_renew, args).fetchall()}
+                ours = {row[0] for row in cursor.execute(self._sql.renew, args).fetchall()}
                 if len(ours) < len(ids):
                     self._lose(
                         [row_id for row_id in ids if row_id not in ours],
