@@ -38,6 +38,7 @@ from .state import InMemoryStateStore, SQLiteStateStore, StateStore
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {
     "MySQLConnector": "adapters.mysql",
+    "PostgresConnector": "adapters.postgres",
     "PublishRefused": "adapters.rabbitmq",
     "RabbitMQConnector": "adapters.rabbitmq",
     "RedisConnector": "adapters.redis",
@@ -89,7 +90,8 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as exc:
         raise ImportError(
             f"onestep.{name} needs the package {exc.name!r}; install the matching extra, "
-            f"e.g. pip install 'onestep[rabbitmq]', 'onestep[mysql]' or 'onestep[redis]'"
+            f"e.g. pip install 'onestep[rabbitmq]', 'onestep[mysql]', 'onestep[postgres]' or "
+            f"'onestep[redis]'"
         ) from exc
     value = getattr(module, name)
     globals()[name] = value

@@ -1,6 +1,6 @@
 """The code blocks of the documentation, for the tests that run them: tests/unit/test_docs.py
 (blocks that need no server) and tests/integration/test_docs_blocks.py (blocks marked
-`# needs: rabbitmq`, `# needs: mysql` or `# needs: redis`).
+`# needs: rabbitmq`, `# needs: mysql`, `# needs: postgres` or `# needs: redis`).
 
 A fenced ```python block in docs/**/*.md is run in a fresh subprocess as `__main__`, in a
 temporary directory that holds the page's titled blocks (```python title="tasks.py"```) as
@@ -9,8 +9,9 @@ docs/contributing.md describes the markers:
 
 - `# fragment: <why>` on the first line: a piece of a larger program, not run (the reason
   is required; the build hook docs/_hooks.py hides the line from readers);
-- `# needs: rabbitmq` / `mysql` / `redis` on the first line: run by the integration tests
-  against the real server (skipped with the reason without it, failing under CI).
+- `# needs: rabbitmq` / `mysql` / `postgres` / `redis` on the first line: run by the
+  integration tests against the real server (skipped with the reason without it,
+  failing under CI).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 RUNNER = Path(__file__).resolve().parent / "docs_runner.py"
-SERVERS = frozenset({"rabbitmq", "mysql", "redis"})
+SERVERS = frozenset({"rabbitmq", "mysql", "postgres", "redis"})
 #: Seconds a block may run: each must end on its own (request_shutdown, a bounded feed).
 BLOCK_TIMEOUT_S = 45.0
 

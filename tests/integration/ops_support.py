@@ -58,6 +58,20 @@ def mysql_app() -> OneStepApp:
     return _app("ops-mysql", jobs, dead if len(dead) > 1 else dead[0])
 
 
+def postgres_app() -> OneStepApp:
+    """Task `work` on PostgreSQL table queue $ONESTEP_TEST_QUEUE, dead letters to the
+    table queue $ONESTEP_TEST_DEAD (or, with $ONESTEP_TEST_SINK set, to that table sink
+    too)."""
+    from onestep import PostgresConnector
+
+    db = PostgresConnector(os.environ["ONESTEP_TEST_URL"], connect_timeout_s=5)
+    jobs = db.table_queue(os.environ["ONESTEP_TEST_QUEUE"], poll_interval_s=0.02)
+    dead: list[Any] = [db.table_queue(os.environ["ONESTEP_TEST_DEAD"])]
+    if os.environ.get("ONESTEP_TEST_SINK"):
+        dead.append(db.table_sink(os.environ["ONESTEP_TEST_SINK"], auto_create=True))
+    return _app("ops-postgres", jobs, dead if len(dead) > 1 else dead[0])
+
+
 def redis_app() -> OneStepApp:
     """Task `work` on stream $ONESTEP_TEST_QUEUE, dead letters to stream $ONESTEP_TEST_DEAD."""
     from onestep import RedisConnector
