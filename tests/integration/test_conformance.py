@@ -15,12 +15,17 @@ from typing import Any
 import pytest
 from mysql_support import URL as MYSQL_URL
 from mysql_support import query, quote, require_server, server_problem
+from postgres_support import URL as POSTGRES_URL
+from postgres_support import query as postgres_query
+from postgres_support import quote as postgres_quote
+from postgres_support import require_server as require_postgres
+from postgres_support import server_problem as postgres_problem
 from rabbitmq_support import AMQP_URL, Rabbit, require_broker
 from redis_support import URL as REDIS_URL
 from redis_support import Keys
 from redis_support import require_server as require_redis
 
-from onestep import MySQLConnector, RabbitMQConnector, RedisConnector
+from onestep import MySQLConnector, PostgresConnector, RabbitMQConnector, RedisConnector
 from onestep.testing.conformance import CHECKS, check_queue, delay_for
 
 pytestmark = pytest.mark.integration
@@ -58,6 +63,20 @@ def mysql_table_queue() -> Iterator[MakeQueue]:
 
 
 @contextlib.contextmanager
+def postgres_table_queue() -> Iterator[MakeQueue]:
+    """`PostgresConnector(url).table_queue(table)`; the table dropped after."""
+    require_postgres()
+    connector = PostgresConnector(POSTGRES_URL, connect_timeout_s=5)
+    table = f"t_conformance_{uuid.uuid4().hex[:10]}"
+    try:
+        yield lambda: connector.table_queue(table)
+    finally:
+        connector.close()
+        if postgres_problem() is None:
+            postgres_query(f"DROP TABLE IF EXISTS {postgres_quote(table)}")
+
+
+@contextlib.contextmanager
 def redis_stream() -> Iterator[MakeQueue]:
     """`RedisConnector(url).stream(name)`; the stream and its delay set deleted after."""
     require_redis()
@@ -75,6 +94,7 @@ def redis_stream() -> Iterator[MakeQueue]:
 QUEUES: dict[str, Callable[[], contextlib.AbstractContextManager[MakeQueue]]] = {
     "rabbitmq": rabbitmq_queue,
     "mysql-table": mysql_table_queue,
+    "postgres-table": postgres_table_queue,
     "redis-stream": redis_stream,
 }
 
