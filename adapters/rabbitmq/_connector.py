@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 
-from onestep.kit import check_number
+from onestep.kit import check_int, check_number
 
 from ._producer import ProducerPool
 from ._publisher import CONFIRM_TIMEOUT_S
@@ -42,7 +42,15 @@ class RabbitMQConnector:
     between 0 and 1 counts as 1; 0 turns heartbeats off). The actors that own a
     connection pump it every `keepalive_interval_s` (half of it), however long handlers
     run, so the broker never takes a busy worker for a dead one.
+
+    `max_message_bytes` is the largest body a queue publishes: a larger one is refused
+    before it is sent, with MessageTooLarge naming both sizes (an EncodeError, so as a
+    result it fails alone). Set it to the broker's `max_message_size` (RabbitMQ's
+    default, 128 MiB, is the default here; AMQP does not tell a client the broker's).
     """
+
+    #: RabbitMQ's default `max_message_size` (since 3.8): 128 MiB.
+    DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
     def __init__(
         self,
@@ -50,6 +58,7 @@ class RabbitMQConnector:
         *,
         heartbeat_s: float = 30,
         connect_timeout_s: float = 10,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         name: str | None = None,
     ) -> None:
         if not isinstance(url, str) or not url:
@@ -59,6 +68,8 @@ class RabbitMQConnector:
             raise ValueError(f"url must start with amqp:// or amqps://, got {safe!r}")
         heartbeat = check_number("heartbeat_s", heartbeat_s)
         connect_timeout = check_number("connect_timeout_s", connect_timeout_s, exclusive=True)
+        #: Bodies larger than this are refused before they are sent (see the class).
+        self.max_message_bytes = check_int("max_message_bytes", max_message_bytes, minimum=1)
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, got {name!r}")
         try:

@@ -1,0 +1,64 @@
+"""Two `onestep dlq replay --limit 150` processes at once over 200 dead letters, on MySQL
+and on RabbitMQ: each dead letter is claimed by one of them only, so exactly 200 distinct
+messages are back on the source, none is left as a dead letter, and the two printed
+counts add up to 200. Both processes hold their first claim before either puts anything
+back (ops_support.GATE), so they do overlap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration import ops_support
+from tests.integration.mysql_support import URL, mysql_url, query, quote, tables
+from tests.integration.ops_support import TARGET, concurrent_replays, configure
+from tests.integration.rabbitmq_support import AMQP_URL, Rabbit, rabbit_fixture  # noqa: F401
+
+__all__ = ["mysql_url", "tables"]  # fixtures used by name
+
+pytestmark = pytest.mark.integration
+
+DEAD_LETTERS = 200
+LIMIT = 150
+
+
+def test_two_replays_at_once_on_mysql_put_each_dead_letter_back_once(
+    tables: Callable[[str], str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    jobs, dead = tables("replay_jobs"), tables("replay_dead")
+    configure(monkeypatch, URL, jobs, dead)
+    app = ops_support.mysql_app()
+    app.tasks["work"].source.create_table()
+    ops_support.plant_dead_letters(app, DEAD_LETTERS)
+
+    counts = concurrent_replays(tmp_path, f"{TARGET}:mysql_app", LIMIT)
+
+    assert sum(counts) == DEAD_LETTERS, counts
+    assert all(count > 0 for count in counts), counts  # both did some of the work
+    payloads = [row[0] for row in query(f"SELECT payload FROM {quote(jobs)}")]
+    assert len(payloads) == DEAD_LETTERS
+    assert len(set(payloads)) == DEAD_LETTERS
+    assert query(f"SELECT COUNT(*) FROM {quote(dead)}") == [(0,)]
+
+
+def test_two_replays_at_once_on_rabbitmq_put_each_dead_letter_back_once(
+    rabbit: Rabbit, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    jobs, dead = rabbit.name("replay-jobs"), rabbit.name("replay-dead")
+    configure(monkeypatch, AMQP_URL, jobs, dead)
+    app = ops_support.rabbit_app()
+    ops_support.plant_dead_letters(app, DEAD_LETTERS)
+    rabbit.declare(jobs)
+
+    counts = concurrent_replays(tmp_path, f"{TARGET}:rabbit_app", LIMIT)
+
+    assert sum(counts) == DEAD_LETTERS, counts
+    assert all(count > 0 for count in counts), counts
+    assert rabbit.count(dead) == 0
+    assert rabbit.count(jobs) == DEAD_LETTERS
+    bodies: list[Any] = [rabbit.get(jobs)[1] for _ in range(DEAD_LETTERS)]
+    assert len(set(bodies)) == DEAD_LETTERS
+    assert rabbit.count(jobs) == 0
