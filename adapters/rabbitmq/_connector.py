@@ -18,6 +18,10 @@ from ._publisher import CONFIRM_TIMEOUT_S
 from ._queue import RabbitMQQueue
 from ._quiet import quiet
 
+#: Bytes of a content-header frame kept for what is not the meta: the frame's own fields,
+#: the content type, the header table's keys and types, the attempts header.
+_PROPERTIES_ROOM = 512
+
 
 def _safe_url(url: str) -> str:
     """`url` with its password replaced by `***`."""
@@ -86,6 +90,9 @@ class RabbitMQConnector:
         params.blocked_connection_timeout = CONFIRM_TIMEOUT_S
         params.connection_attempts = 1
         self._params = params
+        #: The largest meta (its JSON text) a message carries: the properties travel in
+        #: one frame of at most `frame_max` bytes, with room kept for the other fields.
+        self.max_meta_bytes = int(params.frame_max) - _PROPERTIES_ROOM
         self._password = unquote(urlsplit(url).password or "")
         self.heartbeat_s = heartbeat
         self.connect_timeout_s = connect_timeout

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pika
 
-from onestep.kit import Delivery, EncodeError, check_meta, check_size, encode_json
+from onestep.kit import Delivery, EncodeError, check_meta, check_size, encode_json, utf8_size
 
 from ._consumer import _Consumer, _Handle
 
@@ -67,27 +67,33 @@ def encode_message(
     raises: EncodeError naming the queue and the problem for a body or meta that is not
     JSON (or a meta that is not a mapping), MessageTooLarge for a body over the
     connector's `max_message_bytes` (the broker's `max_message_size`, which would close
-    the channel)."""
+    the channel) or a meta too large for one frame."""
     where = f"cannot publish to RabbitMQ queue {queue.name!r}"
     try:
         if isinstance(body, bytes | bytearray | memoryview):
             data, content_type = bytes(body), BINARY_TYPE
         else:
             data, content_type = encode_json(body, "the body").encode(), JSON_TYPE
-        headers = None
-        if meta:
-            headers = {META_HEADER: encode_json(check_meta(meta), "the meta")}
+        meta_text = encode_json(check_meta(meta), "the meta") if meta else None
     except TypeError as exc:  # a meta that is not a mapping (put() raised it already)
         raise EncodeError(f"{where}: {exc}") from None
     except EncodeError as exc:
         raise EncodeError(f"{where}: {exc}") from None
+    connector = queue.connector
     check_size(
         "the body",
         len(data),
-        queue.connector.max_message_bytes,
+        connector.max_message_bytes,
         "max_message_bytes, RabbitMQ's max_message_size",
         where,
     )
+    headers = None
+    if meta_text is not None:
+        # the properties travel in one frame: a larger one makes the broker close the
+        # connection (FRAME_ERROR), and the put would fail twice
+        size = utf8_size(meta_text)
+        check_size("the meta", size, connector.max_meta_bytes, "one AMQP frame", where)
+        headers = {META_HEADER: meta_text}
     properties = pika.BasicProperties(
         content_type=content_type,
         delivery_mode=2 if queue.persistent else 1,
