@@ -62,3 +62,47 @@ def test_two_replays_at_once_on_rabbitmq_put_each_dead_letter_back_once(
     bodies: list[Any] = [rabbit.get(jobs)[1] for _ in range(DEAD_LETTERS)]
     assert len(set(bodies)) == DEAD_LETTERS
     assert rabbit.count(jobs) == 0
+
+
+def test_a_consumer_of_the_mysql_dead_letter_table_skips_claimed_rows(
+    tables: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs, dead = tables("claim_jobs"), tables("claim_dead")
+    configure(monkeypatch, URL, jobs, dead)
+    app = ops_support.mysql_app()
+    ops_support.plant_dead_letters(app, 5)
+    letters = app.dead_letters("work")
+    table = letters.sink
+    consumer = table.connector.table_queue(dead)
+    consumer.open()
+    try:
+        with table.take(3, letters._matches) as claim:
+            assert [entry.body["payload"]["n"] for entry in claim.entries] == [0, 1, 2]
+            # an app consuming the table (and a second claim) sees only the other two
+            assert [d.payload["payload"]["n"] for d in consumer.fetch(10)] == [3, 4]
+            assert table.take(10, letters._matches).entries == []
+            assert claim.settle([claim.entries[0].id]) == 1
+        with table.take(10, letters._matches) as claim:  # the two given back
+            assert [entry.body["payload"]["n"] for entry in claim.entries] == [1, 2]
+    finally:
+        consumer.close()
+
+
+def test_a_rabbitmq_claim_hides_its_messages_until_it_ends(
+    rabbit: Rabbit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs, dead = rabbit.name("claim-jobs"), rabbit.name("claim-dead")
+    configure(monkeypatch, AMQP_URL, jobs, dead)
+    app = ops_support.rabbit_app()
+    ops_support.plant_dead_letters(app, 5)
+    letters = app.dead_letters("work")
+    queue = letters.sink
+    with queue.take(3, letters._matches) as claim:
+        assert [entry.body["payload"]["n"] for entry in claim.entries] == [0, 1, 2]
+        assert rabbit.count(dead) == 2  # held unacked: no other consumer gets them
+        other = queue.take(10, letters._matches)
+        assert [entry.body["payload"]["n"] for entry in other.entries] == [3, 4]
+        other.release()
+        assert claim.settle([claim.entries[1].id]) == 1
+    assert rabbit.count(dead) == 4
+    assert [letter.payload["n"] for letter in letters.list()] == [0, 2, 3, 4]
