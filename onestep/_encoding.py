@@ -103,6 +103,24 @@ def encode_json(value: Any, what: str = "body") -> str:
     return text
 
 
+def is_flat_json(meta: dict[str, Any]) -> bool:
+    """Whether `meta` is a flat object JSON surely holds: ASCII keys, values that are
+    ASCII strings, ints, bools, None or finite floats. A quick look for a check that need
+    not encode (MemoryQueue.put); False means "encode it to know", not "invalid"."""
+    for key, value in meta.items():
+        if not key.isascii():
+            return False
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                return False
+        elif not (
+            kind is int or kind is bool or value is None or (kind is float and not value - value)
+        ):
+            return False
+    return True
+
+
 def utf8_size(text: str) -> int:
     """The size of `text` in UTF-8, in bytes (without copying it when it is ASCII)."""
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
