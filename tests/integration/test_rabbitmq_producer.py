@@ -295,6 +295,20 @@ def test_a_body_over_the_brokers_limit_fails_at_once_naming_its_size(rabbit: Rab
     jobs.connector.close()
 
 
+def test_a_body_of_exactly_max_message_bytes_goes_and_one_byte_more_does_not(
+    rabbit: Rabbit,
+) -> None:
+    name = rabbit.name("limit")
+    amqp = CountingConnector(max_message_bytes=1000)
+    jobs = amqp.queue(name)
+    with pytest.raises(MessageTooLarge, match="the body is 1,001 bytes"):
+        jobs.put(b"x" * 1001)
+    assert amqp.connects == 0  # refused before connecting
+    jobs.put(b"x" * 1000)
+    assert rabbit.get(name, TIMEOUT)[1] == b"x" * 1000
+    amqp.close()
+
+
 def test_a_broker_with_a_lower_limit_than_configured_refuses_at_once_too(
     rabbit: Rabbit,
 ) -> None:
