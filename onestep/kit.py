@@ -11,7 +11,15 @@ from actors import EncodeError, Failure, HandlerFailed
 
 from ._values import MAX_DELAY_S, check_delay, check_int, check_number
 from .core import Delivery, Sink, Source, SourceContext
-from .ops import DEAD_LETTER_ID, DeadLetterEntry, IdTally, NotBrowsable
+from .core._encoding import (
+    MessageTooLarge,
+    check_bodies,
+    check_meta,
+    check_size,
+    encode_json,
+    utf8_size,
+)
+from .ops import DEAD_LETTER_ID, DeadLetterClaim, DeadLetterEntry, IdTally, NotBrowsable
 from .ops._serving import BODY_REFUSED, BodyRouter, GuardedServer, guarded_adjustments
 from .processes import inherited_socket
 from .state import StateStore, check_ttl
@@ -21,6 +29,7 @@ __all__ = [
     "DEAD_LETTER_ID",
     "MAX_DELAY_S",
     "BodyRouter",
+    "DeadLetterClaim",
     "DeadLetterEntry",
     "Delivery",
     "EncodeError",
@@ -28,15 +37,21 @@ __all__ = [
     "GuardedServer",
     "HandlerFailed",
     "IdTally",
+    "MessageTooLarge",
     "NotBrowsable",
     "Sink",
     "Source",
     "SourceContext",
     "StateStore",
+    "check_bodies",
     "check_delay",
     "check_int",
+    "check_meta",
     "check_number",
+    "check_size",
     "check_ttl",
+    "encode_json",
     "guarded_adjustments",
     "inherited_socket",
+    "utf8_size",
 ]

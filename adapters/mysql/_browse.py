@@ -1,7 +1,8 @@
-"""Reading a TableQueue's waiting rows without claiming them, deleting chosen ones, and
-counting them; TableQueue.browse, remove and depth call these on the calling thread
-(the dead-letter tooling, `onestep dlq`, `onestep.testing.run_until_idle`), on the
-connector's pooled connections.
+"""Reading a TableQueue's waiting rows without claiming them, claiming some, deleting
+chosen ones, and counting them; TableQueue.browse, take, remove and depth call these on
+the calling thread (the dead-letter tooling, `onestep dlq`,
+`onestep.testing.run_until_idle`), on the connector's pooled connections (a claim on a
+connection of its own).
 
 The rows that count are the `pending` ones: waiting to be claimed, due now or later (a
 delayed retry). A dead letter written to a table queue is such a row until a task that
@@ -10,15 +11,16 @@ consumes the table claims it; a row that is leased, done or failed is not one an
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pymysql.err
 
-from onestep.kit import DeadLetterEntry, NotBrowsable
+from onestep.kit import DeadLetterClaim, DeadLetterEntry, NotBrowsable
 
-from ._connection import error_code, placeholders
+from ._connection import close_quietly, error_code, placeholders
 from ._queue_schema import NO_SUCH_TABLE
 
 if TYPE_CHECKING:
@@ -27,6 +29,12 @@ if TYPE_CHECKING:
 
 #: Rows read per query while browsing, and ids per DELETE.
 _PAGE = 500
+
+#: Where a statement takes the primary-key hint (a table name cannot hold a NUL).
+_HINT = "\0hint\0"
+
+#: MariaDB/MySQL error number: an index hint names a key the table does not have.
+_NO_SUCH_KEY = 1176
 
 
 class PendingRows:
@@ -45,19 +53,29 @@ class PendingRows:
             f"SELECT {c.id}, {c.payload}, {meta} FROM {t} "
             f"WHERE {pending} AND {c.id} > %s ORDER BY {c.id} LIMIT %s"
         )
-        self._sql_delete = f"DELETE FROM {t} WHERE {pending} AND {c.id} IN "
         self._sql_count = f"SELECT COUNT(*) FROM {t} WHERE {pending}"
+        # Claims lock and delete rows by the primary key (_HINT): a locking read or a
+        # DELETE that the optimiser runs as a scan (of the status index, or of the table)
+        # locks or waits for every row it passes (MariaDB 10.11, READ COMMITTED), so a
+        # second claim found nothing free and two claims deleting at once deadlocked. A
+        # table whose id column is no primary key gets them without the hint (_execute).
+        self._hint = " FORCE INDEX (PRIMARY)"
+        self._sql_lock = f"SELECT {c.id} FROM {t}" + _HINT + f" WHERE {pending} AND {c.id} IN "
+        self._sql_delete = f"DELETE {t} FROM {t}" + _HINT + f" WHERE {pending} AND {c.id} IN "
 
-    def browse(
-        self, limit: int | None, match: Callable[[DeadLetterEntry], bool] | None
-    ) -> list[DeadLetterEntry]:
-        """The first `limit` pending rows (all with None) that `match` accepts, by id."""
+    def _check_match(self, match: Callable[[DeadLetterEntry], bool] | None) -> None:
         if match is not None and not self.has_meta:
             raise NotBrowsable(
                 f"table {self.table!r} has no meta column (meta_column=None): its rows do "
                 "not say which task they are dead letters of; use a table queue with a "
                 "meta column as dead_letter"
             )
+
+    def browse(
+        self, limit: int | None, match: Callable[[DeadLetterEntry], bool] | None
+    ) -> list[DeadLetterEntry]:
+        """The first `limit` pending rows (all with None) that `match` accepts, by id."""
+        self._check_match(match)
         found: list[DeadLetterEntry] = []
         after = -1
         while limit is None or len(found) < limit:
@@ -73,16 +91,78 @@ class PendingRows:
             after = rows[-1][0]
         return found
 
+    def take(self, limit: int, match: Callable[[DeadLetterEntry], bool] | None) -> RowClaim:
+        """Claim the first `limit` pending rows that `match` accepts, by id: each row is
+        locked (`FOR UPDATE SKIP LOCKED`) in a transaction on a connection of the
+        claim's own, so another claim and a consumer's fetch skip it until the claim
+        ends; a row another holds is skipped here. Rows are read without a lock first
+        and only the matching ones are locked, so dead letters of other tasks in the
+        same table stay free."""
+        self._check_match(match)
+        conn = self.connector.connect(autocommit=False)
+        try:
+            conn.begin()
+            with conn.cursor() as cursor:
+                entries = self._lock_first(cursor, limit, match)
+        except pymysql.err.ProgrammingError as exc:
+            close_quietly(conn)
+            if error_code(exc) == NO_SUCH_TABLE:
+                return RowClaim(self, None, [])
+            raise
+        except BaseException:
+            close_quietly(conn)  # rolls back: nothing stays locked
+            raise
+        return RowClaim(self, conn, entries)
+
+    def _lock_first(
+        self, cursor: Any, limit: int, match: Callable[[DeadLetterEntry], bool] | None
+    ) -> list[DeadLetterEntry]:
+        found: list[DeadLetterEntry] = []
+        after = -1
+        while len(found) < limit:
+            cursor.execute(self._sql_page, (after, _PAGE))
+            rows = list(cursor.fetchall())
+            wanted = [e for e in map(_entry, rows) if match is None or match(e)]
+            while wanted and len(found) < limit:
+                batch, wanted = wanted[: limit - len(found)], wanted[limit - len(found) :]
+                locked = self._lock(cursor, [entry.id for entry in batch])
+                found.extend(entry for entry in batch if entry.id in locked)
+            if len(rows) < _PAGE:
+                break
+            after = rows[-1][0]
+        return found
+
+    def _lock(self, cursor: Any, ids: list[Any]) -> set[Any]:
+        """Lock the rows with these ids that are pending and not locked by anyone else;
+        returns their ids."""
+        tail = f"({placeholders(len(ids))}) FOR UPDATE SKIP LOCKED"
+        self._execute(cursor, self._sql_lock, tail, ids)
+        return {row[0] for row in cursor.fetchall()}
+
+    def _execute(self, cursor: Any, statement: str, tail: str, args: list[Any]) -> int:
+        """Run `statement` + `tail`, with the primary-key hint while the table takes it."""
+        try:
+            return int(cursor.execute(statement.replace(_HINT, self._hint) + tail, args))
+        except pymysql.err.MySQLError as exc:
+            if error_code(exc) != _NO_SUCH_KEY or not self._hint:
+                raise
+        self._hint = ""
+        return int(cursor.execute(statement.replace(_HINT, "") + tail, args))
+
     def remove(self, ids: Iterable[Hashable]) -> int:
         """Delete the pending rows with these ids; returns how many were deleted (a row
         claimed meanwhile by a consumer of the table is left to it)."""
         # a row id is an int; any other id (from another kind of sink) names no row here
         wanted = sorted({row_id for row_id in ids if type(row_id) is int})
+        return int(self._run(lambda cursor: self.delete(cursor, wanted)))
+
+    def delete(self, cursor: Any, ids: list[int]) -> int:
+        """Delete the pending rows with these ids on `cursor`; returns how many."""
         removed = 0
-        for start in range(0, len(wanted), _PAGE):
-            chunk = wanted[start : start + _PAGE]
-            sql = self._sql_delete + f"({placeholders(len(chunk))})"
-            removed += int(self._run(_executor(sql, chunk)))
+        for start in range(0, len(ids), _PAGE):
+            chunk = ids[start : start + _PAGE]
+            tail = f"({placeholders(len(chunk))})"
+            removed += self._execute(cursor, self._sql_delete, tail, chunk)
         return removed
 
     def count(self) -> int:
@@ -114,9 +194,37 @@ class PendingRows:
         return self.connector.run_pooled(on)
 
 
-def _executor(sql: str, args: list[int]) -> Callable[[Any], int]:
-    """A statement that returns how many rows it touched."""
-    return lambda cursor: int(cursor.execute(sql, args))
+class RowClaim(DeadLetterClaim):
+    """Rows locked by `PendingRows.take` in the open transaction of `conn`: settling
+    deletes the named ones and commits, which unlocks the others; releasing rolls back.
+    The connection closes either way (and a claim whose process dies is rolled back by
+    the server when its connection drops)."""
+
+    def __init__(self, rows: PendingRows, conn: Any, entries: list[DeadLetterEntry]) -> None:
+        super().__init__(entries)
+        self._rows = rows
+        self._conn = conn
+
+    def _settle(self, ids: list[Hashable]) -> int:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return 0
+        claimed = {entry.id for entry in self.entries}
+        wanted = sorted({row_id for row_id in ids if type(row_id) is int and row_id in claimed})
+        try:
+            with conn.cursor() as cursor:
+                removed = self._rows.delete(cursor, wanted)
+            conn.commit()
+        finally:
+            close_quietly(conn)  # after a failed commit the server rolls back
+        return removed
+
+    def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.rollback()  # unlock now, not when the server notices the close
+            close_quietly(conn)
 
 
 def _entry(row: Any) -> DeadLetterEntry:

@@ -48,6 +48,7 @@ class MySQLConnector:
             raise ValueError(f"name must be a non-empty string or None, got {name!r}")
         self.name = name or f"mysql:{self.host}:{self.port}/{self.database}"
         self._pool = Pool(self)
+        self._max_allowed_packet: int | None = None
 
     @property
     def url(self) -> str:
@@ -99,6 +100,21 @@ class MySQLConnector:
         """Run `operation(conn)` on a pooled connection; if a pooled connection turns out
         to be dead (the server restarted) it is retried once on a fresh one."""
         return self._pool.run(operation)
+
+    def max_allowed_packet(self) -> int:
+        """The server's `max_allowed_packet`: the largest statement it takes (a larger
+        one makes it drop the connection). Read once, on a pooled connection; any
+        thread. Producers refuse a row whose INSERT would be larger."""
+        limit = self._max_allowed_packet
+        if limit is None:
+
+            def read(conn: Any) -> int:
+                with conn.cursor() as cursor:
+                    cursor.execute("SELECT @@max_allowed_packet", ())
+                    return int(cursor.fetchone()[0])
+
+            limit = self._max_allowed_packet = int(self.run_pooled(read))
+        return limit
 
     def close(self) -> None:
         """Close the pooled connections."""

@@ -1,6 +1,12 @@
 """Producer: puts messages into a TableQueue's table from any thread, on the connector's
 pooled connections, and creates (or upgrades) the table on first use; used by
-TableQueue.put, put_many, publish and publish_batch (the queue's sink side)."""
+TableQueue.put, put_many, publish and publish_batch (the queue's sink side).
+
+Every message is checked before anything is written, with the errors every queue gives
+(onestep.kit): TypeError for a meta that is not a mapping, EncodeError for what is not
+JSON, MessageTooLarge for a row whose INSERT would exceed the server's
+`max_allowed_packet` (the server would drop the connection: "server has gone away").
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql.err
 
-from actors import EncodeError
-from onestep.kit import check_delay
+from onestep.kit import (
+    EncodeError,
+    check_bodies,
+    check_delay,
+    check_meta,
+    check_size,
+    encode_json,
+    utf8_size,
+)
 
-from ._connection import encode_strict_json, error_code, transaction
+from ._connection import error_code, transaction
 from ._queue_schema import NO_SUCH_TABLE, UNKNOWN_COLUMN, QueueSchema
 
 if TYPE_CHECKING:
@@ -20,6 +33,10 @@ if TYPE_CHECKING:
 
 # Rows per multi-row INSERT (pymysql's executemany packs them into one statement).
 _ROWS_PER_INSERT = 1000
+
+# What an INSERT of one row sends besides its text values: the statement, the other
+# values, the packet's header.
+_STATEMENT_BYTES = 1024
 
 
 class Producer:
@@ -48,11 +65,10 @@ class Producer:
     # -- encoding (the caller's thread, before anything is written) ----------------------
 
     def encode_meta(self, meta: Any) -> str | None:
-        """The JSON text of a message's meta (a dict or None)."""
+        """The JSON text of a message's meta (a mapping or None)."""
+        meta = check_meta(meta)
         if meta is None:
             return None
-        if not isinstance(meta, dict):
-            raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
         if not self.has_meta:
             if not meta:
                 return None
@@ -60,9 +76,21 @@ class Producer:
                 f"table {self.schema.table!r} has no meta column (meta_column=None), so a "
                 "message cannot carry meta"
             )
-        return encode_strict_json(meta, "meta")
+        return encode_json(meta, "meta")
 
-    def row(self, payload: str, meta: str | None) -> tuple[Any, ...]:
+    def row(self, payload: str, meta: str | None, what: str = "body") -> tuple[Any, ...]:
+        """The values of one row, once its INSERT is known to fit in the server's
+        `max_allowed_packet` (MessageTooLarge naming `what` otherwise)."""
+        size = _STATEMENT_BYTES + _quoted_size(payload)
+        if meta is not None:
+            size += _quoted_size(meta)
+        check_size(
+            f"{what} (as an INSERT)",
+            size,
+            self.connector.max_allowed_packet(),
+            "the server's max_allowed_packet",
+            f"table {self.schema.table!r}",
+        )
         return (payload, meta) if self.has_meta else (payload,)
 
     # -- writing (any thread, on a pooled connection) ---------------------------------------
@@ -71,7 +99,8 @@ class Producer:
         """Insert one message (with `attempts` executions so far); returns its row id
         once committed."""
         delay_us = _delay_us(delay_s)
-        row = self.row(encode_strict_json(body, "body"), self.encode_meta(meta))
+        meta_text = self.encode_meta(meta)
+        row = self.row(encode_json(body, "body"), meta_text)
         args = (*row, attempts, delay_us)
 
         def insert(conn: Any) -> int:
@@ -84,14 +113,10 @@ class Producer:
     def put_many(self, bodies: Iterable[Any], meta: Any, delay_s: Any) -> int:
         """Insert every body (all with `meta`) in one transaction; returns how many."""
         delay_us = _delay_us(delay_s)
-        if isinstance(bodies, str | bytes | dict) or not isinstance(bodies, Iterable):
-            raise TypeError(
-                f"bodies must be an iterable of message bodies (a list, say), got "
-                f"{type(bodies).__name__}"
-            )
+        check_bodies(bodies)
         meta_text = self.encode_meta(meta)
         rows = [
-            self.row(encode_strict_json(body, f"bodies[{index}]"), meta_text)
+            self.row(encode_json(body, f"bodies[{index}]"), meta_text, f"bodies[{index}]")
             for index, body in enumerate(bodies)
         ]
         return self.insert(rows, delay_us)
@@ -101,9 +126,12 @@ class Producer:
         by the server's clock; returns how many."""
         if not rows:
             return 0
+        packet = self.connector.max_allowed_packet()
 
         def insert(conn: Any) -> int:
             with conn.cursor() as cursor, transaction(conn):
+                # pymysql packs a chunk into statements of at most this many bytes
+                cursor.max_stmt_length = min(cursor.max_stmt_length, packet - _STATEMENT_BYTES)
                 cursor.execute("SELECT NOW(6) + INTERVAL %s MICROSECOND", (delay_us,))
                 (due,) = cursor.fetchone()
                 for start in range(0, len(rows), _ROWS_PER_INSERT):
@@ -117,14 +145,14 @@ class Producer:
 
     def publish_batch(self, items: list[tuple[Any, Any]]) -> dict[int, BaseException] | None:
         """The sink side: insert every item that encodes, in one transaction; returns
-        the ones that do not, as {index: EncodeError}. Meta is dropped when the table
-        has no meta column."""
+        the ones that do not, as {index: EncodeError} (MessageTooLarge for one over
+        `max_allowed_packet`). Meta is dropped when the table has no meta column."""
         refused: dict[int, BaseException] = {}
         rows = []
         for index, (body, meta) in enumerate(items):
             try:
                 meta_text = self.encode_meta(meta) if self.has_meta else None
-                rows.append(self.row(encode_strict_json(body, "body"), meta_text))
+                rows.append(self.row(encode_json(body, "body"), meta_text))
             except (TypeError, ValueError) as exc:
                 refused[index] = exc if isinstance(exc, EncodeError) else EncodeError(str(exc))
         self.insert(rows)
@@ -149,3 +177,9 @@ class Producer:
 
 def _delay_us(delay_s: Any) -> int:
     return int(check_delay("delay_s", delay_s) * 1_000_000)
+
+
+def _quoted_size(text: str) -> int:
+    """The bytes `text` takes in a statement: UTF-8, quoted, with pymysql's escapes (JSON
+    text holds no raw control characters, so only these three are escaped)."""
+    return utf8_size(text) + 2 + text.count("'") + text.count('"') + text.count("\\")

@@ -10,7 +10,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from onestep import Delivery, Source
-from onestep.kit import DeadLetterEntry, check_delay, check_int, check_number
+from onestep.kit import DeadLetterClaim, DeadLetterEntry, check_delay, check_int, check_number
 
 from ._browse import PendingRows
 from ._connection import close_quietly, quote_ident
@@ -212,15 +212,17 @@ class TableQueue(Source):
         row id once committed. Any thread, with or without a running app; creates the
         table on first use (auto_create). `attempts` is the executions the message
         already had (the attempts column; a dead-letter replay that keeps them sets it).
-        EncodeError, before anything is written, for a body or meta that is not valid
-        JSON (objects, NaN, Infinity)."""
+        Before anything is written: TypeError for a meta that is not a mapping,
+        EncodeError for a body or meta that is not valid JSON (objects, NaN, Infinity,
+        lone surrogates, nesting too deep), MessageTooLarge (an EncodeError) for a row
+        over the server's `max_allowed_packet`, naming both sizes."""
         return self._producer.put(body, meta, delay_s, check_int("attempts", attempts, minimum=0))
 
     def put_many(
         self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
     ) -> int:
         """Enqueue many bodies (each with `meta`) in one transaction (multi-row INSERTs);
-        returns how many. If one body is not valid JSON, EncodeError names it and
+        returns how many. If one body is refused (as by `put`), the error names it and
         nothing is written."""
         return self._producer.put_many(bodies, meta, delay_s)
 
@@ -240,6 +242,16 @@ class TableQueue(Source):
         calls it on its own thread (pooled connections). NotBrowsable, when a match is
         asked for, for a table without a meta column (its rows name no task)."""
         return self._pending.browse(limit, match)
+
+    def take(
+        self, limit: int, match: Callable[[DeadLetterEntry], bool] | None = None
+    ) -> DeadLetterClaim:
+        """Claim the first `limit` pending rows that `match` accepts, by row id (see
+        onestep.kit.DeadLetterClaim): they stay locked (`SELECT ... FOR UPDATE SKIP
+        LOCKED`) until the claim is settled or released, so another claim or a consumer
+        of this table skips them. The dead-letter tooling calls it on its own thread,
+        on a connection of the claim's own."""
+        return self._pending.take(limit, match)
 
     def remove(self, ids: Iterable[Hashable]) -> int:
         """Delete the pending rows with these ids; returns how many. Any thread."""

@@ -8,13 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql.err
 
-from actors import EncodeError
 from onestep import Sink
-from onestep.kit import NotBrowsable, check_int
+from onestep.kit import EncodeError, NotBrowsable, check_int, encode_json
 
 from ._connection import (
     close_quietly,
-    encode_strict_json,
     is_connection_error,
     placeholders,
     quote_ident,
@@ -280,7 +278,7 @@ def _encoded(columns: tuple[Any, ...], values: tuple[Any, ...]) -> tuple[Any, ..
         if isinstance(value, float) and value - value:
             raise EncodeError(f"column {column!r}: {value} cannot be stored (not a finite number)")
         if isinstance(value, dict | list | tuple):
-            value = encode_strict_json(value, f"the value of column {column!r}")
+            value = encode_json(value, f"the value of column {column!r}")
         encoded.append(value)
     return tuple(encoded)
 

@@ -1,6 +1,7 @@
-"""Reading a RabbitMQ queue without consuming it, removing chosen messages from it, and
-its depth; RabbitMQQueue.browse, remove and depth call these on the calling thread (the
-dead-letter tooling, `onestep dlq`, `onestep.testing.run_until_idle`).
+"""Reading a RabbitMQ queue without consuming it, claiming messages of it, removing chosen
+messages from it, and its depth; RabbitMQQueue.browse, take, remove and depth call these
+on the calling thread (the dead-letter tooling, `onestep dlq`,
+`onestep.testing.run_until_idle`).
 
 AMQP has no "peek": `browse` takes messages with `basic.get` and manual acks, keeps
 every one unacked, and closes its channel at the end, which gives them all back to the
@@ -10,17 +11,23 @@ order is kept), marks it `redelivered`, and a quorum queue counts it as a delive
 drop it). Each pass reads at most the queue's depth when it started, so messages
 published meanwhile and messages given back by other consumers are not read twice.
 While a pass runs, the messages it holds are invisible to other consumers.
+
+`take` is such a pass that keeps its channel open after it: the messages it claimed stay
+unacked, so no other consumer or claim gets them, until the claim acks the ones it
+settles and closes the channel (which gives the others back). If the claiming process
+dies, the broker gives them back when its connection drops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pika.exceptions
 
-from onestep.kit import DEAD_LETTER_ID, DeadLetterEntry, IdTally
+from onestep.kit import DEAD_LETTER_ID, DeadLetterClaim, DeadLetterEntry, IdTally
 
 from ._message import decode_message
 from ._quiet import quiet
@@ -69,6 +76,79 @@ def remove(queue: RabbitMQQueue, ids: Iterable[Hashable]) -> int:
     return removed
 
 
+def take(
+    queue: RabbitMQQueue, limit: int, match: Callable[[DeadLetterEntry], bool] | None
+) -> DeadLetterClaim:
+    """Claim the first `limit` messages of `queue` that `match` accepts, head first; the
+    ones it passes over are held too until the claim ends (so that the next `basic.get`
+    moves on), then given back."""
+    connection = queue.connector.connect(f"onestep claim on queue {queue.name!r}")
+    claimed: list[tuple[int, DeadLetterEntry]] = []
+    try:
+        channel = None
+        depth = _message_count(connection, queue.queue_name) if limit > 0 else 0
+        if depth:
+            channel = connection.channel()
+            for _ in range(depth):
+                method, properties, body = channel.basic_get(queue.queue_name, auto_ack=False)
+                if method is None:
+                    break
+                entry = _entry(properties, body)
+                if match is None or match(entry):
+                    claimed.append((method.delivery_tag, entry))
+                    if len(claimed) >= limit:
+                        break
+    except pika.exceptions.AMQPError as exc:
+        _close(connection)
+        raise _read_error(queue, exc) from None
+    except BaseException:
+        _close(connection)
+        raise
+    return _MessageClaim(queue, connection, channel, claimed)
+
+
+class _MessageClaim(DeadLetterClaim):
+    """Messages held unacked on `channel`: settling acks the named ones and closes the
+    channel (its Close-Ok comes once the broker handled the acks; the rest go back),
+    releasing closes it without acks."""
+
+    def __init__(
+        self,
+        queue: RabbitMQQueue,
+        connection: Any,
+        channel: Any,
+        claimed: list[tuple[int, DeadLetterEntry]],
+    ) -> None:
+        super().__init__(entry for _, entry in claimed)
+        self._queue = queue
+        self._connection = connection
+        self._channel = channel
+        self._tags = [tag for tag, _ in claimed]
+
+    def _settle(self, ids: list[Hashable]) -> int:
+        wanted = IdTally(ids)
+        acked = 0
+        try:
+            for tag, entry in zip(self._tags, self.entries, strict=True):
+                if wanted.take(entry.id):
+                    self._channel.basic_ack(tag)
+                    acked += 1
+            if self._channel is not None:
+                self._channel.close()
+        except pika.exceptions.AMQPError as exc:
+            # the broker gives back what it did not ack: how many it did is unknown
+            raise ConnectionError(
+                f"lost the claim on queue {self._queue.queue_name!r} while removing "
+                f"{acked} message(s) (some may have been removed): {type(exc).__name__}: {exc}"
+            ) from None
+        finally:
+            _close(self._connection)
+        return acked
+
+    def _release(self) -> None:
+        _close(self._connection)  # every unacked message goes back to the queue
+
+
 def depth(queue: RabbitMQQueue, delay_queues: list[str]) -> int:
     """Messages ready in `queue` plus those waiting in `delay_queues`, by passive
     declares on a producer connection; a queue that does not exist counts 0."""
@@ -102,14 +182,23 @@ def _walk(
         # the removed messages are gone when this returns; the rest are given back
         channel.close()
     except pika.exceptions.AMQPError as exc:
-        raise ConnectionError(
-            f"cannot read queue {queue.queue_name!r} at {queue.connector.where}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
+        raise _read_error(queue, exc) from None
     finally:
-        with quiet():
-            if connection.is_open:
-                connection.close()
+        _close(connection)
+
+
+def _read_error(queue: RabbitMQQueue, exc: BaseException) -> ConnectionError:
+    return ConnectionError(
+        f"cannot read queue {queue.queue_name!r} at {queue.connector.where}: "
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
+def _close(connection: Any) -> None:
+    """Close `connection` if it is open: the broker gives back what it holds unacked."""
+    with quiet(), contextlib.suppress(pika.exceptions.AMQPError):
+        if connection.is_open:
+            connection.close()
 
 
 def _message_count(connection: Any, name: str) -> int:

@@ -11,12 +11,16 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 
-from onestep.kit import check_number
+from onestep.kit import check_int, check_number
 
 from ._producer import ProducerPool
 from ._publisher import CONFIRM_TIMEOUT_S
 from ._queue import RabbitMQQueue
 from ._quiet import quiet
+
+#: Bytes of a content-header frame kept for what is not the meta: the frame's own fields,
+#: the content type, the header table's keys and types, the attempts header.
+_PROPERTIES_ROOM = 512
 
 
 def _safe_url(url: str) -> str:
@@ -42,7 +46,15 @@ class RabbitMQConnector:
     between 0 and 1 counts as 1; 0 turns heartbeats off). The actors that own a
     connection pump it every `keepalive_interval_s` (half of it), however long handlers
     run, so the broker never takes a busy worker for a dead one.
+
+    `max_message_bytes` is the largest body a queue publishes: a larger one is refused
+    before it is sent, with MessageTooLarge naming both sizes (an EncodeError, so as a
+    result it fails alone). Set it to the broker's `max_message_size` (RabbitMQ's
+    default, 128 MiB, is the default here; AMQP does not tell a client the broker's).
     """
+
+    #: RabbitMQ's default `max_message_size` (since 3.8): 128 MiB.
+    DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
     def __init__(
         self,
@@ -50,6 +62,7 @@ class RabbitMQConnector:
         *,
         heartbeat_s: float = 30,
         connect_timeout_s: float = 10,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         name: str | None = None,
     ) -> None:
         if not isinstance(url, str) or not url:
@@ -59,6 +72,8 @@ class RabbitMQConnector:
             raise ValueError(f"url must start with amqp:// or amqps://, got {safe!r}")
         heartbeat = check_number("heartbeat_s", heartbeat_s)
         connect_timeout = check_number("connect_timeout_s", connect_timeout_s, exclusive=True)
+        #: Bodies larger than this are refused before they are sent (see the class).
+        self.max_message_bytes = check_int("max_message_bytes", max_message_bytes, minimum=1)
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, got {name!r}")
         try:
@@ -75,6 +90,9 @@ class RabbitMQConnector:
         params.blocked_connection_timeout = CONFIRM_TIMEOUT_S
         params.connection_attempts = 1
         self._params = params
+        #: The largest meta (its JSON text) a message carries: the properties travel in
+        #: one frame of at most `frame_max` bytes, with room kept for the other fields.
+        self.max_meta_bytes = int(params.frame_max) - _PROPERTIES_ROOM
         self._password = unquote(urlsplit(url).password or "")
         self.heartbeat_s = heartbeat
         self.connect_timeout_s = connect_timeout

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pika
 
-from actors import EncodeError
-from onestep.kit import Delivery
+from onestep.kit import Delivery, EncodeError, check_meta, check_size, encode_json, utf8_size
 
 from ._consumer import _Consumer, _Handle
 
@@ -60,46 +59,41 @@ def decode_message(consumer: _Consumer | None, tag: int, properties: Any, body: 
     return Delivery(payload, meta=meta, attempts=attempts, handle=handle, error=error)
 
 
-# One encoder for every message: json.dumps with keyword arguments builds a new
-# JSONEncoder per call. allow_nan=False: NaN and Infinity are not JSON, and a consumer in
-# another language would fail to parse them.
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def _why(exc: Exception) -> str:
-    """The reason json gave, made specific where it is vague."""
-    text = str(exc)
-    if isinstance(exc, ValueError) and "Out of range float" in text:
-        return f"{text} (NaN and Infinity are not JSON)"
-    return text
-
-
 def encode_message(
     queue: RabbitMQQueue, body: Any, meta: dict[str, Any] | None
 ) -> tuple[str, str, bytes, Any]:
     """(exchange, routing_key, body, properties) of a body published to `queue`; runs on
-    the publishing thread (the sink actor's, or a producer's). A body or meta that is not
-    JSON raises EncodeError naming the queue and the problem; nothing is sent."""
-    if isinstance(body, bytes | bytearray | memoryview):
-        data, content_type = bytes(body), BINARY_TYPE
-    else:
-        try:
-            data = _encode_json(body).encode()
-        except (TypeError, ValueError) as exc:
-            raise EncodeError(
-                f"cannot publish to RabbitMQ queue {queue.name!r}: the body is not JSON: "
-                f"{_why(exc)}"
-            ) from None
-        content_type = JSON_TYPE
+    the publishing thread (the sink actor's, or a producer's). Nothing is sent when it
+    raises: EncodeError naming the queue and the problem for a body or meta that is not
+    JSON (or a meta that is not a mapping), MessageTooLarge for a body over the
+    connector's `max_message_bytes` (the broker's `max_message_size`, which would close
+    the channel) or a meta too large for one frame."""
+    where = f"cannot publish to RabbitMQ queue {queue.name!r}"
+    try:
+        if isinstance(body, bytes | bytearray | memoryview):
+            data, content_type = bytes(body), BINARY_TYPE
+        else:
+            data, content_type = encode_json(body, "the body").encode(), JSON_TYPE
+        meta_text = encode_json(check_meta(meta), "the meta") if meta else None
+    except TypeError as exc:  # a meta that is not a mapping (put() raised it already)
+        raise EncodeError(f"{where}: {exc}") from None
+    except EncodeError as exc:
+        raise EncodeError(f"{where}: {exc}") from None
+    connector = queue.connector
+    check_size(
+        "the body",
+        len(data),
+        connector.max_message_bytes,
+        "max_message_bytes, RabbitMQ's max_message_size",
+        where,
+    )
     headers = None
-    if meta:
-        try:
-            headers = {META_HEADER: _encode_json(meta)}
-        except (TypeError, ValueError) as exc:
-            raise EncodeError(
-                f"cannot publish to RabbitMQ queue {queue.name!r}: the meta is not JSON: "
-                f"{_why(exc)}"
-            ) from None
+    if meta_text is not None:
+        # the properties travel in one frame: a larger one makes the broker close the
+        # connection (FRAME_ERROR), and the put would fail twice
+        size = utf8_size(meta_text)
+        check_size("the meta", size, connector.max_meta_bytes, "one AMQP frame", where)
+        headers = {META_HEADER: meta_text}
     properties = pika.BasicProperties(
         content_type=content_type,
         delivery_mode=2 if queue.persistent else 1,

@@ -4,11 +4,15 @@ producer pool on the thread that calls `put`."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pika
+import pika.exceptions
+
+from onestep.kit import MessageTooLarge
 
 #: How long a publish waits for the broker's confirms before it gives up.
 CONFIRM_TIMEOUT_S = 60.0
@@ -32,6 +36,28 @@ def _noop() -> None:
     return None
 
 
+#: How RabbitMQ says why it closed a channel over a message above `max_message_size`.
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
+
+
+def _closed_error(reason: BaseException | None, what: str) -> BaseException:
+    """What a wait raises when the broker closed the channel: MessageTooLarge with the
+    broker's numbers for an oversize message (a connector configured with a larger
+    `max_message_bytes` than the broker's), else the broker's reason."""
+    text = str(getattr(reason, "reply_text", "") or reason or "")
+    found = _TOO_LARGE.search(text)
+    if found is not None:
+        return MessageTooLarge(
+            "a message", int(found[1]), int(found[2]), "the broker's max_message_size"
+        )
+    error: BaseException = pika.exceptions.ChannelWrongStateError(
+        f"the channel closed while awaiting {what}"
+    )
+    if isinstance(reason, pika.exceptions.ChannelClosed):
+        error = pika.exceptions.ChannelClosedByBroker(reason.reply_code, reason.reply_text)
+    return error
+
+
 class _Publisher:
     """A channel in confirm mode whose confirms are awaited per batch, not per message.
 
@@ -52,7 +78,9 @@ class _Publisher:
         self._nacked = 0
         self._returned = 0
         self._ready = False
+        self._closed_by: BaseException | None = None
         self._impl.add_on_return_callback(self._on_return)
+        self._impl.add_on_close_callback(self._on_close)
         if confirms:
             self._impl.confirm_delivery(self._on_confirm, callback=self._on_select_ok)
             self._wait(lambda: self._ready, "Confirm.Select")
@@ -67,6 +95,12 @@ class _Publisher:
 
     def _on_return(self, *_: Any) -> None:
         self._returned += 1
+
+    def _on_close(self, _: Any, reason: BaseException) -> None:
+        """Runs inside process_data_events when the channel closes (the broker closed it:
+        a message over its `max_message_size`, a deleted exchange): ends the wait."""
+        self._closed_by = reason
+        self._connection.call_later(0, _noop)
 
     def _on_confirm(self, frame: Any) -> None:
         """Runs inside process_data_events for each Basic.Ack or Basic.Nack."""
@@ -88,6 +122,9 @@ class _Publisher:
         deadline = time.monotonic() + CONFIRM_TIMEOUT_S
         process = self._connection.process_data_events
         while not done():
+            if self._impl.is_closed:
+                # no confirm comes on a closed channel: say why at once, not after the timeout
+                raise _closed_error(self._closed_by, what)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"RabbitMQ did not answer {what} in {CONFIRM_TIMEOUT_S:g} s")

@@ -15,7 +15,17 @@ import pika
 import pika.exceptions
 
 from actors import EncodeError
-from onestep.kit import DeadLetterEntry, Delivery, Sink, Source, check_delay, check_int
+from onestep.kit import (
+    DeadLetterClaim,
+    DeadLetterEntry,
+    Delivery,
+    Sink,
+    Source,
+    check_bodies,
+    check_delay,
+    check_int,
+    check_meta,
+)
 
 from . import _browse
 from ._consumer import _Consumer, _Handle
@@ -320,7 +330,7 @@ class RabbitMQQueue(Source, Sink):
             type=properties.type,
             app_id=properties.app_id,
         )
-        if link.publisher is None:
+        if link.publisher is None or not link.publisher.is_open:
             link.publisher = _Publisher(link.connection, True)
         try:
             link.publisher.publish([("", routing_key, handle.body, republished)])
@@ -394,7 +404,7 @@ class RabbitMQQueue(Source, Sink):
 
     def _publish_on(self, link: _Link, messages: list[tuple[str, str, bytes, Any]]) -> None:
         publisher = link.publisher
-        if publisher is None:
+        if publisher is None or not publisher.is_open:  # closed by the broker
             publisher = link.publisher = _Publisher(link.connection, self.publisher_confirms)
         publisher.publish(messages)
 
@@ -413,14 +423,15 @@ class RabbitMQQueue(Source, Sink):
         thread, with or without a running app; declares the queue (and the delay queue)
         on first use. `attempts` is the executions the message already had (its
         `x-onestep-attempts` header; a dead-letter replay that keeps them sets it).
-        Raises EncodeError for a body or meta that is not JSON (nothing is sent),
-        PublishRefused when the broker nacked or could not route it, and ConnectionError
-        when the broker cannot be reached."""
+        Before anything is sent: TypeError for a meta that is not a mapping, EncodeError
+        for a body or meta that is not JSON, MessageTooLarge (an EncodeError) for a body
+        over the connector's `max_message_bytes`. After: PublishRefused when the broker
+        nacked or could not route it, ConnectionError when it cannot be reached."""
         if not attempts:
             self.put_many([body], meta, delay_s=delay_s)
             return
         check_int("attempts", attempts, minimum=0)
-        self._check_meta(meta)
+        meta = check_meta(meta)
         delay = check_delay("delay_s", delay_s)
         exchange, routing_key, data, properties = encode_message(self, body, meta)
         properties.headers = {**(properties.headers or {}), ATTEMPTS_HEADER: attempts}
@@ -434,21 +445,11 @@ class RabbitMQQueue(Source, Sink):
         sent, so an EncodeError sends none. Otherwise as `put`; if it raises, some of the
         batch may have been published."""
         delay = check_delay("delay_s", delay_s)
-        self._check_meta(meta)
-        if isinstance(bodies, str | bytes | bytearray | memoryview | Mapping):
-            raise ValueError(
-                f"bodies must be an iterable of message bodies, got a {type(bodies).__name__} "
-                "(use put() for one body)"
-            )
-        messages = [encode_message(self, body, meta) for body in bodies]
+        meta = check_meta(meta)
+        messages = [encode_message(self, body, meta) for body in check_bodies(bodies)]
         if not messages:
             return 0
         return self._put_encoded(messages, delay)
-
-    @staticmethod
-    def _check_meta(meta: Any) -> None:
-        if meta is not None and not isinstance(meta, dict):
-            raise ValueError(f"meta must be a dict or None, got {type(meta).__name__}")
 
     def _put_encoded(self, messages: list[tuple[str, str, bytes, Any]], delay: float) -> int:
         """Publish encoded messages through the producer pool, after `delay` seconds;
@@ -486,6 +487,16 @@ class RabbitMQQueue(Source, Sink):
         redelivered). The dead-letter tooling calls it on its own thread, on a
         connection of its own that it closes."""
         return _browse.browse(self, limit, match)
+
+    def take(
+        self, limit: int, match: Callable[[DeadLetterEntry], bool] | None = None
+    ) -> DeadLetterClaim:
+        """Claim the first `limit` messages that `match` accepts, head first (see
+        onestep.kit.DeadLetterClaim): they are taken with `basic.get` and held unacked,
+        invisible to every other consumer and claim, until the claim is settled (acked)
+        or released (given back). Runs on the calling thread, on a connection of the
+        claim's own."""
+        return _browse.take(self, limit, match)
 
     def remove(self, ids: Iterable[Hashable]) -> int:
         """Delete the messages with these ids (as `browse` gives them), each named id

@@ -5,22 +5,16 @@ re-exported here: prometheus_client is imported only by onestep.http.
 """
 
 from ._connection_check import EndpointCheck, check_connections
-from ._dead_letters import (
-    DEAD_LETTER_ID,
-    DeadLetter,
-    DeadLetterEntry,
-    DeadLetters,
-    IdTally,
-    NotBrowsable,
-    NotReplayable,
-    dead_letters_of,
-)
+from ._dead_letter_store import DEAD_LETTER_ID, DeadLetterClaim, DeadLetterEntry, IdTally
+from ._dead_letters import DeadLetter, DeadLetters, NotBrowsable, dead_letters_of
 from ._metrics import AppMonitor, Monitor, WorkersMonitor
+from ._put_back import NotReplayable
 
 __all__ = [
     "DEAD_LETTER_ID",
     "AppMonitor",
     "DeadLetter",
+    "DeadLetterClaim",
     "DeadLetterEntry",
     "DeadLetters",
     "EndpointCheck",

@@ -4,42 +4,54 @@ one task, and `onestep dlq` calls it. Every method runs on the calling thread.
 
 Browsing belongs to the endpoint, so that the tooling uses the same Source and Sink
 objects as a run (DESIGN §7): a sink that keeps dead letters where another process can
-read them implements
-
-    browse(limit=None, match=None) -> list[DeadLetterEntry]   # read, consume nothing
-    remove(ids) -> int                                        # delete these entries
-
-(RabbitMQQueue and TableQueue do). A MemoryQueue is browsed here, through its public
-methods: it lives in the memory of one process, so only code in that process sees its
-dead letters.
+read them implements `browse`, `remove` and `take` (see _dead_letter_store; RabbitMQQueue
+and TableQueue do). Replays and discards take each dead letter under the sink's claim,
+so that two of them at once, or a running app, never handle one twice. A MemoryQueue is
+handled here, through its public methods: it lives in the memory of one process, so
+only code in that process sees its dead letters.
 """
 
 from __future__ import annotations
 
 import builtins
-import inspect
 import logging
-import queue
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..core import Delivery
 from ..sources import MemoryQueue
+from ._dead_letter_store import (
+    DEAD_LETTER_ID,
+    DeadLetterClaim,
+    DeadLetterEntry,
+    IdTally,
+    MemoryDeadLetters,
+)
+from ._put_back import NotReplayable, put_back_for
 
 if TYPE_CHECKING:
     from ..core import AppCore as OneStepApp
     from ..core import TaskSpec
 
+__all__ = [
+    "DEAD_LETTER_ID",
+    "REPLAY_CHUNK",
+    "DeadLetter",
+    "DeadLetterClaim",
+    "DeadLetterEntry",
+    "DeadLetters",
+    "IdTally",
+    "NotBrowsable",
+    "NotReplayable",
+    "dead_letters_of",
+    "is_process_local",
+]
+
 logger = logging.getLogger("onestep.dead_letters")
 
-DEAD_LETTER_ID = "dead_letter_id"
-"""The meta key of the id the dead-letter path gives every dead letter (a uuid4 hex), so
-that a dead letter can be found again in a queue that has no ids of its own."""
-
-#: A replay removes the dead letters it put back on the source after every this many:
-#: a crash mid-replay duplicates at most this many messages (never loses one), and a
-#: queue that must be scanned to remove entries (RabbitMQ) is scanned once per chunk.
+#: A replay claims (and removes) the dead letters it puts back on the source this many
+#: at a time: a crash mid-replay duplicates at most this many messages (never loses
+#: one), and a claim holds no more than this many at once.
 REPLAY_CHUNK = 100
 
 
@@ -48,24 +60,6 @@ class NotBrowsable(TypeError):
     `remove`, a table sink that keeps no meta); the message says why and what would
     work. (A MemoryQueue can be listed, from its own process only: see
     `DeadLetters.process_local`.)"""
-
-
-class NotReplayable(TypeError):
-    """The task's source cannot take its dead letters back (no source, no `put`, or a
-    `put` that cannot carry the attempt count `keep_attempts` asks for); raised before
-    anything is touched."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterEntry:
-    """One message as a browsable sink keeps it: its `id` in that sink (a row id, a
-    message id), its `body` and its `meta` (for a dead letter: the DESIGN §3 body
-    `{"payload", "failure"}` and meta `{"app", "task", "source", "original_meta",
-    "original_attempts", "dead_letter_id"}`)."""
-
-    id: Hashable
-    body: Any
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +107,8 @@ class DeadLetters:
         self.sink = sink
         self.sink_name = str(getattr(sink, "name", type(sink).__name__))
         self._store = _browser(sink, self.sink_name)
+        # whether the sink claims what it hands out (see _dead_letter_store)
+        self._claims = callable(getattr(self._store, "take", None))
         #: True when the sink lives in this process's memory (a MemoryQueue): another
         #: process (`onestep dlq`) always sees it empty.
         self.process_local = is_process_local(sink)
@@ -147,17 +143,103 @@ class DeadLetters:
     def replay(self, limit: int | None = None, *, keep_attempts: bool = False) -> int:
         """Put the first `limit` dead letters back on the task's source, each payload
         with its original meta, attempts starting from 0 again (or from the executions
-        it had, with `keep_attempts`); returns how many. A dead letter is removed only
-        after the source accepted its payload, in chunks of REPLAY_CHUNK: if this
-        raises, what was put back and not yet removed is still a dead letter too."""
-        put_back = _put_back_for(self.source, self.task, keep_attempts)
+        it had, with `keep_attempts`); returns how many were moved. Each is claimed
+        first (see _dead_letter_store), so replays running at once, and a running app,
+        never put one back twice; with None, as many as the sink held when the replay
+        began (so dead letters that fail again meanwhile are not replayed round and
+        round). A dead letter is removed only after the source accepted its payload, in
+        chunks of REPLAY_CHUNK: if this raises, what was put back and not yet removed
+        is still a dead letter too."""
+        put_back = put_back_for(self.source, self.task, keep_attempts)
+
+        def replay_one(entry: DeadLetterEntry) -> None:
+            letter = _dead_letter(entry, self.task)
+            put_back(letter.payload, letter.meta, letter.attempts if keep_attempts else 0)
+
+        if self._claims:
+            return self._claimed(limit, replay_one, "replay")
+        return self._browsed(limit, replay_one)
+
+    def discard(self, limit: int | None = None) -> int:
+        """Remove the first `limit` dead letters (all with None, as for `replay`);
+        returns how many. Claimed first, like a replay's."""
+        if self._claims:
+            return self._claimed(limit, lambda entry: None, "discard")
+        ids = [entry.id for entry in self._entries(limit)]
+        return self._remove(ids) if ids else 0
+
+    def _claimed(
+        self, limit: int | None, handle: Callable[[DeadLetterEntry], None], doing: str
+    ) -> int:
+        """`handle` each dead letter the sink's `take` claims, REPLAY_CHUNK at a time,
+        and settle the ones handled; returns how many were removed."""
+        left = _check_limit(limit)
+        if left is None:
+            depth = getattr(self._store, "depth", None)
+            left = int(depth()) if callable(depth) else None
+        moved = 0
+        while left is None or left > 0:
+            size = REPLAY_CHUNK if left is None else min(REPLAY_CHUNK, left)
+            with self._store.take(size, self._matches) as claim:
+                entries = claim.entries
+                if not entries:
+                    break
+                done: builtins.list[Hashable] = []
+                try:
+                    for entry in entries:
+                        handle(entry)
+                        done.append(entry.id)
+                except BaseException:
+                    # a put failed: remove what the source did accept (and give back
+                    # the rest), so that only a failed removal leaves duplicates
+                    self._settle_after_failure(claim, done, doing)
+                    raise
+                moved += self._settle(claim, done)
+            if left is not None:
+                left -= len(entries)
+            if len(entries) < size:
+                break  # nothing more to claim (others may hold some)
+        return moved
+
+    def _settle(self, claim: DeadLetterClaim, ids: builtins.list[Hashable]) -> int:
+        removed = claim.settle(ids)
+        if removed < len(ids):
+            logger.warning(
+                "%d of %d claimed dead letter(s) of task %r were not removed from %r",
+                len(ids) - removed,
+                len(ids),
+                self.task,
+                self.sink_name,
+            )
+        return removed
+
+    def _settle_after_failure(
+        self, claim: DeadLetterClaim, ids: builtins.list[Hashable], doing: str
+    ) -> None:
+        try:
+            if ids:
+                claim.settle(ids)
+            else:
+                claim.release()
+        except Exception:
+            logger.exception(
+                "%s of task %r: %d dead letter(s) put back on the source but not removed "
+                "from %r: they will be replayed again",
+                doing,
+                self.task,
+                len(ids),
+                self.sink_name,
+            )
+
+    def _browsed(self, limit: int | None, handle: Callable[[DeadLetterEntry], None]) -> int:
+        """The replay of a sink without `take`: browse, then remove in chunks. It holds
+        for one replay at a time only (two at once may put a dead letter back twice)."""
         replayed = 0
         # put back on the source and not yet removed from the dead-letter sink
         pending: builtins.list[Hashable] = []
         try:
             for entry in self._entries(limit):
-                letter = _dead_letter(entry, self.task)
-                put_back(letter.payload, letter.meta, letter.attempts if keep_attempts else 0)
+                handle(entry)
                 pending.append(entry.id)
                 if len(pending) >= REPLAY_CHUNK:
                     chunk, pending = pending, []
@@ -180,11 +262,6 @@ class DeadLetters:
         if pending:
             replayed += self._remove(pending)
         return replayed
-
-    def discard(self, limit: int | None = None) -> int:
-        """Remove the first `limit` dead letters (all with None); returns how many."""
-        ids = [entry.id for entry in self._entries(limit)]
-        return self._remove(ids) if ids else 0
 
     def _remove(self, ids: builtins.list[Hashable]) -> int:
         removed = int(self._store.remove(ids))
@@ -238,72 +315,11 @@ def is_process_local(endpoint: Any) -> bool:
 # -- browsing ----------------------------------------------------------------------------
 
 
-class _MemoryBrowser:
-    """browse/remove for a MemoryQueue, through its public `remove_if` (which calls its
-    predicate under the queue's lock, in queue order): a predicate that keeps every
-    message reads them without taking any."""
-
-    def __init__(self, memory: MemoryQueue) -> None:
-        self._queue = memory
-
-    def browse(
-        self, limit: int | None, match: Callable[[DeadLetterEntry], bool] | None
-    ) -> builtins.list[DeadLetterEntry]:
-        found: builtins.list[DeadLetterEntry] = []
-
-        def look(delivery: Delivery) -> bool:
-            if limit is None or len(found) < limit:
-                entry = _memory_entry(delivery)
-                if match is None or match(entry):
-                    found.append(entry)
-            return False
-
-        self._queue.remove_if(look)
-        return found
-
-    def remove(self, ids: Iterable[Hashable]) -> int:
-        wanted = IdTally(ids)
-        return self._queue.remove_if(lambda delivery: wanted.take(_memory_entry(delivery).id))
-
-
-def _memory_entry(delivery: Delivery) -> DeadLetterEntry:
-    meta = delivery.meta
-    # a dead letter made by this onestep carries its id; anything else is known by
-    # its identity, which is stable while it stays in the queue
-    entry_id = meta.get(DEAD_LETTER_ID) if isinstance(meta, dict) else None
-    return DeadLetterEntry(entry_id or f"memory-{id(delivery):x}", delivery.payload, meta)
-
-
-class IdTally:
-    """The ids still to remove, as counts: two entries may share an id (a fallback id
-    made from equal contents), and each named occurrence removes one."""
-
-    def __init__(self, ids: Iterable[Hashable]) -> None:
-        self._counts: dict[Hashable, int] = {}
-        for entry_id in ids:
-            self._counts[entry_id] = self._counts.get(entry_id, 0) + 1
-
-    def take(self, entry_id: Hashable) -> bool:
-        """Whether `entry_id` is still wanted; counts it taken if so."""
-        left = self._counts.get(entry_id, 0)
-        if left <= 0:
-            return False
-        if left == 1:
-            del self._counts[entry_id]
-        else:
-            self._counts[entry_id] = left - 1
-        return True
-
-    def empty(self) -> bool:
-        """Whether every id was taken."""
-        return not self._counts
-
-
 def _browser(sink: Any, name: str) -> Any:
     if callable(getattr(sink, "browse", None)) and callable(getattr(sink, "remove", None)):
         return sink
     if isinstance(sink, MemoryQueue):
-        return _MemoryBrowser(sink)
+        return MemoryDeadLetters(sink)
     raise NotBrowsable(
         f"dead-letter sink {name!r} ({type(sink).__name__}) cannot list its dead letters: "
         "it has no browse() and remove(); use a RabbitMQ queue, a MySQL table queue or "
@@ -333,54 +349,3 @@ def _check_limit(limit: Any) -> int | None:
     if type(limit) is not int or limit < 0:
         raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
     return limit
-
-
-# -- putting back --------------------------------------------------------------------------
-
-
-def _put_back_for(
-    source: Any, task: str, keep_attempts: bool
-) -> Callable[[Any, dict[str, Any], int], None]:
-    """How a replay puts one payload back on `source`; NotReplayable, before anything
-    is touched, when it cannot (no source, no `put`, attempts it cannot carry)."""
-    name = str(getattr(source, "name", type(source).__name__))
-    put = getattr(source, "put", None)
-    if source is None or not callable(put):
-        why = "no source" if source is None else f"{type(source).__name__} {name!r} has no put()"
-        raise NotReplayable(
-            f"task {task!r} has no source that takes messages back ({why}): its dead "
-            "letters cannot be replayed"
-        )
-    if _takes_attempts(put):
-
-        def put_with_attempts(payload: Any, meta: dict[str, Any], attempts: int) -> None:
-            put(payload, meta or None, attempts=attempts)
-
-        return put_with_attempts
-    if keep_attempts:
-        offer = getattr(source, "offer_delivery", None)
-        if not callable(offer):
-            raise NotReplayable(
-                f"source {name!r} ({type(source).__name__}) cannot take a message with its "
-                "attempt count (its put() has no attempts=): replay without keep_attempts"
-            )
-
-        def offer_with_attempts(payload: Any, meta: dict[str, Any], attempts: int) -> None:
-            if not offer(Delivery(payload, meta=meta or None, attempts=attempts)):
-                raise queue.Full(f"source {name!r} is full")
-
-        return offer_with_attempts
-
-    def plain_put(payload: Any, meta: dict[str, Any], attempts: int) -> None:
-        put(payload, meta or None)
-
-    return plain_put
-
-
-def _takes_attempts(put: Callable[..., Any]) -> bool:
-    try:
-        parameters = inspect.signature(put).parameters
-    except (TypeError, ValueError):
-        return False
-    parameter = parameters.get("attempts")
-    return parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY

@@ -16,13 +16,14 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from actors import GIL_ATOMIC
 
 from .._values import check_delay, check_int
 from ..core import Delivery, Sink, Source
+from ..core._encoding import check_bodies, check_meta, encode_json, is_flat_json
 
 _monotonic = time.monotonic
 
@@ -96,7 +97,9 @@ class MemoryQueue(Source, Sink):
         """Add a message; any thread, with or without a running app. `meta` reaches the
         handler as `ctx.current.meta`. With `delay_s` the message is ready that many
         seconds later (it counts in `qsize()` meanwhile). A bounded queue that is full
-        blocks until there is room; `queue.Full` after `timeout` seconds."""
+        blocks until there is room; `queue.Full` after `timeout` seconds. The body may be
+        any object; the meta is refused as on every queue: TypeError if it is not a
+        mapping, EncodeError if JSON cannot hold it."""
         delivery = Delivery(body, meta=_checked_meta(meta))
         if type(delay_s) is not float or delay_s:
             delay_s = check_delay("delay_s", delay_s)
@@ -120,10 +123,7 @@ class MemoryQueue(Source, Sink):
         On a bounded queue it puts as many as fit and waits for room for the rest. If
         `timeout` passes first, it raises `queue.Full` saying how many were put: those
         (the first ones, in order) stay in the queue, the rest were not put."""
-        if isinstance(bodies, str | bytes | bytearray | Mapping) or not isinstance(
-            bodies, Iterable
-        ):
-            raise ValueError(f"bodies must be an iterable of message bodies, got {bodies!r}")
+        check_bodies(bodies)
         checked = _checked_meta(meta)
         delay = check_delay("delay_s", delay_s)
         deadline = _deadline(timeout)
@@ -532,11 +532,18 @@ class MemoryQueue(Source, Sink):
 
 
 def _checked_meta(meta: Any) -> dict[str, Any] | None:
-    if meta is None or type(meta) is dict:
-        return meta
-    if isinstance(meta, Mapping):
-        return dict(meta)
-    raise ValueError(f"meta must be a dict or None, got {meta!r}")
+    """The producer's meta, refused as every queue refuses it (see _encoding): a task
+    tested on a MemoryQueue then fails the same way on a broker. The body is not
+    checked: a MemoryQueue carries any Python object between the stages of one process."""
+    if meta is None:
+        return None
+    checked = check_meta(meta)
+    # a flat meta of plain values (the usual trace ids) needs no encoding to be known
+    # good: 0.2 us instead of 1.6 us for a two-key meta (timeit, this machine under load;
+    # a put with meta then costs what it did before the check)
+    if checked is not None and not is_flat_json(checked):
+        encode_json(checked, "meta")
+    return checked
 
 
 def _deadline(timeout: Any) -> float | None:

@@ -4,10 +4,14 @@ the same app runs in the test's process and loads in a real `onestep` process.""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ HANDLED: list[tuple[Any, int, dict[str, Any]]] = []
 
 def _app(name: str, source: Any, dead: Any) -> OneStepApp:
     app = OneStepApp(name)
+    _gate_first_put(source)
 
     @app.task(source=source, dead_letter=dead, retry=MaxAttempts(2))
     def work(ctx: Any, item: Any) -> None:
@@ -81,6 +86,77 @@ def redis_app() -> OneStepApp:
     return _app("ops-redis", jobs, server.stream(os.environ["ONESTEP_TEST_DEAD"]))
 
 
+#: With this environment variable naming a directory, the first `put` of the task's source
+#: in each process (a replay's first put-back, made while it holds its first claim)
+#: waits until two processes reached theirs: two `onestep dlq replay` run at once for sure.
+GATE = "ONESTEP_TEST_GATE"
+GATE_TIMEOUT_S = 30.0
+
+
+def _gate_first_put(source: Any) -> None:
+    gate = os.environ.get(GATE)
+    if not gate:
+        return
+    put = source.put
+    first = threading.Event()
+
+    @functools.wraps(put)  # keeps put's signature: attempts= stays visible to the replay
+    def gated_put(*args: Any, **kwargs: Any) -> Any:
+        if not first.is_set():
+            first.set()
+            Path(gate, str(os.getpid())).touch()
+            deadline = time.monotonic() + GATE_TIMEOUT_S
+            while len(os.listdir(gate)) < 2:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the other replay never reached its first put")
+                threading.Event().wait(0.01)  # polling another process's file
+        return put(*args, **kwargs)
+
+    source.put = gated_put
+
+
+def plant_dead_letters(app: OneStepApp, count: int) -> None:
+    """`count` dead letters of the task 'work', payloads {"n": 0..count-1} with meta
+    {"trace": n}, written to its dead-letter sink as the dead-letter path writes them
+    (DESIGN §3), one `put` each."""
+    spec = app.tasks["work"]
+    (dead,) = spec.dead_letter
+    for n in range(count):
+        failure = {"kind": "error", "exception_type": "ValueError", "message": f"n={n}"}
+        meta = {
+            "app": app.name,
+            "task": "work",
+            "source": spec.source_name,
+            "original_meta": {"trace": n},
+            "original_attempts": 2,
+            "dead_letter_id": uuid.uuid4().hex,
+        }
+        dead.put({"payload": {"n": n}, "failure": failure}, meta)
+
+
+def concurrent_replays(gate: Path, target: str, limit: int) -> list[int]:
+    """Run two `onestep dlq replay TARGET --task work --limit LIMIT` processes at once
+    (both hold their first claim before either puts anything back: see GATE); returns
+    the count each printed. Each must exit 0."""
+    env = {**os.environ, GATE: str(gate), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "onestep", "dlq", "replay", target, "--task", "work"]
+    command += ["--limit", str(limit)]
+    processes = [
+        subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    counts = []
+    for process in processes:
+        out, err = process.communicate(timeout=CLI_TIMEOUT_S)
+        assert process.returncode == 0, err
+        words = out.split()
+        assert words[0] == "replayed", out
+        counts.append(int(words[1]))
+    return counts
+
+
 def configure(monkeypatch: Any, url: str, queue: str, dead: str, sink: str = "") -> None:
     """Point the factories at these names, in this process and in `onestep` processes."""
     monkeypatch.setenv("ONESTEP_TEST_URL", url)
@@ -110,24 +186,31 @@ def check_a_crashed_replay_duplicates_and_never_loses(
     monkeypatch: Any, app: OneStepApp, depths: Any
 ) -> None:
     """Replay the task 'work''s three dead letters with the removal failing once (as a
-    crash between the put and the removal would): the first replay put all three back
-    and removed none, the second puts them again and removes them, and running the app
-    handles each payload twice and loses none. `depths()` gives (source, dead letters)."""
+    crash between the put and the removal would: the claim ends, its entries go back):
+    the first replay put all three back and removed none, the second puts them again
+    and removes them, and running the app handles each payload twice and loses none.
+    `depths()` gives (source, dead letters)."""
     import pytest  # only the tests import this helper; the CLI loads this file as a target
 
     from onestep.testing import run_until_idle
 
     letters = app.dead_letters("work")
-    remove = letters.sink.remove
+    take = letters.sink.take
     calls: list[int] = []
 
-    def crash_once(ids: Any) -> int:
+    def crash_once(limit: int, match: Any) -> Any:
+        claim = take(limit, match)
         calls.append(1)
         if len(calls) == 1:
-            raise ConnectionError("killed between the put and the removal")
-        return int(remove(ids))
 
-    monkeypatch.setattr(letters.sink, "remove", crash_once)
+            def crash(ids: Any) -> int:
+                claim.release()  # as the connection dropped by a crash gives them back
+                raise ConnectionError("killed between the put and the removal")
+
+            claim.settle = crash
+        return claim
+
+    monkeypatch.setattr(letters.sink, "take", crash_once)
     with pytest.raises(ConnectionError, match="killed"):
         letters.replay()
     assert depths() == (3, 3)

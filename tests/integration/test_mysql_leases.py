@@ -9,8 +9,11 @@ real processes.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,6 +138,51 @@ def test_keepalive_renews_only_the_rows_still_held(connector, tables):
         status, leased_until, _ = after[delivery.handle]
         assert status == "leased" and leased_until > before[delivery.handle]
     assert queue.keepalive_interval_s == pytest.approx(10.0)
+
+
+@pytest.fixture
+def host_clock_an_hour_behind() -> Iterator[None]:
+    """This process's local clock an hour behind the database's (TZ=Etc/GMT+1 here; the
+    server keeps its own time zone), as on a host whose time zone differs from the
+    database's: code that took the host's clock for the database's leases an hour short."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "Etc/GMT+1"
+    time.tzset()
+    try:
+        [(server_now,)] = query("SELECT NOW(6)")
+        skew = (server_now - datetime.datetime.now()).total_seconds()
+        assert abs(skew) > 1800, f"the host clock is not skewed from the database's: {skew} s"
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def test_renewal_extends_the_lease_by_the_databases_clock(
+    connector, tables, host_clock_an_hour_behind
+):
+    """The renewed `leased_until` is the database's NOW(6) plus lease_s, whatever the
+    host's clock says (a lease an hour short would let a rival take a running row)."""
+    jobs = tables("skew")
+    queue = connector.table_queue(jobs, lease_s=30)
+    row_id = queue.put({"n": 1})
+    with Opened(queue):
+        (delivery,) = queue.fetch(1)
+        # the handler has run for most of the lease: it runs out in a second
+        query(
+            f"UPDATE {quote(jobs)} SET leased_until = NOW(6) + INTERVAL 1 SECOND WHERE id = %s",
+            (row_id,),
+        )
+        queue.keepalive()
+        [(leased_until, server_now)] = query(
+            f"SELECT leased_until, NOW(6) FROM {quote(jobs)} WHERE id = %s", (row_id,)
+        )
+        queue.release(delivery)
+    left = (leased_until - server_now).total_seconds()
+    assert 25.0 < left <= 30.0, f"the renewed lease runs out in {left} s, not about 30 s"
 
 
 # -- fencing ---------------------------------------------------------------------------------

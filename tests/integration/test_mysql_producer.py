@@ -18,6 +18,7 @@ from mysql_support import TIMEOUT, connector, mysql_url, query, quote, statuses,
 
 from actors import EncodeError
 from onestep import MemoryQueue, OneStepApp
+from onestep.kit import MessageTooLarge
 from tests.helpers import running
 
 pytestmark = pytest.mark.integration
@@ -153,6 +154,31 @@ def test_a_body_that_is_not_json_raises_encode_error_and_writes_nothing(
     with pytest.raises(EncodeError, match="meta is not valid JSON"):
         producer.put({"ok": 1}, {"bad": body})
     assert query(f"SELECT COUNT(*) FROM {quote(jobs)}") == [(0,)]
+
+
+def test_a_body_over_max_allowed_packet_is_refused_naming_both_sizes(connector, tables):
+    jobs = tables("oversize")
+    producer = connector.table_queue(jobs)
+    producer.create_table()
+    (packet,) = query("SELECT @@max_allowed_packet")[0]
+    body = "x" * (50 * 1024 * 1024)  # the server would say "(2006, server has gone away)"
+    with pytest.raises(MessageTooLarge, match="max_allowed_packet") as raised:
+        producer.put(body)
+    assert raised.value.limit == packet
+    assert raised.value.size > len(body)
+    assert f"over the limit of {packet:,} bytes" in str(raised.value)
+    assert f"table {jobs!r}: body (as an INSERT) is {raised.value.size:,} bytes" in str(
+        raised.value
+    )
+    with pytest.raises(MessageTooLarge, match=r"bodies\[1\]"):
+        producer.put_many([{"n": 0}, body, {"n": 2}])
+    # a body whose JSON is half the limit but whose INSERT is more (JSON writes a quote
+    # as \", and the statement escapes both characters) is refused too
+    with pytest.raises(MessageTooLarge):
+        producer.put('"' * (packet // 4 + 1))
+    assert query(f"SELECT COUNT(*) FROM {quote(jobs)}") == [(0,)]
+    producer.put({"next": "works"})
+    assert query(f"SELECT payload FROM {quote(jobs)}") == [('{"next":"works"}',)]
 
 
 def test_bad_producer_arguments_name_their_parameter(connector, tables):

@@ -220,6 +220,54 @@ def test_one_result_that_cannot_be_encoded_fails_alone(
     assert published == set(range(200)) - {100}
 
 
+def test_one_result_over_max_message_bytes_fails_alone_and_the_others_publish_once(
+    rabbit: Rabbit,
+) -> None:
+    jobs, results, dead = rabbit.name("jobs"), rabbit.name("results"), rabbit.name("dead")
+    limit = 64 * 1024
+    amqp = RabbitMQConnector(AMQP_URL, max_message_bytes=limit)
+    settled = threading.Semaphore(0)
+    kinds: list[str] = []
+    app = OneStepApp("oversize")
+
+    @app.task(
+        source=amqp.queue(jobs),
+        emit=amqp.queue(results),
+        dead_letter=amqp.queue(dead),
+        retry=MaxAttempts(3),
+        concurrency=8,
+    )
+    def produce(ctx: Any, item: dict[str, int]) -> Any:
+        if item["n"] == 17:
+            return {"n": 17, "blob": "x" * limit}  # over the limit once encoded
+        return {"n": item["n"]}
+
+    @app.on_event
+    def count(event: Any) -> None:
+        kinds.append(event.kind)
+        if event.kind in ("succeeded", "dead_lettered"):
+            settled.release()
+
+    for n in range(40):
+        rabbit.publish(jobs, {"n": n})
+    with running(app):
+        for _ in range(40):
+            assert settled.acquire(timeout=TIMEOUT)
+    assert kinds.count("succeeded") == 39
+    assert kinds.count("dead_lettered") == 1
+    assert "retried" not in kinds  # an encode failure is never retried
+    assert rabbit.count(jobs) == 0
+    assert rabbit.count(dead) == 1
+    letter, _ = rabbit.get_json(dead, TIMEOUT)
+    assert letter["payload"] == {"n": 17}
+    assert letter["failure"]["kind"] == "encode"
+    assert letter["failure"]["exception_type"] == "MessageTooLarge"
+    assert f"over the limit of {limit:,} bytes" in letter["failure"]["message"]
+    assert rabbit.count(results) == 39  # each published once
+    published = [json.loads(rabbit.get(results, TIMEOUT)[1])["n"] for _ in range(39)]
+    assert sorted(published) == sorted(set(range(40)) - {17})
+
+
 def test_undecodable_json_is_dead_lettered_as_decode_and_later_messages_flow(
     rabbit: Rabbit,
 ) -> None:

@@ -19,6 +19,7 @@ import pytest
 from actors import EncodeError
 from adapters.rabbitmq import PublishRefused
 from onestep import OneStepApp, RabbitMQConnector
+from onestep.kit import MessageTooLarge
 from tests.helpers import running
 from tests.integration.rabbitmq_support import (  # noqa: F401
     AMQP_URL,
@@ -267,7 +268,7 @@ def test_a_body_that_is_not_json_raises_before_anything_is_sent(
     assert name in str(raised.value)
     with pytest.raises(EncodeError, match=problem):
         jobs.put_many([{"ok": 1}, {"ok": 2}, body, {"ok": 3}])
-    with pytest.raises(EncodeError, match="the meta is not JSON"):
+    with pytest.raises(EncodeError, match="the meta is not valid JSON"):
         jobs.put({"ok": 1}, {"when": object()})
     assert amqp.connects == 0  # refused before connecting: nothing of the batch was sent
     jobs.put(b"\x00raw bytes")
@@ -277,15 +278,63 @@ def test_a_body_that_is_not_json_raises_before_anything_is_sent(
     amqp.close()
 
 
+def test_a_body_over_the_brokers_limit_fails_at_once_naming_its_size(rabbit: Rabbit) -> None:
+    name = rabbit.name("oversize")
+    jobs = RabbitMQConnector(AMQP_URL).queue(name)
+    body = b"x" * (140 * 1024 * 1024)
+    started = time.monotonic()
+    with pytest.raises(MessageTooLarge) as raised:
+        jobs.put(body)
+    assert time.monotonic() - started < 10
+    assert raised.value.size == len(body)
+    assert raised.value.limit == 128 * 1024 * 1024
+    assert f"the body is {len(body):,} bytes" in str(raised.value)
+    assert f"over the limit of {128 * 1024 * 1024:,} bytes" in str(raised.value)
+    jobs.put({"next": "works"})
+    assert rabbit.get_json(name, TIMEOUT)[0] == {"next": "works"}
+    jobs.connector.close()
+
+
+def test_a_body_of_exactly_max_message_bytes_goes_and_one_byte_more_does_not(
+    rabbit: Rabbit,
+) -> None:
+    name = rabbit.name("limit")
+    amqp = CountingConnector(max_message_bytes=1000)
+    jobs = amqp.queue(name)
+    with pytest.raises(MessageTooLarge, match="the body is 1,001 bytes"):
+        jobs.put(b"x" * 1001)
+    assert amqp.connects == 0  # refused before connecting
+    jobs.put(b"x" * 1000)
+    assert rabbit.get(name, TIMEOUT)[1] == b"x" * 1000
+    amqp.close()
+
+
+def test_a_broker_with_a_lower_limit_than_configured_refuses_at_once_too(
+    rabbit: Rabbit,
+) -> None:
+    # the connector thinks 200 MiB may go; the broker (128 MiB) closes the channel, and
+    # the put says so at once instead of waiting for a confirm that never comes
+    name = rabbit.name("oversize")
+    jobs = RabbitMQConnector(AMQP_URL, max_message_bytes=200 * 1024 * 1024).queue(name)
+    started = time.monotonic()
+    with pytest.raises(MessageTooLarge, match="the broker's max_message_size") as raised:
+        jobs.put(b"x" * (140 * 1024 * 1024))
+    assert time.monotonic() - started < 10
+    assert raised.value.size >= 140 * 1024 * 1024
+    jobs.put({"next": "works"})
+    assert rabbit.get_json(name, TIMEOUT)[0] == {"next": "works"}
+    jobs.connector.close()
+
+
 def test_put_arguments_are_checked() -> None:
     jobs = RabbitMQConnector(AMQP_URL).queue("never-used")
     with pytest.raises(ValueError, match="delay_s"):
         jobs.put(1, delay_s=-1)
     with pytest.raises(ValueError, match="delay_s must be at most"):
         jobs.put(1, delay_s=31 * 86_400)
-    with pytest.raises(ValueError, match="meta must be a dict"):
+    with pytest.raises(TypeError, match="meta must be a dict"):
         jobs.put(1, ["not", "a", "dict"])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="bodies must be an iterable"):
+    with pytest.raises(TypeError, match="bodies must be an iterable"):
         jobs.put_many("abc")
     with pytest.raises(ValueError, match="delay_s"):
         jobs.delay_queue_name(0)

@@ -23,7 +23,9 @@ from onestep import (
     Sink,
     Source,
 )
+from onestep.kit import DeadLetterClaim
 from onestep.ops import _dead_letters as dead_letters_module
+from onestep.ops._dead_letter_store import MemoryDeadLetters
 from onestep.testing import run_until_idle
 from tests.helpers import ListSource
 
@@ -343,3 +345,153 @@ def test_a_replay_whose_put_fails_removes_exactly_what_was_put_back() -> None:
         app.dead_letters("work").replay()
     assert [d.payload for d in source.items] == [1, 2]
     assert [e.body["payload"] for e in kept.entries] == [3]
+
+
+# -- claims: replays at once never put a dead letter back twice ---------------------------
+
+
+def planted(app: OneStepApp, dead: Any, task: str, count: int) -> None:
+    """`count` dead letters of `task`, payloads 0..count-1, as the dead-letter path
+    writes them."""
+    for n in range(count):
+        dead.put(
+            {"payload": n, "failure": {"kind": "error"}},
+            {"app": app.name, "task": task, "dead_letter_id": f"id-{n}", "original_meta": {}},
+        )
+
+
+class GatedSource(ListSource):
+    """A ListSource whose first put on each thread waits until `parties` threads made
+    theirs: the replays calling it all hold their first claim at once."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__("gated")
+        self.barrier = threading.Barrier(parties, timeout=10)
+        self.local = threading.local()
+
+    def put(self, item: Any, meta: dict[str, Any] | None = None) -> None:
+        if not getattr(self.local, "passed", False):
+            self.local.passed = True
+            self.barrier.wait()
+        super().put(item, meta)
+
+
+def test_two_replays_at_once_put_each_memory_dead_letter_back_once() -> None:
+    dead = MemoryQueue("dead")
+    source = GatedSource(parties=2)
+    app = OneStepApp("claims")
+
+    @app.task(source=source, dead_letter=dead)
+    def work(ctx, item):
+        return None
+
+    planted(app, dead, "work", 200)
+    dead.put("not a dead letter")  # passed over by both claims, and kept
+    counts: list[int] = []
+
+    def replay() -> None:
+        counts.append(app.dead_letters("work").replay(limit=150))
+
+    threads = [threading.Thread(target=replay) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(counts) == 200 and len(counts) == 2, counts
+    assert sorted(d.payload for d in source.items) == list(range(200))
+    assert dead.drain() == ["not a dead letter"]
+
+
+def test_an_unsettled_claim_gives_its_dead_letters_back_in_order() -> None:
+    dead = MemoryQueue("dead")
+    app, _, _, _ = failing_app(dead)
+    planted(app, dead, "check", 5)
+    letters = app.dead_letters("check")
+    with MemoryDeadLetters(dead).take(3, letters._matches) as claim:
+        assert [entry.body["payload"] for entry in claim.entries] == [0, 1, 2]
+        assert [letter.payload for letter in letters.list()] == [3, 4]  # held by the claim
+    assert [letter.payload for letter in letters.list()] == [0, 1, 2, 3, 4]
+    with MemoryDeadLetters(dead).take(3, letters._matches) as claim:
+        assert claim.settle(["id-1"]) == 1
+        with pytest.raises(RuntimeError, match="has ended"):
+            claim.settle(["id-0"])
+    assert [letter.payload for letter in letters.list()] == [0, 2, 3, 4]
+
+
+class RefailingSource(ListSource):
+    """A source whose every put fails again at once: the message is dead-lettered anew
+    (a fresh dead letter at the back of the sink), as while the bug is not fixed."""
+
+    def __init__(self, app: OneStepApp, dead: MemoryQueue) -> None:
+        super().__init__("refailing")
+        self.app, self.dead, self.puts = app, dead, 0
+
+    def put(self, item: Any, meta: dict[str, Any] | None = None) -> None:
+        self.puts += 1
+        if self.puts > 1000:
+            raise AssertionError("the replay goes round and round")
+        self.dead.put(
+            {"payload": item, "failure": {"kind": "error"}},
+            {"app": self.app.name, "task": "work", "dead_letter_id": f"again-{self.puts}"},
+        )
+
+
+def test_replaying_all_replays_what_was_there_when_it_began() -> None:
+    dead = MemoryQueue("dead")
+    app = OneStepApp("refail")
+    source = RefailingSource(app, dead)
+
+    @app.task(source=source, dead_letter=dead)
+    def work(ctx, item):
+        return None
+
+    planted(app, dead, "work", 250)
+    assert app.dead_letters("work").replay() == 250  # ends, though 250 new ones came
+    assert source.puts == 250
+    assert dead.qsize() == 250
+
+
+class ClaimingSink(BrowsableSink):
+    """A third-party sink that also implements `take` with the kit's DeadLetterClaim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: set[Hashable] = set()
+        self.settled: list[list[Hashable]] = []
+
+    def take(self, limit: int, match: Any) -> DeadLetterClaim:
+        sink = self
+        free = [e for e in self.entries if e.id not in self.held and (match is None or match(e))]
+        taken = free[:limit]
+        self.held.update(e.id for e in taken)
+
+        class Claim(DeadLetterClaim):
+            def _settle(self, ids: list[Hashable]) -> int:
+                sink.settled.append(ids)
+                removed = sink.remove(ids)
+                self._release()
+                return removed
+
+            def _release(self) -> None:
+                sink.held.difference_update(e.id for e in self.entries)
+
+        return Claim(taken)
+
+
+def test_a_replay_whose_put_fails_settles_exactly_what_was_put_back() -> None:
+    kept = ClaimingSink()
+    for number in (1, 2, 3):
+        kept.publish({"payload": number, "failure": {}}, {"app": "flaky", "task": "work"})
+    app = OneStepApp("flaky")
+    source = FlakyPutSource(fail_at=3)
+
+    @app.task(source=source, dead_letter=kept)
+    def work(ctx, item):
+        return None
+
+    with pytest.raises(ConnectionError, match="source went away"):
+        app.dead_letters("work").replay()
+    assert kept.settled == [[1, 2]]  # the entries' ids: what the source accepted
+    assert [d.payload for d in source.items] == [1, 2]
+    assert [e.body["payload"] for e in kept.entries] == [3]
+    assert kept.held == set()  # the third was given back

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from actors import Timer
-from onestep import Delivery, MemoryQueue, OneStepApp
+from onestep import Delivery, EncodeError, MemoryQueue, OneStepApp
 from tests.helpers import preempting, running
 from tests.interleave import SETTLE_S, Other, Stepper, each_stop
 
@@ -432,24 +432,25 @@ def test_a_bounded_queue_counts_delayed_messages_against_maxsize():
 
 
 @pytest.mark.parametrize(
-    ("call", "match"),
+    ("call", "error", "match"),
     [
-        (lambda q: q.put(1, delay_s=-1), "delay_s must be a number >= 0"),
-        (lambda q: q.put(1, delay_s=float("nan")), "delay_s must be a finite number"),
-        (lambda q: q.put(1, delay_s=True), "delay_s must be a number"),
-        (lambda q: q.put(1, delay_s=31 * 86_400), "delay_s must be at most"),
-        (lambda q: q.put(1, timeout=-1), "timeout must be a number >= 0"),
-        (lambda q: q.put(1, meta=["not", "a", "dict"]), "meta must be a dict or None"),
-        (lambda q: q.put_many("abc"), "bodies must be an iterable of message bodies"),
-        (lambda q: q.put_many(5), "bodies must be an iterable of message bodies"),
-        (lambda q: q.put_many({"a": 1}), "bodies must be an iterable of message bodies"),
-        (lambda q: q.put_many([1], delay_s="soon"), "delay_s must be a number"),
-        (lambda q: q.put_many([1], meta=3), "meta must be a dict or None"),
+        (lambda q: q.put(1, delay_s=-1), ValueError, "delay_s must be a number >= 0"),
+        (lambda q: q.put(1, delay_s=float("nan")), ValueError, "delay_s must be a finite number"),
+        (lambda q: q.put(1, delay_s=True), ValueError, "delay_s must be a number"),
+        (lambda q: q.put(1, delay_s=31 * 86_400), ValueError, "delay_s must be at most"),
+        (lambda q: q.put(1, timeout=-1), ValueError, "timeout must be a number >= 0"),
+        (lambda q: q.put(1, meta=["not", "a", "dict"]), TypeError, "meta must be a dict or None"),
+        (lambda q: q.put(1, meta={"at": object()}), EncodeError, "meta is not valid JSON"),
+        (lambda q: q.put_many("abc"), TypeError, "bodies must be an iterable of message bodies"),
+        (lambda q: q.put_many(5), TypeError, "bodies must be an iterable of message bodies"),
+        (lambda q: q.put_many({"a": 1}), TypeError, "bodies must be an iterable of message"),
+        (lambda q: q.put_many([1], delay_s="soon"), ValueError, "delay_s must be a number"),
+        (lambda q: q.put_many([1], meta=3), TypeError, "meta must be a dict or None"),
     ],
 )
-def test_bad_producer_arguments_raise_naming_the_parameter_and_put_nothing(call, match):
+def test_bad_producer_arguments_raise_naming_the_parameter_and_put_nothing(call, error, match):
     q = MemoryQueue("q")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         call(q)
     assert q.qsize() == 0
 
