@@ -86,8 +86,9 @@ class StatusPageResource:
         self.monitor = monitor
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        monitor = self.monitor
         page = render_status_page(
-            self.monitor.snapshot(), self.monitor.describe(), self.monitor.rates()
+            monitor.snapshot(), monitor.describe(), monitor.rates(), monitor.history.series()
         )
         resp.text = page
         resp.content_type = falcon.MEDIA_HTML

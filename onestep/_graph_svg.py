@@ -1,0 +1,370 @@
+"""The pipeline drawn as an inline SVG for the status page (onestep._status_page): the
+graph of onestep._graph in columns by depth, each task with its live rate, in-flight
+count, failures and a rate sparkline, each source with its depth. Made on the server:
+no script, no outside asset, every text escaped."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+from ._graph import DEAD_LETTER, QUEUE, SOURCE, TASK, Graph, Node, build_graph, label_lines
+from ._sparkline import sparkline_points
+
+#: Box sizes and gaps, in pixels.
+TASK_W, TASK_H = 184, 86
+ENDPOINT_W, ENDPOINT_H = 150, 58
+GAP_X, GAP_Y, MARGIN = 44, 18, 10
+#: The distance between the lanes under the boxes where long edges run.
+LANE_GAP = 9
+#: The sparkline's box inside a task node.
+SPARK_X, SPARK_Y, SPARK_W, SPARK_H = 10, 60, TASK_W - 20, 18
+#: Rough advance of a character at the node font sizes, to shorten long names.
+_CHAR_PX = {13: 7.6, 12: 6.9, 11: 6.4}
+
+_COLORS = {
+    "task": ("#e8eaf6", "#3949ab"),
+    "endpoint": ("#f7f7f7", "#8a8a8a"),
+    "dead": ("#ffebee", "#c62828"),
+    "down": ("#fff3e0", "#e65100"),
+}
+_STYLE = (
+    ".g-name{font:600 13px system-ui,sans-serif;fill:#1a237e}"
+    ".g-ep{font:600 12px system-ui,sans-serif;fill:#212121}"
+    ".g-sub{font:11px system-ui,sans-serif;fill:#616161}"
+    ".g-live{font:12px system-ui,sans-serif;fill:#212121}"
+    ".g-bad{font:600 12px system-ui,sans-serif;fill:#c62828}"
+    ".g-ok{font:12px system-ui,sans-serif;fill:#2e7d32}"
+    ".g-edge{fill:none;stroke:#78909c;stroke-width:1.4;stroke-linejoin:round}"
+    ".g-dead{fill:none;stroke:#c62828;stroke-width:1.4;stroke-dasharray:5 4;"
+    "stroke-linejoin:round}"
+    ".spark{fill:none;stroke:#3949ab;stroke-width:1.5}"
+    ".spark-bg{fill:#fff;stroke:#c5cae9;stroke-width:.8}"
+)
+
+
+@dataclass(frozen=True)
+class Box:
+    """Where a node is drawn: top-left corner, size, and the column it is in."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    column: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every node's box, each column's left and right edges, and the lowest box edge."""
+
+    boxes: dict[str, Box]
+    columns: list[tuple[float, float]]
+    bottom: float
+
+
+def render_pipeline_svg(
+    description: Mapping[str, Any],
+    snapshot: Mapping[str, Any],
+    rates: Mapping[str, float],
+    history: Mapping[str, Sequence[float]],
+) -> str:
+    """The `<svg>` element for an app's describe(), a monitor's snapshot, the tasks'
+    rates and their rate histories ("" for an app without tasks). Runs on the HTTP
+    server's thread."""
+    graph = build_graph(description)
+    if not graph.nodes:
+        return ""
+    placed = layout(graph)
+    boxes = placed.boxes
+    edges = _edges(graph, placed)
+    lanes = sum(1 for _, lane in edges if lane)
+    width = placed.columns[-1][1] + MARGIN + (GAP_X / 2 if lanes else 0)
+    height = placed.bottom + MARGIN + (LANE_GAP * (lanes + 1) if lanes else 0)
+    # inline in HTML, an <svg> needs no xmlns (and the page names no URL at all)
+    parts = [
+        f'<svg id="pipeline" role="img" '
+        f'width="{width:.0f}" height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
+        f'aria-label="{escape(f"pipeline of app {graph.app}")}">',
+        f"<style>{_STYLE}</style>",
+        _markers(),
+    ]
+    parts.extend(path for path, _ in edges)
+    tasks = snapshot.get("tasks") or {}
+    sources = snapshot.get("sources") or {}
+    for node in graph.nodes:
+        box = boxes[node.id]
+        if node.kind == TASK:
+            parts.append(
+                _task(node, box, tasks.get(node.name), rates.get(node.name), history.get(node.name))
+            )
+        else:
+            parts.append(_endpoint(node, box, sources.get(node.name)))
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+# -- layout -------------------------------------------------------------------------------
+
+
+def columns(graph: Graph) -> list[list[Node]]:
+    """Nodes in columns by depth: each node one column right of the deepest node that
+    sends it messages (edges that close a cycle are left out). Within a column, nodes
+    follow the mean row of what feeds them, dead-letter sinks last."""
+    ids = [node.id for node in graph.nodes]
+    successors: dict[str, list[str]] = {i: [] for i in ids}
+    for edge in graph.edges:
+        successors[edge.source].append(edge.target)
+    back = _back_edges(ids, successors)
+    depth = dict.fromkeys(ids, 0)
+    for node_id in _topological(ids, successors, back):
+        for target in successors[node_id]:
+            if (node_id, target) not in back:
+                depth[target] = max(depth[target], depth[node_id] + 1)
+    grouped: list[list[Node]] = [[] for _ in range(max(depth.values()) + 1)]
+    for node in graph.nodes:
+        grouped[depth[node.id]].append(node)
+    row: dict[str, float] = {node.id: float(i) for i, node in enumerate(grouped[0])}
+    predecessors: dict[str, list[str]] = {i: [] for i in ids}
+    for edge in graph.edges:
+        predecessors[edge.target].append(edge.source)
+    for column in grouped[1:]:
+        order = {node.id: i for i, node in enumerate(column)}
+
+        def key(node: Node, order: dict[str, int] = order) -> tuple[bool, float, int]:
+            placed = [row[p] for p in predecessors[node.id] if p in row]
+            mean = sum(placed) / len(placed) if placed else float(order[node.id])
+            return (node.dead_letter_only, mean, order[node.id])
+
+        column.sort(key=key)
+        row.update({node.id: float(i) for i, node in enumerate(column)})
+    return grouped
+
+
+def _back_edges(ids: list[str], successors: dict[str, list[str]]) -> set[tuple[str, str]]:
+    """Edges that close a cycle, found by a depth-first walk from the nodes in order."""
+    state: dict[str, int] = {}  # 1: on the walk's path, 2: done
+    back: set[tuple[str, str]] = set()
+    for start in ids:
+        if start in state:
+            continue
+        state[start] = 1
+        stack = [(start, iter(successors[start]))]
+        while stack:
+            node_id, pending = stack[-1]
+            target = next(pending, None)
+            if target is None:
+                state[node_id] = 2
+                stack.pop()
+            elif state.get(target) == 1:
+                back.add((node_id, target))
+            elif target not in state:
+                state[target] = 1
+                stack.append((target, iter(successors[target])))
+    return back
+
+
+def _topological(
+    ids: list[str], successors: dict[str, list[str]], back: set[tuple[str, str]]
+) -> list[str]:
+    incoming = dict.fromkeys(ids, 0)
+    for source, targets in successors.items():
+        for target in targets:
+            if (source, target) not in back:
+                incoming[target] += 1
+    ready = [i for i in ids if incoming[i] == 0]
+    order = []
+    while ready:
+        node_id = ready.pop(0)
+        order.append(node_id)
+        for target in successors[node_id]:
+            if (node_id, target) not in back:
+                incoming[target] -= 1
+                if incoming[target] == 0:
+                    ready.append(target)
+    return order
+
+
+def layout(graph: Graph) -> Layout:
+    """Each node's box: columns left to right, each column's nodes stacked and centred
+    on the tallest column, so that no two boxes overlap."""
+    grouped = columns(graph)
+    heights = [
+        sum(_size(node)[1] for node in column) + GAP_Y * (len(column) - 1) for column in grouped
+    ]
+    tallest = max(heights)
+    boxes: dict[str, Box] = {}
+    spans: list[tuple[float, float]] = []
+    x = float(MARGIN)
+    for index, (column, column_height) in enumerate(zip(grouped, heights, strict=True)):
+        column_width = max(_size(node)[0] for node in column)
+        y = MARGIN + (tallest - column_height) / 2
+        for node in column:
+            w, h = _size(node)
+            boxes[node.id] = Box(x + (column_width - w) / 2, y, w, h, index)
+            y += h + GAP_Y
+        spans.append((x, x + column_width))
+        x += column_width + GAP_X
+    return Layout(boxes, spans, MARGIN + tallest)
+
+
+def _size(node: Node) -> tuple[int, int]:
+    return (TASK_W, TASK_H) if node.kind == TASK else (ENDPOINT_W, ENDPOINT_H)
+
+
+# -- drawing ------------------------------------------------------------------------------
+
+
+def _markers() -> str:
+    return (
+        "<defs>"
+        '<marker id="g-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#78909c"/></marker>'
+        '<marker id="g-arrow-dead" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#c62828"/></marker>'
+        "</defs>"
+    )
+
+
+def _edges(graph: Graph, placed: Layout) -> list[tuple[str, bool]]:
+    """Each edge's <path>, and whether it runs in a lane under the boxes. An edge to the
+    next column is a curve across the gap between them; any other (over a column, or
+    back to an earlier one in a cycle) runs down the gap after its start, along a lane
+    of its own under every box and up the gap before its end, so no line crosses a box."""
+    drawn = []
+    lane = 0
+    for edge in graph.edges:
+        start, end = placed.boxes[edge.source], placed.boxes[edge.target]
+        x1, y1 = start.x + start.w, start.y + start.h / 2
+        x2, y2 = end.x - 1, end.y + end.h / 2
+        if end.column == start.column + 1:
+            reach = max(16.0, (x2 - x1) / 2)
+            shape = f"M{x1:.1f},{y1:.1f} C{x1 + reach:.1f},{y1:.1f} {x2 - reach:.1f},{y2:.1f} "
+            shape += f"{x2:.1f},{y2:.1f}"
+            drawn.append((_path(shape, edge.kind), False))
+            continue
+        lane += 1
+        # lanes that share a gap run down it side by side, not on top of each other
+        shift = (lane % 3 - 1) * 5
+        down = placed.columns[start.column][1] + GAP_X / 2 + shift
+        up = placed.columns[end.column][0] - GAP_X / 2 + shift
+        level = placed.bottom + LANE_GAP * lane
+        # below the middle, where the edges to and from the next columns are
+        y1 += min(12.0, start.h / 2 - 6)
+        y2 += min(12.0, end.h / 2 - 6)
+        shape = f"M{x1:.1f},{y1:.1f} H{down:.1f} V{level:.1f} H{up:.1f} V{y2:.1f} H{x2:.1f}"
+        drawn.append((_path(shape, edge.kind), True))
+    return drawn
+
+
+def _path(shape: str, kind: str) -> str:
+    dead = kind == DEAD_LETTER
+    return (
+        f'<path class="{"g-dead" if dead else "g-edge"}" data-kind="{kind}" d="{shape}" '
+        f'marker-end="url(#{"g-arrow-dead" if dead else "g-arrow"})"/>'
+    )
+
+
+def _task(
+    node: Node,
+    box: Box,
+    live: Mapping[str, Any] | None,
+    rate: float | None,
+    history: Sequence[float] | None,
+) -> str:
+    fill, stroke = _COLORS["task"]
+    counts = (live or {}).get("counts") or {}
+    failures = int(counts.get("failed", 0)) + int(counts.get("dead_lettered", 0))
+    retried = int(counts.get("retried", 0))
+    inflight = int((live or {}).get("inflight", 0))
+    rate_text = "-/s" if rate is None else f"{rate:.1f}/s"
+    if failures:
+        failure_text, failure_class = f"{failures} failed", "g-bad"
+    else:
+        failure_text, failure_class = "no failures", "g-ok"
+    if retried:
+        failure_text += f" · {retried} retried"
+    spark = _spark(box, history or [])
+    x, y = box.x, box.y
+    return (
+        f'<g class="node task" data-node="{escape(node.name)}">'
+        f"<title>task {escape(node.name)}: {escape(rate_text)}, {inflight} in flight, "
+        f"{escape(failure_text)}</title>"
+        f'<rect x="{x:.1f}" y="{y:.1f}" width="{box.w}" height="{box.h}" rx="9" '
+        f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>'
+        f'<text class="g-name" x="{x + 10:.1f}" y="{y + 19:.1f}">{_fit(node.name, box.w - 20, 13)}'
+        f"</text>"
+        f'<text class="g-live" x="{x + 10:.1f}" y="{y + 37:.1f}"><tspan font-weight="600">'
+        f"{escape(rate_text)}</tspan> · {inflight} in flight</text>"
+        f'<text class="{failure_class}" x="{x + 10:.1f}" y="{y + 53:.1f}">'
+        f"{_fit(failure_text, box.w - 20, 12)}</text>"
+        f"{spark}</g>"
+    )
+
+
+def _spark(box: Box, history: Sequence[float]) -> str:
+    x, y = box.x + SPARK_X, box.y + SPARK_Y
+    background = (
+        f'<rect class="spark-bg" x="{x:.1f}" y="{y:.1f}" width="{SPARK_W}" height="{SPARK_H}" '
+        f'rx="2"/>'
+    )
+    points = sparkline_points(history, x + 2, y + 2, SPARK_W - 4, SPARK_H - 4)
+    if not points:
+        return background
+    peak = max(history)
+    return (
+        f'{background}<polyline class="spark" points="{points}">'
+        f"<title>rate over the last {len(history)} samples, peak {peak:.1f}/s</title>"
+        f"</polyline>"
+    )
+
+
+def _endpoint(node: Node, box: Box, source: Mapping[str, Any] | None) -> str:
+    down = source is not None and not source.get("up", 1)
+    palette = "down" if down else "dead" if node.dead_letter_only else "endpoint"
+    fill, stroke = _COLORS[palette]
+    lines = label_lines(node)
+    kind_text = lines[1] if len(lines) > 1 else ""
+    if node.kind in (SOURCE, QUEUE):
+        depth = None if source is None else source.get("depth")
+        status = "down" if down else f"depth {'-' if depth is None else int(depth)}"
+    else:
+        status = "dead letters" if node.dead_letter_only else "sink"
+    dash = ' stroke-dasharray="5 3"' if node.dead_letter_only else ""
+    x, y = box.x, box.y
+    subtitle = f"{kind_text} · {status}" if kind_text else status
+    roles = ", ".join(sorted(role.replace("_", " ") for role in node.roles))
+    return (
+        f'<g class="node {escape(node.kind)}" data-node="{escape(node.name)}">'
+        f"<title>{escape(node.kind)} {escape(node.name)} ({escape(roles)}): "
+        f"{escape(subtitle)}</title>"
+        f'<rect x="{x:.1f}" y="{y:.1f}" width="{box.w}" height="{box.h}" rx="4" '
+        f'fill="{fill}" stroke="{stroke}" stroke-width="1.2"{dash}/>'
+        f'<text class="g-ep" x="{x + 9:.1f}" y="{y + 18:.1f}">{_fit(node.name, box.w - 18, 12)}'
+        f"</text>"
+        f'<text class="g-sub" x="{x + 9:.1f}" y="{y + 34:.1f}">{_fit(kind_text, box.w - 18, 11)}'
+        f"</text>"
+        f'<text class="{"g-bad" if down else "g-live"}" x="{x + 9:.1f}" y="{y + 50:.1f}">'
+        f"{_fit(status, box.w - 18, 12)}</text></g>"
+    )
+
+
+def _fit(text: str, width_px: float, font_px: int) -> str:
+    """`text`, shortened with an ellipsis to about `width_px`, escaped for SVG. (The full
+    text is in the node's <title>.)"""
+    budget = width_px / _CHAR_PX[font_px]
+    used, kept = 0.0, list[str]()
+    for char in text:
+        cost = 2.0 if unicodedata.east_asian_width(char) in ("W", "F") else 1.0
+        if char < " ":
+            char, cost = " ", 1.0
+        if used + cost > budget:
+            while kept and used + 1 > budget:
+                used -= 2.0 if unicodedata.east_asian_width(kept.pop()) in ("W", "F") else 1.0
+            return escape("".join(kept) + "…")
+        kept.append(char)
+        used += cost
+    return escape("".join(kept))
