@@ -118,7 +118,12 @@ def columns(graph: Graph) -> list[list[Node]]:
     successors: dict[str, list[str]] = {i: [] for i in ids}
     for edge in graph.edges:
         successors[edge.source].append(edge.target)
-    back = _back_edges(ids, successors)
+    # the walk that finds cycles starts where messages enter: nodes nothing feeds, then
+    # sources, so that the edge left out is the one going back to the start
+    fed = {edge.target for edge in graph.edges}
+    starts = [n.id for n in graph.nodes if n.id not in fed]
+    starts += [n.id for n in graph.nodes if n.kind in (SOURCE, QUEUE)] + ids
+    back = _back_edges(list(dict.fromkeys(starts)), successors)
     depth = dict.fromkeys(ids, 0)
     for node_id in _topological(ids, successors, back):
         for target in successors[node_id]:
@@ -198,7 +203,9 @@ def layout(graph: Graph) -> Layout:
     tallest = max(heights)
     boxes: dict[str, Box] = {}
     spans: list[tuple[float, float]] = []
-    x = float(MARGIN)
+    # an edge into the first column closes a cycle: it comes up a gap left of it
+    first = {node.id for node in grouped[0]}
+    x = MARGIN + (GAP_X / 2 if any(edge.target in first for edge in graph.edges) else 0.0)
     for index, (column, column_height) in enumerate(zip(grouped, heights, strict=True)):
         column_width = max(_size(node)[0] for node in column)
         y = MARGIN + (tallest - column_height) / 2
