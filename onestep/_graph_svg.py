@@ -12,10 +12,10 @@ from html import escape
 from typing import Any
 
 from ._graph import DEAD_LETTER, QUEUE, SOURCE, TASK, Graph, Node, build_graph, label_lines
-from ._sparkline import sparkline_points
+from ._sparkline import RateHistory, sparkline_points
 
 #: Box sizes and gaps, in pixels.
-TASK_W, TASK_H = 184, 86
+TASK_W, TASK_H = 196, 86
 ENDPOINT_W, ENDPOINT_H = 150, 58
 GAP_X, GAP_Y, MARGIN = 44, 18, 10
 #: The distance between the lanes under the boxes where long edges run.
@@ -36,7 +36,7 @@ _STYLE = (
     ".g-ep{font:600 12px system-ui,sans-serif;fill:#212121}"
     ".g-sub{font:11px system-ui,sans-serif;fill:#616161}"
     ".g-live{font:12px system-ui,sans-serif;fill:#212121}"
-    ".g-bad{font:600 12px system-ui,sans-serif;fill:#c62828}"
+    ".g-bad{font:12px system-ui,sans-serif;fill:#c62828}"
     ".g-ok{font:12px system-ui,sans-serif;fill:#2e7d32}"
     ".g-edge{fill:none;stroke:#78909c;stroke-width:1.4;stroke-linejoin:round}"
     ".g-dead{fill:none;stroke:#c62828;stroke-width:1.4;stroke-dasharray:5 4;"
@@ -70,10 +70,10 @@ def render_pipeline_svg(
     description: Mapping[str, Any],
     snapshot: Mapping[str, Any],
     rates: Mapping[str, float],
-    history: Mapping[str, Sequence[float]],
+    history: RateHistory | None = None,
 ) -> str:
     """The `<svg>` element for an app's describe(), a monitor's snapshot, the tasks'
-    rates and their rate histories ("" for an app without tasks). Runs on the HTTP
+    rates and the monitor's rate history ("" for an app without tasks). Runs on the HTTP
     server's thread."""
     graph = build_graph(description)
     if not graph.nodes:
@@ -93,14 +93,14 @@ def render_pipeline_svg(
         _markers(),
     ]
     parts.extend(path for path, _ in edges)
+    series = {} if history is None else history.series()
     tasks = snapshot.get("tasks") or {}
     sources = snapshot.get("sources") or {}
     for node in graph.nodes:
         box = boxes[node.id]
         if node.kind == TASK:
-            parts.append(
-                _task(node, box, tasks.get(node.name), rates.get(node.name), history.get(node.name))
-            )
+            live, rate = tasks.get(node.name), rates.get(node.name)
+            parts.append(_task(node, box, live, rate, series.get(node.name), history))
         else:
             parts.append(_endpoint(node, box, sources.get(node.name)))
     parts.append("</svg>")
@@ -280,26 +280,29 @@ def _task(
     box: Box,
     live: Mapping[str, Any] | None,
     rate: float | None,
-    history: Sequence[float] | None,
+    samples: Sequence[float] | None,
+    history: RateHistory | None,
 ) -> str:
     fill, stroke = _COLORS["task"]
     counts = (live or {}).get("counts") or {}
-    failures = int(counts.get("failed", 0)) + int(counts.get("dead_lettered", 0))
+    failed, dead = int(counts.get("failed", 0)), int(counts.get("dead_lettered", 0))
     retried = int(counts.get("retried", 0))
     inflight = int((live or {}).get("inflight", 0))
     rate_text = "-/s" if rate is None else f"{rate:.1f}/s"
-    if failures:
-        failure_text, failure_class = f"{failures} failed", "g-bad"
+    # failures: messages given up on (dead-lettered, or failed without a dead letter)
+    if failed + dead:
+        failure_text, failure_class = f"{_plural(failed + dead, 'failure')}", "g-bad"
     else:
         failure_text, failure_class = "no failures", "g-ok"
     if retried:
-        failure_text += f" · {retried} retried"
-    spark = _spark(box, history or [])
+        failure_text += f" · {_plural(retried, 'retry', 'retries')}"
+    details = f"{dead} dead-lettered, {failed} failed, {retried} retried"
+    spark = _spark(box, samples or [], history)
     x, y = box.x, box.y
     return (
         f'<g class="node task" data-node="{escape(node.name)}">'
         f"<title>task {escape(node.name)}: {escape(rate_text)}, {inflight} in flight, "
-        f"{escape(failure_text)}</title>"
+        f"{details}</title>"
         f'<rect x="{x:.1f}" y="{y:.1f}" width="{box.w}" height="{box.h}" rx="9" '
         f'fill="{fill}" stroke="{stroke}" stroke-width="1.5"/>'
         f'<text class="g-name" x="{x + 10:.1f}" y="{y + 19:.1f}">{_fit(node.name, box.w - 20, 13)}'
@@ -312,19 +315,24 @@ def _task(
     )
 
 
-def _spark(box: Box, history: Sequence[float]) -> str:
+def _spark(box: Box, samples: Sequence[float], history: RateHistory | None) -> str:
     x, y = box.x + SPARK_X, box.y + SPARK_Y
     background = (
         f'<rect class="spark-bg" x="{x:.1f}" y="{y:.1f}" width="{SPARK_W}" height="{SPARK_H}" '
         f'rx="2"/>'
     )
-    points = sparkline_points(history, x + 2, y + 2, SPARK_W - 4, SPARK_H - 4)
+    if history is None:
+        return background
+    slots = history.size
+    points = sparkline_points(samples, x + 2, y + 2, SPARK_W - 4, SPARK_H - 4, slots)
     if not points:
         return background
-    peak = max(history)
+    peak = max(samples)
+    span = len(samples) * history.interval_s
     return (
         f'{background}<polyline class="spark" points="{points}">'
-        f"<title>rate over the last {len(history)} samples, peak {peak:.1f}/s</title>"
+        f"<title>rate every {history.interval_s:g} s over the last {span:g} s, "
+        f"peak {peak:.1f}/s</title>"
         f"</polyline>"
     )
 
@@ -357,6 +365,10 @@ def _endpoint(node: Node, box: Box, source: Mapping[str, Any] | None) -> str:
         f'<text class="{"g-bad" if down else "g-live"}" x="{x + 9:.1f}" y="{y + 50:.1f}">'
         f"{_fit(status, box.w - 18, 12)}</text></g>"
     )
+
+
+def _plural(count: int, one: str, many: str = "") -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def _fit(text: str, width_px: float, font_px: int) -> str:

@@ -5,11 +5,11 @@ reloads itself with a meta refresh."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
 from ._graph_svg import render_pipeline_svg
+from ._sparkline import RateHistory
 
 #: Seconds between the page's reloads.
 REFRESH_S = 5
@@ -34,10 +34,10 @@ def render_status_page(
     snapshot: dict[str, Any],
     description: dict[str, Any],
     rates: dict[str, float],
-    history: Mapping[str, Sequence[float]] | None = None,
+    history: RateHistory | None = None,
 ) -> str:
-    """The page for a monitor's snapshot, the app's describe(), the tasks' rates and
-    their rate histories (the sparklines)."""
+    """The page for a monitor's snapshot, the app's describe(), the tasks' rates and the
+    monitor's rate history (the sparklines)."""
     health = snapshot["health"]
     status = str(health.get("status", "?"))
     app = escape(str(snapshot["app"]))
@@ -56,7 +56,7 @@ def render_status_page(
         f"<td class=n>{'-' if source.get('depth') is None else int(source['depth'])}</td></tr>"
         for name, source in snapshot["sources"].items()
     )
-    graph = render_pipeline_svg(description, snapshot, rates, history or {})
+    graph = render_pipeline_svg(description, snapshot, rates, history)
     figure = f'<figure id="graph">{graph}\n<figcaption>{_LEGEND}</figcaption></figure>'
     workers = health.get("workers")
     worker_note = f" &middot; {int(workers)} worker processes" if workers else ""
@@ -93,8 +93,9 @@ def render_status_page(
 
 
 _LEGEND = (
-    "Arrows: messages; dashed red: dead letters. Each task: rate over the last minute, "
-    "messages in flight, failures, and its rate over the last 15 minutes."
+    "Arrows: messages; dashed red: dead letters. Each task: its rate over the last minute, "
+    "messages in flight, failures (messages given up on), retries, and its rate over the "
+    "last 15 minutes."
 )
 
 

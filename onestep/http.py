@@ -86,9 +86,11 @@ class StatusPageResource:
         self.monitor = monitor
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        monitor = self.monitor
         page = render_status_page(
-            monitor.snapshot(), monitor.describe(), monitor.rates(), monitor.history.series()
+            self.monitor.snapshot(),
+            self.monitor.describe(),
+            self.monitor.rates(),
+            self.monitor.history,
         )
         resp.text = page
         resp.content_type = falcon.MEDIA_HTML

@@ -303,12 +303,12 @@ def test_the_svg_names_every_node_escaped_and_draws_dead_letters_dashed() -> Non
         "tasks": {"check": {"counts": {"failed": 1, "dead_lettered": 2}, "inflight": 3}},
         "sources": {"orders": {"up": 1, "depth": 42}},
     }
-    svg = render_pipeline_svg(shop.app.describe(), snapshot, {"check": 12.34}, {})
+    svg = render_pipeline_svg(shop.app.describe(), snapshot, {"check": 12.34})
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     for name in ("check", shop.ODD_TASK, shop.ODD_QUEUE, shop.UNICODE_QUEUE, "orders.dead"):
         assert f'data-node="{html.escape(name)}"' in svg, name
     assert "<b>" not in svg and 'bill "fast"' not in svg
-    assert "12.3/s</tspan> · 3 in flight" in svg and "3 failed" in svg
+    assert "12.3/s</tspan> · 3 in flight" in svg and "3 failures" in svg
     assert "depth 42" in svg
     assert svg.count('class="g-dead" data-kind="dead_letter"') == 2
     assert svg.count('data-kind="flow"') == 7
@@ -378,6 +378,6 @@ def test_the_status_page_draws_the_pipeline_with_sparklines_after_a_few_ticks() 
         assert name in svg, name
     assert "jobs<1>" not in page and "done & dusted" not in page
     assert len(re.findall(r'<polyline class="spark" points="[\d., ]+">', svg)) == 2
-    assert "1 failed" in svg
+    assert "1 failure<" in svg
     assert 'class="g-dead"' in svg
     assert "<script" not in page
