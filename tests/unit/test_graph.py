@@ -5,6 +5,7 @@ rate sparklines (onestep._sparkline)."""
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import re
 import subprocess
@@ -24,6 +25,7 @@ from onestep._graph_svg import layout, render_pipeline_svg
 from onestep._metrics import AppMonitor
 from onestep._sparkline import RateHistory, sparkline_points
 from onestep.http import add_routes
+from tests.docs_blocks import parse_blocks
 from tests.helpers import running
 from tests.unit.cli_apps import graph as shop
 
@@ -381,3 +383,15 @@ def test_the_status_page_draws_the_pipeline_with_sparklines_after_a_few_ticks() 
     assert "1 failure<" in svg
     assert 'class="g-dead"' in svg
     assert "<script" not in page
+
+
+def test_the_mermaid_example_in_the_docs_is_what_onestep_graph_prints() -> None:
+    """docs/operations.md shows the graph of the status page screenshot's shop app."""
+    script = REPO / "docs" / "scripts" / "status_page_screenshot.py"
+    spec = importlib.util.spec_from_file_location("status_page_screenshot", script)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    app, _ = module.build()
+    [block] = [b for b in parse_blocks(REPO / "docs" / "operations.md") if b.lang == "mermaid"]
+    assert block.code == render_graph(app.describe()) + "\n"
