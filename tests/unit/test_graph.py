@@ -1,6 +1,6 @@
 """The pipeline as a picture: the graph made from describe() (onestep._graph), its Mermaid,
-DOT and JSON forms, `onestep graph`, the status page's SVG (onestep._graph_svg) and the
-rate sparklines (onestep._sparkline)."""
+DOT and JSON forms, `onestep graph`, the status page's SVG (onestep._graph_layout,
+onestep._graph_svg) and the rate sparklines (onestep._sparkline)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import pytest
 
 from onestep import MemoryQueue, OneStepApp
 from onestep._graph import DEAD_LETTER, FLOW, build_graph, render_graph, to_dot, to_mermaid
-from onestep._graph_svg import layout, render_pipeline_svg
+from onestep._graph_layout import layout
+from onestep._graph_svg import render_pipeline_svg
 from onestep._metrics import AppMonitor
 from onestep._sparkline import RateHistory, sparkline_points
 from onestep.http import add_routes
