@@ -107,7 +107,10 @@ class StatusPageResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         page = render_status_page(
-            self.monitor.snapshot(), self.monitor.describe(), self.monitor.rates()
+            self.monitor.snapshot(),
+            self.monitor.describe(),
+            self.monitor.rates(),
+            self.monitor.history,
         )
         resp.text = page
         resp.content_type = falcon.MEDIA_HTML

@@ -1,6 +1,7 @@
 """The `onestep` command: `onestep run TARGET` runs an app, `onestep check TARGET` prints
 its task graph (`--connect`: and opens every source and sink), `onestep dlq list|replay|
-discard TARGET --task NAME` handles a task's dead letters. Installed as a console
+discard TARGET --task NAME` handles a task's dead letters, `onestep graph TARGET` draws
+the pipeline (Mermaid, DOT or JSON). Installed as a console
 script; `python -m onestep` runs it too.
 
 Commands stay thin: they parse options, call `load_app` and the app (or, for `run
@@ -28,6 +29,7 @@ from .._version import __version__
 from ..core import TargetError
 from ..core._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
 from ..ops import (
+    GRAPH_FORMATS,
     AppMonitor,
     DeadLetter,
     DeadLetters,
@@ -36,6 +38,7 @@ from ..ops import (
     NotReplayable,
     WorkersMonitor,
     check_connections,
+    render_graph,
 )
 from ..processes import (
     MAX_PROCESSES,
@@ -568,3 +571,28 @@ def _policy(info: Any) -> str:
         return str(info)
     args = ", ".join(f"{k}={v}" for k, v in info.items() if k != "type")
     return f"{info.get('type', '?')}({args})"
+
+
+# -- onestep graph -----------------------------------------------------------------------
+
+
+@onestep.command(epilog=TARGET_HELP)
+@click.argument("target")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(GRAPH_FORMATS),
+    default="mermaid",
+    show_default=True,
+    help="mermaid: a flowchart for Markdown; dot: a Graphviz digraph; json: nodes and edges.",
+)
+def graph(target: str, fmt: str) -> None:
+    """Load the app TARGET and print its pipeline as a picture to render: sources, tasks
+    and sinks as nodes, messages as arrows, dead letters as dashed arrows.
+
+    Exits 2 (printing nothing) if the app has no tasks.
+    """
+    app = _load(target)
+    if not app.tasks:
+        _fail(f"Error: {_no_tasks(app)}; there is no pipeline to draw", EXIT_BAD_TARGET)
+    click.echo(render_graph(app.describe(), fmt))

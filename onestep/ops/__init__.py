@@ -7,11 +7,14 @@ re-exported here: prometheus_client is imported only by onestep.http.
 from ._connection_check import EndpointCheck, check_connections
 from ._dead_letter_store import DEAD_LETTER_ID, DeadLetterClaim, DeadLetterEntry, IdTally
 from ._dead_letters import DeadLetter, DeadLetters, NotBrowsable, dead_letters_of
+from ._graph import FORMATS as GRAPH_FORMATS
+from ._graph import render_graph
 from ._metrics import AppMonitor, Monitor, WorkersMonitor
 from ._put_back import NotReplayable
 
 __all__ = [
     "DEAD_LETTER_ID",
+    "GRAPH_FORMATS",
     "AppMonitor",
     "DeadLetter",
     "DeadLetterClaim",
@@ -25,4 +28,5 @@ __all__ = [
     "WorkersMonitor",
     "check_connections",
     "dead_letters_of",
+    "render_graph",
 ]

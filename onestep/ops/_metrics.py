@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors import DURATION_BUCKETS
 
+from ._sparkline import RateHistory
 from ._status_line import StatusLine, handled
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class Monitor:
         self.app = app
         self._samples: deque[tuple[float, dict[str, int]]] = deque()
         self._samples_lock = threading.Lock()
+        #: each task's rate over the last 15 minutes (the status page's sparklines)
+        self.history = RateHistory()
         self._status = StatusLine(status_interval_s) if status_interval_s > 0 else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -133,6 +136,7 @@ class Monitor:
             self._samples.append((now, totals))
             while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW_S:
                 self._samples.popleft()
+        self.history.add(now, totals)
         if self._status is not None and not final:
             self._status.maybe_log(now, snapshot)
         return snapshot

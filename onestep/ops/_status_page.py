@@ -1,11 +1,15 @@
-"""The read-only HTML status page served at `GET /` (onestep.http): the app, each task
-with its source, sinks, concurrency, counts, rate and health. No script, no outside
-asset; every value is escaped; the page reloads itself with a meta refresh."""
+"""The read-only HTML status page served at `GET /` (onestep.http): the app, the pipeline
+drawn as an SVG (onestep._graph_svg), each task with its source, sinks, concurrency,
+counts, rate and health. No script, no outside asset; every value is escaped; the page
+reloads itself with a meta refresh."""
 
 from __future__ import annotations
 
 from html import escape
 from typing import Any
+
+from ._graph_svg import render_pipeline_svg
+from ._sparkline import RateHistory
 
 #: Seconds between the page's reloads.
 REFRESH_S = 5
@@ -20,13 +24,20 @@ table { border-collapse: collapse; margin-top: 1em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f3f3f3; }
+#graph { margin: 1em 0 0; overflow-x: auto; }
+#graph svg { max-width: 100%; height: auto; }
+#graph figcaption { color: #666; font-size: .85em; }
 """
 
 
 def render_status_page(
-    snapshot: dict[str, Any], description: dict[str, Any], rates: dict[str, float]
+    snapshot: dict[str, Any],
+    description: dict[str, Any],
+    rates: dict[str, float],
+    history: RateHistory | None = None,
 ) -> str:
-    """The page for a monitor's snapshot, the app's describe() and the tasks' rates."""
+    """The page for a monitor's snapshot, the app's describe(), the tasks' rates and the
+    monitor's rate history (the sparklines)."""
     health = snapshot["health"]
     status = str(health.get("status", "?"))
     app = escape(str(snapshot["app"]))
@@ -45,6 +56,8 @@ def render_status_page(
         f"<td class=n>{'-' if source.get('depth') is None else int(source['depth'])}</td></tr>"
         for name, source in snapshot["sources"].items()
     )
+    graph = render_pipeline_svg(description, snapshot, rates, history)
+    figure = f'<figure id="graph">{graph}\n<figcaption>{_LEGEND}</figcaption></figure>'
     workers = health.get("workers")
     worker_note = f" &middot; {int(workers)} worker processes" if workers else ""
     return f"""<!DOCTYPE html>
@@ -61,6 +74,7 @@ def render_status_page(
 &middot; ready: <span id="ready">{"yes" if snapshot.get("ready") else "no"}</span>
 &middot; reloads every {REFRESH_S} s</p>
 {f'<ul id="problems">{problem_items}</ul>' if problem_items else ""}
+{figure if graph else ""}
 <table id="tasks">
 <thead><tr><th>Task</th><th>Source</th><th>Sinks</th><th>Concurrency</th><th>Succeeded</th>
 <th>Failed</th><th>Retried</th><th>Dead letters</th><th>Rate (1 min)</th><th>In flight</th>
@@ -76,6 +90,13 @@ def render_status_page(
 </body>
 </html>
 """
+
+
+_LEGEND = (
+    "Arrows: messages; dashed red: dead letters. Each task: its rate over the last minute, "
+    "messages in flight, failures (messages given up on), retries, and its rate over the "
+    "last 15 minutes."
+)
 
 
 def _task_row(

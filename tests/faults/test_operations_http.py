@@ -220,6 +220,9 @@ def test_status_page_dom_in_headless_chromium(parents: list[Parent], tmp_path: A
     assert cells[0] == "t" and cells[1] == "MemoryQueue jobs"
     assert cells[4:8] == ["50", "0", "0", "1"]
     assert 'id="health" class="status ok"' in dom
+    # the pipeline drawn: the task and its source as nodes of the inline SVG
+    svg = dom[dom.index('<svg id="pipeline"') : dom.index("</svg>")]
+    assert 'data-node="t"' in svg and 'data-node="jobs"' in svg
     assert "<script" not in dom
     parent.signal(signal.SIGTERM)
     assert parent.wait() == 0, parent.err.tail()
