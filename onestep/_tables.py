@@ -9,7 +9,7 @@ import base64
 import datetime
 import decimal
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +207,10 @@ def row_dict(columns: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     return {column: json_value(value) for column, value in zip(columns, values, strict=True)}
 
 
+Position = tuple[Any, ...]
+"""A cursor position: one row's values of the cursor columns, in order."""
+
+
 # Cursor positions go to a StateStore as JSON: the types JSON has not are tagged.
 def encode_position(position: Sequence[Any]) -> list[Any]:
     """A cursor position (a row's cursor values) as JSON for a StateStore."""
@@ -229,7 +233,7 @@ def encode_position(position: Sequence[Any]) -> list[Any]:
     return encoded
 
 
-def decode_position(encoded: Iterable[Any]) -> tuple[Any, ...]:
+def decode_position(encoded: Iterable[Any]) -> Position:
     """The cursor position stored by encode_position, with its original types."""
     decoded: list[Any] = []
     for value in encoded:
@@ -259,19 +263,19 @@ class CursorProgress:
     on from (the last row handed out). Runs on the source actor's thread.
     """
 
-    def __init__(self, start: Hashable | None = None) -> None:
+    def __init__(self, start: Position | None = None) -> None:
         #: the stored position (None: from the first row)
-        self.committed: Hashable | None = start
+        self.committed: Position | None = start
         #: the position reading goes on from
-        self.last: Hashable | None = start
-        self._order: deque[Hashable] = deque()
-        self._done: dict[Hashable, bool] = {}
+        self.last: Position | None = start
+        self._order: deque[Position] = deque()
+        self._done: dict[Position, bool] = {}
 
     def __len__(self) -> int:
         """Rows handed out and not yet behind `committed`."""
         return len(self._order)
 
-    def dispatched(self, position: Hashable) -> None:
+    def dispatched(self, position: Position) -> None:
         """A row at `position` was handed out (positions come in increasing order)."""
         if position in self._done:
             raise ValueError(f"position {position!r} was handed out twice")
@@ -279,7 +283,7 @@ class CursorProgress:
         self._done[position] = False
         self.last = position
 
-    def finished(self, position: Hashable) -> bool:
+    def finished(self, position: Position) -> bool:
         """The row at `position` succeeded or was dead-lettered; True if `committed`
         moved (so the caller stores it)."""
         if position not in self._done:
@@ -293,6 +297,6 @@ class CursorProgress:
             moved = True
         return moved
 
-    def unfinished(self) -> list[Hashable]:
+    def unfinished(self) -> list[Position]:
         """The positions handed out and not finished, in cursor order."""
         return [position for position in self._order if not self._done[position]]
