@@ -254,41 +254,80 @@ def decode_position(encoded: Iterable[Any]) -> Position:
 
 
 class CursorProgress:
-    """How far an incremental source may store its cursor.
+    """How far an incremental source has got, and what it may store.
 
-    Rows are handed out in cursor order (`dispatched`); they finish in any order
-    (`finished`: succeeded or dead-lettered). `committed` is the position of the last row
-    whose every predecessor finished too: storing it, never more, means a restart skips
-    no row and repeats at most the unfinished ones. `last` is the position reading goes
-    on from (the last row handed out). Runs on the source actor's thread.
+    Rows are handed out in cursor order (`dispatch`) and finish in any order (`finish`:
+    succeeded or dead-lettered). `committed` is the position of the last row whose every
+    predecessor finished too; reading resumes after it on a restart, so no row is ever
+    skipped. The rows beyond it that finished already are remembered too (at most
+    `MAX_REMEMBERED`), so that a restart repeats only the rows that had not finished:
+    `snapshot()` is the JSON to store, `CursorProgress.restore(value)` reads it back.
+    `last` is the position reading goes on from (the last row handed out). Runs on the
+    source actor's thread.
     """
 
-    def __init__(self, start: Position | None = None) -> None:
-        #: the stored position (None: from the first row)
+    #: Finished rows beyond `committed` kept in a snapshot; more (a failed row holding
+    #: the cursor back for long) are repeated after a restart instead of skipped.
+    MAX_REMEMBERED = 1000
+
+    def __init__(self, start: Position | None = None, finished: Iterable[Position] = ()) -> None:
+        #: the position every row up to which finished (None: none yet)
         self.committed: Position | None = start
         #: the position reading goes on from
         self.last: Position | None = start
+        #: True when a snapshot would differ from the one last taken
+        self.changed = False
         self._order: deque[Position] = deque()
         self._done: dict[Position, bool] = {}
+        self._finished_before = set(finished)
+
+    @classmethod
+    def restore(cls, value: Any) -> CursorProgress:
+        """The progress a `snapshot()` stored (None: from the first row)."""
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            raise ValueError(f"not a stored cursor: {value!r}")
+        position = value.get("position")
+        return cls(
+            None if position is None else decode_position(position),
+            [decode_position(p) for p in value.get("finished", ())],
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON to store: `committed` and the finished rows beyond it."""
+        self.changed = False
+        beyond = [p for p in self._order if self._done[p]][: self.MAX_REMEMBERED]
+        return {
+            "position": None if self.committed is None else encode_position(self.committed),
+            "finished": [encode_position(p) for p in beyond],
+        }
 
     def __len__(self) -> int:
         """Rows handed out and not yet behind `committed`."""
         return len(self._order)
 
-    def dispatched(self, position: Position) -> None:
-        """A row at `position` was handed out (positions come in increasing order)."""
+    def dispatch(self, position: Position) -> bool:
+        """The row at `position` was read (positions come in increasing order); False if
+        it had finished before the restart (do not hand it out again)."""
         if position in self._done:
             raise ValueError(f"position {position!r} was handed out twice")
         self._order.append(position)
         self._done[position] = False
         self.last = position
+        if self._finished_before and position in self._finished_before:
+            self._finished_before.discard(position)
+            self.finish(position)
+            return False
+        return True
 
-    def finished(self, position: Position) -> bool:
+    def finish(self, position: Position) -> bool:
         """The row at `position` succeeded or was dead-lettered; True if `committed`
-        moved (so the caller stores it)."""
-        if position not in self._done:
-            return False  # already behind committed, or never ours
+        moved."""
+        if self._done.get(position) is not False:
+            return False  # already finished, behind committed, or never ours
         self._done[position] = True
+        self.changed = True
         moved = False
         order, done = self._order, self._done
         while order and done[order[0]]:

@@ -15,8 +15,6 @@ from onestep.kit import (
     SourceContext,
     check_int,
     check_number,
-    decode_position,
-    encode_position,
     json_value,
     row_dict,
 )
@@ -85,7 +83,6 @@ class IncrementalSource(Source):
         self._conn: Any = None
         self._progress: CursorProgress | None = None
         self._retries: list[tuple[float, Delivery]] = []
-        self._unstored = False  # the committed position moved since it was last stored
 
     def __repr__(self) -> str:
         return f"IncrementalSource({self.table!r}, connector={self.connector!r})"
@@ -109,9 +106,7 @@ class IncrementalSource(Source):
                 "or use it as a task's source (it then uses the app's state store)"
             )
         if self._progress is None:
-            stored = self.state.get(self.state_key)
-            start = None if stored is None else decode_position(stored)
-            self._progress = CursorProgress(start)
+            self._progress = CursorProgress.restore(self.state.get(self.state_key))
         self._connection()
 
     def close(self) -> None:
@@ -126,12 +121,9 @@ class IncrementalSource(Source):
         """Store the committed position if it moved: once per batch, when the source
         actor's mailbox is empty (a crash before it repeats those rows, never skips)."""
         progress = self._progress
-        if self._unstored and progress is not None:
+        if progress is not None and progress.changed:
             assert self.state is not None and self.state_key is not None
-            committed = progress.committed
-            assert committed is not None
-            self.state.set(self.state_key, encode_position(committed))
-            self._unstored = False
+            self.state.set(self.state_key, progress.snapshot())
 
     def _connection(self) -> Any:
         conn = self._conn
@@ -155,11 +147,14 @@ class IncrementalSource(Source):
                 cursor.execute(self._sql_after, (*last, count))
             rows = cursor.fetchall()
             columns = [column[0] for column in cursor.description or ()]
+        skipped = False
         indexes = [columns.index(column) for column in self.spec.order]
         key_index = columns.index(self.spec.key)
         for row in rows:
             position = tuple(row[i] for i in indexes)
-            progress.dispatched(position)
+            if not progress.dispatch(position):
+                skipped = True  # it finished before the restart
+                continue
             deliveries.append(
                 Delivery(
                     row_dict(columns, row),
@@ -167,6 +162,8 @@ class IncrementalSource(Source):
                     handle=position,
                 )
             )
+        if skipped:
+            self.flush()  # no settlement follows a skipped row to store the position
         return deliveries
 
     def _due_retries(self, limit: int) -> list[Delivery]:
@@ -212,15 +209,14 @@ class IncrementalSource(Source):
 
     def _finished(self, position: tuple[Any, ...]) -> None:
         progress = self._progress
-        if progress is not None and progress.finished(position):
-            self._unstored = True
+        if progress is not None:
+            progress.finish(position)
 
     def position(self) -> tuple[Any, ...] | None:
         """The stored position (the cursor values of the last row stored), any thread."""
         if self.state is None or self.state_key is None:
             return None
-        stored = self.state.get(self.state_key)
-        return None if stored is None else decode_position(stored)
+        return CursorProgress.restore(self.state.get(self.state_key)).committed
 
     def describe(self) -> dict[str, Any]:
         return {
