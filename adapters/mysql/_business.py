@@ -31,6 +31,16 @@ logger = logging.getLogger("onestep.mysql")
 _MAX_ROWS_PER_STATEMENT = 1000
 
 
+def column_index(columns: list[str], name: str) -> int:
+    """Where column `name` is in a result's columns (MySQL column names are not case
+    sensitive, so neither is this)."""
+    try:
+        return columns.index(name)
+    except ValueError:
+        lowered = name.lower()
+        return next(i for i, column in enumerate(columns) if column.lower() == lowered)
+
+
 class _Held:
     """A claimed row this worker has not settled: its delivery, and the values its claim
     columns had before the claim (written back if it is released at shutdown)."""
@@ -87,6 +97,9 @@ class BusinessTable(Source):
         self._source_thread: int | None = None
         self._held: dict[Any, _Held] = {}
         self._acks: list[Any] = []
+        # nacks, releases and attempt counts not yet written, in order: (sql, keys, args);
+        # kept when the connection is lost and written after the reconnect
+        self._writes: list[tuple[str, list[Any], tuple[Any, ...]]] = []
         self._retries: list[tuple[float, Delivery]] = []  # (due, delivery), in memory
         self._expired_check_every_s = min(1.0, spec.lease_s / 2)
         self._last_expired_check = 0.0
@@ -147,8 +160,8 @@ class BusinessTable(Source):
             lambda conn: check_business_table(conn, self.table, self._t, self.spec, target)
         )
         self._source_thread = threading.get_ident()
-        if self._acks:
-            self._flush_acks(self._connection())
+        if self._acks or self._writes:
+            self._flush_all(self._connection())
 
     def close(self) -> None:
         """Write the buffered acks, give back the rows waiting for a retry, disconnect;
@@ -157,11 +170,11 @@ class BusinessTable(Source):
             return
         try:
             if self._conn is not None:
-                if self._acks:
-                    self._flush_acks(self._conn)
                 waiting, self._retries = self._retries, []
                 for _, delivery in waiting:
-                    self.release(delivery)
+                    self._give_back(delivery)
+                if self._acks or self._writes:
+                    self._flush_all(self._conn)
         finally:
             conn, self._conn = self._conn, None
             close_quietly(conn)
@@ -179,8 +192,8 @@ class BusinessTable(Source):
         lease column, rows whose lease expired), in one transaction."""
         self._source_thread = threading.get_ident()
         conn = self._connection()
-        if self._acks:
-            self._flush_acks(conn)
+        if self._acks or self._writes:
+            self._flush_all(conn)
         deliveries = self._due_retries(limit)
         count = min(limit, self.batch_size) - len(deliveries)
         if count <= 0:
@@ -218,7 +231,7 @@ class BusinessTable(Source):
         return rows
 
     def _key_of(self, columns: list[str], row: Sequence[Any]) -> Any:
-        return row[columns.index(self.spec.key)]
+        return row[column_index(columns, self.spec.key)]
 
     def _hold(self, columns: list[str], row: Sequence[Any], earlier: int) -> Delivery:
         """The delivery of a claimed row (payload the row as it was read, meta its key)."""
@@ -226,9 +239,9 @@ class BusinessTable(Source):
         key = self._key_of(columns, row)
         attempts = earlier
         if spec.attempts_column is not None:
-            stored = row[columns.index(spec.attempts_column)]
+            stored = row[column_index(columns, spec.attempts_column)]
             attempts = max(0, int(stored or 0)) + earlier
-        original = tuple(row[columns.index(column)] for column in spec.claim)
+        original = tuple(row[column_index(columns, column)] for column in spec.claim)
         delivery = Delivery(
             row_dict(columns, row), meta={"key": json_value(key)}, attempts=attempts, handle=key
         )
@@ -268,13 +281,13 @@ class BusinessTable(Source):
         )
         held.delivery = again
         if self.spec.attempts_column is not None:
-            self._execute(self._sql_count_attempt, [delivery.handle])
+            self._write(self._sql_count_attempt, [delivery.handle], ())
         self._retries.append((time.monotonic() + (delay_s or 0.0), again))
 
     def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
         """The retry policy gave up: write the `nack` values at once."""
         if self._held.pop(delivery.handle, None) is not None:
-            self._execute(self._sql_nack, [delivery.handle], tuple(self.spec.nack.values()))
+            self._write(self._sql_nack, [delivery.handle], tuple(self.spec.nack.values()))
 
     def dead_lettered(self, delivery: Delivery, error: BaseException | None = None) -> None:
         """The dead letter (the row and the failure) was stored: the row gets `nack`."""
@@ -283,27 +296,41 @@ class BusinessTable(Source):
     def release(self, delivery: Delivery) -> None:
         """Shutdown: write back the values the claim columns had before the claim, so the
         row matches `where` again (attempts kept only in `attempts_column`)."""
+        self._give_back(delivery)
+        self._write_now()
+
+    def _give_back(self, delivery: Delivery) -> None:
         held = self._held.pop(delivery.handle, None)
         if held is not None:
-            self._execute(self._sql_release, [delivery.handle], held.original)
+            self._writes.append((self._sql_release, [delivery.handle], held.original))
 
     def flush(self) -> None:
         """Write the buffered acks; the source actor's thread, when its mailbox is empty."""
-        if self._acks and threading.get_ident() == self._source_thread:
-            self._flush_acks(self._connection())
+        if (self._acks or self._writes) and threading.get_ident() == self._source_thread:
+            self._flush_all(self._connection())
 
-    def _flush_acks(self, conn: Any) -> None:
+    def _write(self, sql: str, keys: list[Any], leading: tuple[Any, ...]) -> None:
+        """Buffer one rare write and write everything buffered at once."""
+        self._writes.append((sql, keys, leading))
+        self._write_now()
+
+    def _write_now(self) -> None:
+        if threading.get_ident() == self._source_thread:
+            self._flush_all(self._connection())
+
+    def _flush_all(self, conn: Any) -> None:
+        """Write the buffered acks (one UPDATE per 1000 rows), then the other writes in
+        order; what was written leaves the buffers at once, so after a lost connection
+        only the rest is written again (at the next open or fetch)."""
         with conn.cursor() as cursor:
             while self._acks:
                 chunk = self._acks[:_MAX_ROWS_PER_STATEMENT]
                 self._run(cursor, self._sql_ack, chunk, tuple(self.spec.ack.values()))
                 del self._acks[: len(chunk)]
-
-    def _execute(self, sql: str, keys: list[Any], leading: tuple[Any, ...] = ()) -> None:
-        if self._acks:
-            self._flush_acks(self._connection())
-        with self._connection().cursor() as cursor:
-            self._run(cursor, sql, keys, leading)
+            while self._writes:
+                sql, keys, leading = self._writes[0]
+                self._run(cursor, sql, keys, leading)
+                del self._writes[0]
 
     def _run(self, cursor: Any, sql: str, keys: list[Any], leading: tuple[Any, ...]) -> None:
         """`sql` (ending in `... AND `) for the rows `keys` that still carry the claim."""

@@ -19,6 +19,7 @@ from onestep.kit import (
     row_dict,
 )
 
+from ._business import column_index
 from ._connection import close_quietly, placeholders, quote_ident
 
 if TYPE_CHECKING:
@@ -148,8 +149,8 @@ class IncrementalSource(Source):
             rows = cursor.fetchall()
             columns = [column[0] for column in cursor.description or ()]
         skipped = False
-        indexes = [columns.index(column) for column in self.spec.order]
-        key_index = columns.index(self.spec.key)
+        indexes = [column_index(columns, column) for column in self.spec.order]
+        key_index = column_index(columns, self.spec.key)
         for row in rows:
             position = tuple(row[i] for i in indexes)
             if not progress.dispatch(position):
