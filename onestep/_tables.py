@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -182,7 +183,8 @@ class IncrementalSpec:
 def json_value(value: Any) -> Any:
     """A column value as JSON can hold it: Decimal as its exact string, dates and times
     in ISO 8601, a TIME interval as seconds, bytes as UTF-8 text (base64 when they are
-    not UTF-8), a set as a sorted list; everything else unchanged."""
+    not UTF-8), a set as a sorted list, a decoded JSON column unchanged, anything else
+    (a UUID, an IP address) as its text."""
     if value is None or type(value) in (str, int, float, bool):
         return value
     if isinstance(value, decimal.Decimal):
@@ -199,7 +201,10 @@ def json_value(value: Any) -> Any:
             return base64.b64encode(raw).decode("ascii")
     if isinstance(value, set | frozenset):
         return sorted(value)
-    return value
+    if isinstance(value, dict | list):
+        return value  # a JSON column the driver decoded
+    # anything else a driver returns (a UUID, an IP address, a range) as its text
+    return str(value)
 
 
 def row_dict(columns: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
@@ -228,6 +233,8 @@ def encode_position(position: Sequence[Any]) -> list[Any]:
             encoded.append({"seconds": value.total_seconds()})
         elif isinstance(value, bytes):
             encoded.append({"bytes": base64.b64encode(value).decode("ascii")})
+        elif isinstance(value, uuid.UUID):
+            encoded.append({"uuid": str(value)})
         else:
             raise TypeError(f"a cursor column holds {type(value).__name__}, which cannot be stored")
     return encoded
@@ -249,6 +256,8 @@ def decode_position(encoded: Iterable[Any]) -> Position:
                 value = datetime.timedelta(seconds=text)
             elif tag == "bytes":
                 value = base64.b64decode(text)
+            elif tag == "uuid":
+                value = uuid.UUID(text)
         decoded.append(value)
     return tuple(decoded)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import uuid
 
 import pytest
 
@@ -100,6 +101,10 @@ def test_a_row_is_json_able():
         "text": "café",
     }
     json.dumps(row)
+    assert row_dict(["u", "j"], [uuid.UUID(int=1), {"a": [1]}]) == {
+        "u": "00000000-0000-0000-0000-000000000001",
+        "j": {"a": [1]},
+    }
 
 
 def test_positions_round_trip_through_json():
@@ -107,6 +112,7 @@ def test_positions_round_trip_through_json():
         datetime.datetime(2026, 1, 2, 3, 4, 5, 600),
         decimal.Decimal("1.10"),
         datetime.date(2026, 1, 2),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
         "x",
         5,
     )
