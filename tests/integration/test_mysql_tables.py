@@ -10,6 +10,7 @@ unreachable, failed instead when CI is set (see mysql_support.require_server).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import threading
@@ -193,7 +194,7 @@ def test_shutdown_gives_claimed_rows_back_with_their_old_values(connector, table
     @app.task(source=business(connector, orders), concurrency=4)
     async def hang(ctx: Any, order: dict[str, Any]) -> None:
         started.release()
-        await __import__("asyncio").sleep(3600)  # cancelled by the shutdown
+        await asyncio.sleep(3600)  # cancelled by the shutdown
 
     with Running(app):
         for _ in range(4):
