@@ -180,7 +180,11 @@ class TaskRuntime:
         source = self.source
         try:
             if action is ACK:
-                source.ack(delivery)
+                dead_lettered = getattr(source, "dead_lettered", None)
+                if error is not None and dead_lettered is not None:
+                    dead_lettered(delivery, error)
+                else:
+                    source.ack(delivery)
             elif action is RETRY:
                 source.retry(delivery, delay_s)
                 if delay_s and self.runner is not None and not self.source_wakes_when_due:

@@ -87,6 +87,7 @@ class SourceActor(EngineActor):
         self._poll_delay: Callable[[], float] | None = getattr(source, "poll_delay", None)
         self._wakeable = False
         self._flush: Callable[[], Any] | None = getattr(source, "flush", None)
+        self._dead_lettered: Callable[..., Any] | None = getattr(source, "dead_lettered", None)
         self._unflushed = False
         self._fetch = self._bind_fetch()
         self._keepalive = Keepalive(source, timer)
@@ -224,7 +225,11 @@ class SourceActor(EngineActor):
         action = message.action
         try:
             if action is ACK:
-                self._loop.call(self.source.ack, delivery)
+                if message.error is not None and self._dead_lettered is not None:
+                    # acked after its dead letter was stored (see Supervisor)
+                    self._loop.call(self._dead_lettered, delivery, message.error)
+                else:
+                    self._loop.call(self.source.ack, delivery)
             elif action is RETRY:
                 self._loop.call(self.source.retry, delivery, message.delay_s)
                 if message.delay_s:

@@ -175,7 +175,9 @@ class Supervisor(EngineActor):
         if events is not None:
             events.emit("dead_lettered", delivery, duration_s, failure)
             events.emit("failed", delivery, duration_s, failure)
-        runtime.settle(delivery, ACK)
+        # ACK with the failure: a source that defines `dead_lettered(delivery, error)`
+        # gets that call instead of `ack` (a table row then ends `dead`, not `done`)
+        runtime.settle(delivery, ACK, error=HandlerFailed(failure))
         runtime.gave_up(delivery, failure)
 
     @staticmethod

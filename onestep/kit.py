@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from actors import EncodeError, Failure, HandlerFailed
 
+from ._tables import (
+    BusinessTableSpec,
+    CursorProgress,
+    IncrementalSpec,
+    check_column,
+    decode_position,
+    encode_position,
+    is_business_mode,
+    json_value,
+    row_dict,
+)
 from ._values import MAX_DELAY_S, check_delay, check_int, check_number
 from .core import Delivery, Sink, Source, SourceContext
 from .core._encoding import (
@@ -29,6 +40,8 @@ __all__ = [
     "DEAD_LETTER_ID",
     "MAX_DELAY_S",
     "BodyRouter",
+    "BusinessTableSpec",
+    "CursorProgress",
     "DeadLetterClaim",
     "DeadLetterEntry",
     "Delivery",
@@ -37,6 +50,7 @@ __all__ = [
     "GuardedServer",
     "HandlerFailed",
     "IdTally",
+    "IncrementalSpec",
     "MessageTooLarge",
     "NotBrowsable",
     "Sink",
@@ -44,14 +58,20 @@ __all__ = [
     "SourceContext",
     "StateStore",
     "check_bodies",
+    "check_column",
     "check_delay",
     "check_int",
     "check_meta",
     "check_number",
     "check_size",
     "check_ttl",
+    "decode_position",
     "encode_json",
+    "encode_position",
     "guarded_adjustments",
     "inherited_socket",
+    "is_business_mode",
+    "json_value",
+    "row_dict",
     "utf8_size",
 ]

@@ -119,7 +119,7 @@ class Leases:
         self._sql_release = f"UPDATE {t} SET {c.status} = 'pending', {c.leased_until} = NULL {ours}"
         error_set = "" if c.last_error is None else f", {c.last_error} = %s"
         self._sql_fail = (
-            f"UPDATE {t} SET {c.status} = 'failed', {c.attempts} = {c.attempts} + 1, "
+            f"UPDATE {t} SET {c.status} = %s, {c.attempts} = {c.attempts} + 1, "
             f"{c.leased_until} = NULL{error_set} {ours}"
         )
         # After a statement matched fewer rows than it named: which rows are still
@@ -266,15 +266,17 @@ class Leases:
             if matched < len(chunk):
                 self._report_unmatched(cursor, chunk, kind, matched)
 
-    def fail(self, conn: Any, delivery: Delivery, error_text: str | None) -> None:
-        """Mark the row failed with `error_text` (rare: written at once, after the
-        buffered settlements)."""
+    def fail(
+        self, conn: Any, delivery: Delivery, error_text: str | None, status: str = "failed"
+    ) -> None:
+        """Mark the row `status` (failed, or dead once its dead letter was stored) with
+        `error_text` (rare: written at once, after the buffered settlements)."""
         entry = self._release_hold(delivery)
         if entry is None:
             return
         self.flush(conn)
         rows, args = self._match([entry])
-        leading = () if error_text is None else (error_text,)
+        leading = (status,) if error_text is None else (status, error_text)
         with conn.cursor() as cursor:
             if cursor.execute(self._sql_fail + rows, (*leading, *args)) < 1:
                 self._report_unmatched(cursor, [entry], "fail", 0)

@@ -53,6 +53,7 @@ class TableQueue(Source):
         lease_s: float = 60,
         auto_create: bool = True,
         delete_on_ack: bool = False,
+        dead_status: str = "dead",
         name: str | None = None,
         columns: QueueColumns,
     ) -> None:
@@ -69,6 +70,13 @@ class TableQueue(Source):
         self.keepalive_interval_s = self.lease_s / 3
         self.auto_create = bool(auto_create)
         self.delete_on_ack = bool(delete_on_ack)
+        if not isinstance(dead_status, str) or not dead_status or len(dead_status) > 16:
+            raise ValueError(
+                f"dead_status must be a status of 1 to 16 characters, got {dead_status!r}"
+            )
+        if dead_status in ("pending", "leased"):
+            raise ValueError(f"dead_status must not be {dead_status!r}: that row would run again")
+        self.dead_status = dead_status
         self.name = name or f"mysql:{table}"
         self.columns = columns
         self._schema = QueueSchema(table, quoted_table, columns, auto_create=self.auto_create)
@@ -174,10 +182,17 @@ class TableQueue(Source):
 
     def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
         """Mark the row failed with the error (rare: written at once)."""
-        text = None
-        if self.columns.last_error is not None:
-            text = "" if error is None else f"{type(error).__name__}: {error}"[:60000]
-        self._leases.fail(self._connection(), delivery, text)
+        self._leases.fail(self._connection(), delivery, self._error_text(error))
+
+    def dead_lettered(self, delivery: Delivery, error: BaseException | None = None) -> None:
+        """Its dead letter was stored: mark the row `dead_status` with the error, so
+        whoever watches the table tells it from a success (rare: written at once)."""
+        self._leases.fail(self._connection(), delivery, self._error_text(error), self.dead_status)
+
+    def _error_text(self, error: BaseException | None) -> str | None:
+        if self.columns.last_error is None:
+            return None
+        return "" if error is None else f"{type(error).__name__}: {error}"[:60000]
 
     def flush(self) -> None:
         """Write the buffered acks, retries and releases: one UPDATE (or DELETE) each,

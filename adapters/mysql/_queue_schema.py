@@ -89,6 +89,25 @@ _ADDED_COLUMNS = {
     "lease_token_column": "VARCHAR(64) NULL",
 }
 
+# Every column's definition, for the ALTER TABLE that the error of an existing table
+# gives (the same as create_table_sql's); ADD COLUMN fills existing rows with the default.
+_COLUMN_DEFINITIONS = {
+    "id_column": "BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY",
+    "payload_column": "LONGTEXT NOT NULL",
+    "status_column": "VARCHAR(16) NOT NULL DEFAULT 'pending'",
+    "attempts_column": "INT UNSIGNED NOT NULL DEFAULT 0",
+    "available_at_column": "DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)",
+    "leased_until_column": "DATETIME(6) NULL",
+    "last_error_column": "TEXT NULL",
+    **_ADDED_COLUMNS,
+}
+
+# The managed table's indexes: added with their columns when all of them are missing.
+_INDEXES = {
+    "onestep_claim": ("status_column", "available_at_column"),
+    "onestep_lease": ("status_column", "leased_until_column"),
+}
+
 # What a missing optional column costs, for the error of an existing table.
 _OPT_OUT = {
     "meta_column": "meta_column=None (messages then carry no meta)",
@@ -211,16 +230,21 @@ class QueueSchema:
         names = self.columns.names
         listed = ", ".join(f"`{names[option]}` ({option})" for option in missing)
         parts = [f"table {self.table!r} (auto_create={self.auto_create}) lacks column(s) {listed}"]
-        addable = [option for option in missing if option in _ADDED_COLUMNS]
-        if addable:
-            additions = ", ".join(
-                f"ADD COLUMN {_unquoted(quote_ident(names[option]))} {_ADDED_COLUMNS[option]}"
-                for option in addable
-            )
-            which = ", ".join(f"`{names[option]}`" for option in addable)
-            parts.append(
-                f"add {which} with: ALTER TABLE {_unquoted(self.quoted_table)} {additions}"
-            )
+        additions = [
+            f"ADD COLUMN {_unquoted(quote_ident(names[option]))} {_COLUMN_DEFINITIONS[option]}"
+            for option in missing
+        ]
+        for index, options in _INDEXES.items():
+            if all(option in missing for option in options):
+                keyed = ", ".join(_unquoted(quote_ident(names[option])) for option in options)
+                additions.append(f"ADD KEY `{index}` ({keyed})")
+        parts.append(
+            # the statement on a line of its own, so that it can be copied and run as is
+            f"add them with:\n    ALTER TABLE {_unquoted(self.quoted_table)} "
+            f"{', '.join(additions)}\n(existing rows become pending jobs; to run the rows of "
+            "a table your application already has, use business-table mode instead: "
+            "table_queue(table, where=..., claim=..., ack=..., nack=...))"
+        )
         parts.append(
             "if the table names them differently, pass "
             + ", ".join(f"{option}='<its column>'" for option in missing)

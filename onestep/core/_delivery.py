@@ -112,8 +112,10 @@ class Source(Endpoint):
 
     Subclasses implement `fetch()` (returning a list of Delivery; it may take a `limit`
     argument, the free capacity of the task), `ack(delivery)`, `retry(delivery,
-    delay_s=None)` and `fail(delivery, error=None)`; optionally `open()`, `close()` and
-    `release(delivery)`. Each may be `def` or `async def`. All of them run on the
+    delay_s=None)` and `fail(delivery, error=None)`; optionally `open()`, `close()`,
+    `release(delivery)` and `dead_lettered(delivery, error)` (called instead of `ack`
+    once the message's dead letter was stored; `error` is a HandlerFailed). Each may be
+    `def` or `async def`. All of them run on the
     source's actor thread; `async def` ones run on the event loop while that actor waits.
     """
 
