@@ -6,9 +6,9 @@ onestep imports thespian. Two planes:
 
 - Control, through thespian (`multiprocQueueBase`: multiprocessing queues between local
   processes, no listening socket): creating a worker actor, its `Setup` and `Ready`, its
-  exit (`ActorExitRequest`, the ActorSystem's shutdown). The admin's process tree is
-  guarded by the orphan watchdog (`onestep._orphan_watch`), a plain subprocess that acts
-  on EOF of its stdin pipe from the app.
+  exit (`ActorExitRequest`, the ActorSystem's shutdown, bounded: see
+  `onestep._thespian_system`). The tree is guarded by the orphan watchdog
+  (`onestep._orphan_watch`), a plain subprocess started before thespian's admin.
 - Data, one direct channel per worker process: the app listens on a Unix socket in a
   private directory (mode 0700, made by `tempfile.mkdtemp`) with a random 32-byte key,
   sends the path and the key in `Setup`, accepts one connection, authenticates it with
@@ -24,8 +24,9 @@ Each worker thread of the task takes an idle worker process from the pool, sends
 delivery (`Run`) and waits for its answer, serving on the way the handler's `ctx.state`
 and `ctx.emit` calls (`Call`, answered with `CallReply`: they run in the app's process,
 so `state.incr` stays atomic) and its log records. The waiting thread also enforces the
-hard deadline (SIGKILL, then a fresh worker) and notices a worker that died (`crashed`):
-its end of the channel closes, or it is found gone at the next poll.
+hard deadline (SIGKILL of the worker's process group and what is under it, then a fresh
+worker) and notices a worker that died (`crashed`): its end of the channel closes, or it
+is found gone at the next poll (what it started is then killed with its group).
 """
 
 from __future__ import annotations
@@ -36,25 +37,23 @@ import logging
 import os
 import pickle
 import queue
-import shutil
 import signal
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
 from typing import TYPE_CHECKING, Any
 
-from thespian.actors import Actor, ActorExitRequest, ActorSystem  # type: ignore[import-untyped]
+from thespian.actors import Actor, ActorExitRequest  # type: ignore[import-untyped]
 
 from actors import Failure, RemoteFailure, failure_from
 
+from . import _thespian_system as system
 from ._delivery import Delivery
-from ._orphan_watch import proc_stat
+from ._orphan_watch import kill_worker
 from ._process_executor import check_importable
 
 if TYPE_CHECKING:
@@ -68,10 +67,6 @@ logger = logging.getLogger("onestep.process")
 _POLL_S = 0.1
 # How long a new worker process may take to answer its Setup.
 _START_TIMEOUT_S = 30.0
-# Signals that the app's process group receives (Ctrl-C, systemd's and Docker's SIGTERM):
-# blocked in the admin and the workers, which inherit the mask, so that only the app
-# drains and then stops them; a message in flight is not cut short by the group signal.
-_GROUP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 # -- messages ---------------------------------------------------------------------------
@@ -179,6 +174,9 @@ class HandlerWorker(Actor):  # type: ignore[misc]
 
     def _start(self, setup: Setup) -> Ready:
         try:
+            # its own process group: a kill (timeout, crash, stop) takes what the handler
+            # started with it (subprocess.Popen, multiprocessing)
+            os.setpgid(0, 0)
             # SIGUSR1 from the app sets ctx.cancelled (at shutdown)
             signal.signal(signal.SIGUSR1, lambda *_: self._cancelled.set())
             task_logger = logging.getLogger(f"onestep.task.{setup.task}")
@@ -375,147 +373,6 @@ def _sink_key(sink: Any) -> tuple[str, str]:
 # -- the app's side ------------------------------------------------------------------------
 
 
-class _System:
-    """The app process's one thespian ActorSystem, shared by its process-executor tasks;
-    the private directory of their workers' channel sockets; and the watchdog that kills
-    the admin's process tree (and removes that directory) if the app dies without
-    shutting it down (SIGKILL, the OOM killer)."""
-
-    lock = threading.Lock()
-    users = 0
-    asys: Any = None
-    start_method = ""
-    watchdog: subprocess.Popen[bytes] | None = None
-    channels = ""
-    channel_count = 0
-
-    @classmethod
-    def acquire(cls, start_method: str, task: str) -> Any:
-        with cls.lock:
-            if cls.asys is None:
-                # blocked here, so the admin (forked by this thread) and its workers inherit
-                # the mask: see _GROUP_SIGNALS
-                old = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
-                before = _children()
-                try:
-                    cls.asys = ActorSystem(
-                        "multiprocQueueBase",
-                        capabilities={"Process Startup Method": start_method},
-                        transientUnique=True,
-                    )
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
-                    _reap_new(before)
-                cls.start_method = start_method
-                # mode 0700: only this user reaches the sockets (each also needs its key)
-                cls.channels = tempfile.mkdtemp(prefix="onestep-")
-            elif start_method != cls.start_method:
-                raise ValueError(
-                    f"task {task!r}: start_method={start_method!r}, but the app's worker "
-                    f"processes already start with {cls.start_method!r}; one app uses one"
-                )
-            cls.users += 1
-            return cls.asys
-
-    @classmethod
-    def channel_path(cls) -> str:
-        """A new socket path for a worker's channel, in the private directory."""
-        with cls.lock:
-            cls.channel_count += 1
-            return os.path.join(cls.channels, f"w{cls.channel_count}")
-
-    @classmethod
-    def watch(cls, admin_pid: int) -> None:
-        """Start the watchdog for the admin's process tree (once per ActorSystem)."""
-        with cls.lock:
-            if cls.watchdog is not None or cls.asys is None:
-                return
-            started = _start_time(admin_pid)
-            if started is None:
-                return
-            cls.watchdog = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "onestep._orphan_watch",
-                    str(admin_pid),
-                    started,
-                    cls.channels,
-                ],
-                stdin=subprocess.PIPE,
-                close_fds=True,
-            )
-
-    @classmethod
-    def release(cls) -> None:
-        with cls.lock:
-            cls.users -= 1
-            if cls.users > 0 or cls.asys is None:
-                return
-            asys, cls.asys = cls.asys, None
-            watchdog, cls.watchdog = cls.watchdog, None
-            channels, cls.channels = cls.channels, ""
-        try:
-            asys.shutdown()
-        except Exception:
-            logger.exception("shutting down the thespian ActorSystem failed")
-        if watchdog is not None:
-            # EOF tells it to kill what is left of the admin's tree, and to exit
-            assert watchdog.stdin is not None
-            watchdog.stdin.close()
-            try:
-                watchdog.wait(10.0)
-            except subprocess.TimeoutExpired:
-                watchdog.kill()
-                watchdog.wait()
-        shutil.rmtree(channels, ignore_errors=True)
-
-
-def _children() -> set[int]:
-    """This process's children (Linux /proc; empty elsewhere)."""
-    me = str(os.getpid())
-    found: set[int] = set()
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{me}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{me}/task/{task}/children") as f:
-                found.update(int(pid) for pid in f.read().split())
-    return found
-
-
-def _reap_new(before: set[int]) -> None:
-    """Reap the child that thespian forks to daemonize its admin (the admin runs in a
-    new session under init, watched by the watchdog); it exits at once and would stay
-    a zombie of the app."""
-    for pid in _children() - before:
-        with contextlib.suppress(OSError):
-            os.waitpid(pid, os.WNOHANG)
-
-
-def _start_time(pid: int) -> str | None:
-    """The start time of a process (field 22 of /proc/PID/stat, as the watchdog reads
-    it), or None."""
-    fields = proc_stat(pid)
-    return None if fields is None else fields[19]
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process runs (a zombie does not): /proc on Linux, kill(0) elsewhere."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class PayloadError(TypeError):
     """A payload that cannot be sent to a worker process: fails its message only."""
 
@@ -536,7 +393,7 @@ class WorkerProcess:
         self.messages = 0
         self.pid = 0
         self.address: Any = None
-        path = _System.channel_path()
+        path = system.channel_path()
         authkey = os.urandom(32)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -558,8 +415,7 @@ class WorkerProcess:
             if not isinstance(ready, Ready) or ready.error is not None:
                 reason = "no answer" if ready is None else getattr(ready, "error", repr(ready))
                 raise RuntimeError(f"a worker process did not start: {reason}")
-            _System.watch(ready.ppid)
-            self.conn = _accept(listener, authkey, self.pid)
+            self.conn = _accept(listener, authkey, self.pid, lambda: pool.stopped)
         except BaseException as exc:
             self.kill()
             if isinstance(exc, RuntimeError):
@@ -591,10 +447,17 @@ class WorkerProcess:
                 # checked before each wait: a handler that keeps logging still times out
                 if deadline is not None and time.monotonic() >= deadline:
                     self.kill()
+                    logger.warning(
+                        "task %r: handler exceeded timeout_s=%s; its worker process (pid %d) "
+                        "and its process group were killed",
+                        spec.name,
+                        spec.timeout_s,
+                        self.pid,
+                    )
                     raise RemoteFailure(self._timeout_failure(spec))
                 wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
                 if not conn.poll(max(0.0, wait)):
-                    if not _alive(self.pid):
+                    if not system.alive(self.pid):
                         self.kill()
                         raise RemoteFailure(self._crash_failure(spec))
                     if cancelled.is_set() and not signalled:
@@ -642,11 +505,11 @@ class WorkerProcess:
         )
 
     def kill(self) -> None:
-        """SIGKILL the process at once (it is stuck or dead) and drop its channel and
-        endpoint; the admin reaps it. Any thread."""
+        """SIGKILL the process at once (it is stuck or dead), with its process group and
+        what is still under it, and drop its channel and endpoint; the admin reaps it.
+        Any thread; never waits for the process."""
         if self.pid:
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
+            kill_worker(self.pid)
         elif self.address is not None:  # created, but it never said its pid
             with contextlib.suppress(Exception):
                 self.endpoint.tell(self.address, ActorExitRequest())
@@ -669,9 +532,15 @@ class WorkerProcess:
                 cm.__exit__(None, None, None)
 
 
-def _accept(listener: socket.socket, authkey: bytes, pid: int) -> Connection:
+def _accept(
+    listener: socket.socket,
+    authkey: bytes,
+    pid: int,
+    stopped: Callable[[], bool] = lambda: False,
+) -> Connection:
     """The channel of the worker process `pid`: its connection to `listener`, once it
-    proved it holds `authkey` (and this side proved it too)."""
+    proved it holds `authkey` (and this side proved it too). Gives up once `stopped()`:
+    a stop does not wait for a worker that is still starting."""
     listener.settimeout(_POLL_S)
     deadline = time.monotonic() + _START_TIMEOUT_S
     while True:
@@ -679,7 +548,9 @@ def _accept(listener: socket.socket, authkey: bytes, pid: int) -> Connection:
             sock, _ = listener.accept()
             break
         except TimeoutError:
-            if not _alive(pid):
+            if stopped():
+                raise RuntimeError("the worker processes were stopped") from None
+            if not system.alive(pid):
                 raise RuntimeError(
                     f"the worker process (pid {pid}) exited before it connected to the app"
                 ) from None
@@ -760,7 +631,7 @@ class WorkerPool:
                 f"config to a worker process (they must pickle): {exc}"
             ) from exc
         self.setup = setup
-        self.asys = _System.acquire(self.options.start_method, spec.name)
+        self.asys = system.acquire(self.options.start_method, spec.name)
         self._stopped = False
         try:
             for _ in range(workers):
@@ -769,10 +640,19 @@ class WorkerPool:
             self.stop()
             raise
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def _new_worker(self) -> WorkerProcess:
         worker = WorkerProcess(self)
         with self._lock:
-            self._all.add(worker)
+            stopped = self._stopped
+            if not stopped:
+                self._all.add(worker)
+        if stopped:  # started while the pool stopped: its stop did not see it
+            worker.kill()
+            raise RuntimeError(f"task {self.spec.name!r}: its worker processes are stopped")
         return worker
 
     def run(self, delivery: Any, cancelled: threading.Event, deadline: float | None) -> Any:
@@ -830,6 +710,8 @@ class WorkerPool:
         try:
             self._idle.put(self._new_worker())
         except Exception:
+            if self.stopped:  # a stop came while it started: nothing to report
+                return
             # the failure at hand is this message's own; the next message tries again
             logger.exception(
                 "task %r: a replacement worker process failed to start", self.spec.name
@@ -886,10 +768,13 @@ class WorkerPool:
 
     def stop(self) -> None:
         """Stop every worker process; on the task actor's thread, after its worker
-        threads were released. A worker still running a handler is killed."""
+        threads were released. A worker still running a handler (or crashing, or
+        starting) is killed; nothing here waits for a worker or, beyond a bound, for
+        thespian (see `_thespian_system.release`)."""
         if self._stopped or self.asys is None:
             return
-        self._stopped = True
+        with self._lock:  # with _new_worker's look: a worker started from now is killed
+            self._stopped = True
         idle = []
         with contextlib.suppress(queue.Empty):
             while True:
@@ -900,11 +785,11 @@ class WorkerPool:
         with self._lock:
             busy, self._all = self._all - set(idle), set()
         # A busy one is still in a handler after the shutdown cut-off: killed. An idle one
-        # exits with the ActorSystem's shutdown (killing it would make that wait about 2 s
-        # for thespian to notice).
+        # exits with the ActorSystem's shutdown, or is killed with the tree once that
+        # shutdown's bound ran out.
         for worker in busy:
             worker.kill()
         for worker in idle:
             worker.close()
         self.asys = None
-        _System.release()
+        system.release()

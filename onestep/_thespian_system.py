@@ -1,0 +1,293 @@
+"""The app process's one thespian ActorSystem for `executor="process"`: started guarded (the
+watchdog exists before the admin does), quiet (thespian's log lines under `onestep.thespian`,
+no `$TMPDIR/thespian.log`), and stopped within a bound whatever state thespian is in.
+
+Used by `onestep._thespian_pool` (WorkerPool.start and stop, on a task actor's thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from thespian.actors import ActorSystem  # type: ignore[import-untyped]
+from thespian.system.utilis import thesplog_control  # type: ignore[import-untyped]
+
+from ._orphan_watch import kill_marked, proc_stat
+
+logger = logging.getLogger("onestep.process")
+
+# Signals that the app's process group receives (Ctrl-C, systemd's and Docker's SIGTERM):
+# blocked in the admin and the workers, which inherit the mask, so that only the app
+# drains and then stops them; a message in flight is not cut short by the group signal.
+GROUP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# How long a stop waits for thespian's own shutdown before it kills what is left: the
+# admin can be stuck (a crash loop deadlocks it with the app on full queues), and nothing
+# of value is lost by killing idle workers, the admin and its logger.
+SHUTDOWN_S = 0.5
+# How long a stop waits for the watchdog to exit once told to.
+_WATCHDOG_EXIT_S = 2.0
+# The environment variable that marks spawned processes of the tree (see _orphan_watch).
+_TOKEN_VAR = "ONESTEP_EXECUTOR_TREE"
+
+
+class _Relay(logging.Handler):
+    """thespian's log records (the admin's `++++ Actor System gen ... started`, the
+    logger process's) re-emitted under `onestep.thespian`, below WARNING at DEBUG, through
+    the app's handlers (inherited by fork) or, in a spawned process, stderr."""
+
+    def __init__(self, handlers: list[logging.Handler] | None = None) -> None:
+        super().__init__()
+        self.handlers = list(handlers or [])
+        if not self.handlers:
+            stream = logging.StreamHandler(sys.stderr)
+            stream.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            self.handlers.append(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith("onestep."):
+            suffix = "" if record.name == "root" else f".{record.name}"
+            record.name = f"onestep.thespian{suffix}"
+        if record.levelno < logging.WARNING:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        if record.levelno < logging.getLogger(record.name).getEffectiveLevel():
+            return
+        for handler in self.handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+# The app's root handlers, kept in the processes forked while the ActorSystem starts.
+_app_handlers: list[logging.Handler] = []
+
+
+def relay_handler() -> logging.Handler:
+    """The handler of thespian's logger process (named in LOG_DEFS)."""
+    return _Relay(_app_handlers)
+
+
+# thespian's logger process is configured with this (never logDefs=False: that crashes
+# every actor). WARNING: the actors send it nothing below that.
+LOG_DEFS = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"onestep": {"()": "onestep._thespian_system.relay_handler"}},
+    "root": {"level": "WARNING", "handlers": ["onestep"]},
+}
+
+
+def _after_fork_in_child() -> None:
+    """In a process forked while the ActorSystem starts (thespian's admin, then, inherited,
+    its logger and workers): thespian logs on the root logger, so the root logger relays."""
+    if not _System.starting:
+        return
+    root = logging.getLogger()
+    if any(isinstance(h, _Relay) for h in root.handlers):
+        return
+    _app_handlers[:] = root.handlers
+    root.handlers[:] = [_Relay(_app_handlers)]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables while the admin starts (a spawned admin, and the workers
+    it spawns, inherit them); the app's own environment is restored after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+class _System:
+    """The ActorSystem shared by the app's process-executor tasks; the private directory
+    of their workers' channel sockets; and the watchdog that kills the tree (and removes
+    that directory) if the app dies without stopping it."""
+
+    lock = threading.Lock()
+    starting = False
+    users = 0
+    asys: Any = None
+    start_method = ""
+    watchdog: subprocess.Popen[bytes] | None = None
+    channels = ""
+    channel_count = 0
+    marker = 0
+    token = b""
+
+
+def acquire(start_method: str, task: str) -> Any:
+    """The ActorSystem, started if it is not yet; on a task actor's thread."""
+    with _System.lock:
+        if _System.asys is None:
+            _start(start_method)
+        elif start_method != _System.start_method:
+            raise ValueError(
+                f"task {task!r}: start_method={start_method!r}, but the app's worker "
+                f"processes already start with {_System.start_method!r}; one app uses one"
+            )
+        _System.users += 1
+        return _System.asys
+
+
+def _start(start_method: str) -> None:
+    # mode 0700: only this user reaches the sockets (each also needs its key)
+    channels = tempfile.mkdtemp(prefix="onestep-")
+    token = f"{_TOKEN_VAR}={os.urandom(16).hex()}"
+    read_end, write_end = os.pipe()  # the marker: see _orphan_watch
+    marker = os.fstat(read_end).st_ino
+    watchdog = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "onestep._orphan_watch",
+            str(os.getpid()),
+            str(marker),
+            token,
+            channels,
+        ],
+        stdin=subprocess.PIPE,
+        close_fds=True,
+    )
+    user_log = "THESPLOG_FILE" in os.environ  # the user asked for thespian's file: kept
+    env: dict[str, str] = {}
+    if not user_log:
+        thesplog_control(logging.WARNING, False, 0)  # in this process and its forks
+        env["THESPLOG_FILE_MAXSIZE"] = "0"  # in spawned processes
+    if start_method == "spawn":
+        env[_TOKEN_VAR] = token.split("=", 1)[1]
+    # blocked here, so the admin (forked by this thread) and its workers inherit the mask:
+    # see GROUP_SIGNALS
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
+    before = _children()
+    _System.starting = True
+    try:
+        with _environment(env):
+            asys = ActorSystem(
+                "multiprocQueueBase",
+                capabilities={"Process Startup Method": start_method},
+                logDefs=LOG_DEFS,
+                transientUnique=True,
+            )
+    except BaseException:
+        _System.starting = False
+        _stop_watchdog(watchdog, marker, token.encode(), kill=True)
+        shutil.rmtree(channels, ignore_errors=True)
+        raise
+    finally:
+        _System.starting = False
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        os.close(read_end)
+        os.close(write_end)
+        _reap_new(before)
+    _System.asys, _System.start_method, _System.watchdog = asys, start_method, watchdog
+    _System.channels, _System.marker, _System.token = channels, marker, token.encode()
+
+
+def channel_path() -> str:
+    """A new socket path for a worker's channel, in the private directory."""
+    with _System.lock:
+        _System.channel_count += 1
+        return os.path.join(_System.channels, f"w{_System.channel_count}")
+
+
+def release() -> None:
+    """One task stopped using the system; the last one stops it, within a bound: thespian's
+    shutdown is given SHUTDOWN_S, then every process of the tree is killed."""
+    with _System.lock:
+        _System.users -= 1
+        if _System.users > 0 or _System.asys is None:
+            return
+        asys, _System.asys = _System.asys, None
+        watchdog, _System.watchdog = _System.watchdog, None
+        channels, _System.channels = _System.channels, ""
+        marker, token = _System.marker, _System.token
+    done = threading.Event()
+
+    def shut_down() -> None:
+        try:
+            asys.shutdown()
+        except Exception:
+            logger.debug("thespian's shutdown failed", exc_info=True)
+        finally:
+            done.set()
+
+    # a daemon thread: if the admin is stuck, the thread is left to thespian's own
+    # timeouts, and the app goes on
+    threading.Thread(target=shut_down, name="onestep-thespian-shutdown", daemon=True).start()
+    if not done.wait(SHUTDOWN_S):
+        logger.debug("thespian's shutdown did not finish within %s s: killing", SHUTDOWN_S)
+    if watchdog is not None:
+        _stop_watchdog(watchdog, marker, token, kill=True)
+    shutil.rmtree(channels, ignore_errors=True)
+
+
+def _stop_watchdog(
+    watchdog: subprocess.Popen[bytes], marker: int, token: bytes, *, kill: bool
+) -> None:
+    """Kill the tree (here, not in the watchdog: done when this returns), then tell the
+    watchdog to exit and wait for it, bounded."""
+    if kill:
+        kill_marked(marker, token)
+    with contextlib.suppress(OSError):
+        assert watchdog.stdin is not None
+        watchdog.stdin.write(b"stop\n")
+        watchdog.stdin.close()
+    try:
+        watchdog.wait(_WATCHDOG_EXIT_S)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait()
+
+
+def _children() -> set[int]:
+    """This process's children (Linux /proc; empty elsewhere)."""
+    me = str(os.getpid())
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{me}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{me}/task/{task}/children") as f:
+                found.update(int(pid) for pid in f.read().split())
+    return found
+
+
+def _reap_new(before: set[int]) -> None:
+    """Reap the child that thespian forks to daemonize its admin (the admin runs in a
+    new session under init, watched by the watchdog); it exits at once and would stay
+    a zombie of the app."""
+    for pid in _children() - before:
+        with contextlib.suppress(OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie does not): /proc on Linux, kill(0) elsewhere."""
+    fields = proc_stat(pid)
+    if fields is not None:
+        return fields[0] not in ("Z", "X")
+    if os.path.isdir("/proc"):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
