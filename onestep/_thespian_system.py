@@ -86,13 +86,13 @@ LOG_DEFS = {
 
 
 def _after_fork_in_child() -> None:
-    """In a process forked while the ActorSystem starts (thespian's admin, then, inherited,
-    its logger and workers): thespian logs on the root logger, so the root logger relays."""
+    """In the process forked while the ActorSystem starts (thespian's daemonizing fork,
+    whose memory its admin inherits): thespian logs on the root logger, so the root logger
+    relays. Once: a process the admin or a handler forks later is left alone."""
     if not _System.starting:
         return
+    _System.starting = False
     root = logging.getLogger()
-    if any(isinstance(h, _Relay) for h in root.handlers):
-        return
     _app_handlers[:] = root.handlers
     root.handlers[:] = [_Relay(_app_handlers)]
 
@@ -219,6 +219,8 @@ def release() -> None:
         watchdog, _System.watchdog = _System.watchdog, None
         channels, _System.channels = _System.channels, ""
         marker, token = _System.marker, _System.token
+    # taken now: a finished shutdown drops it (thespian's transport, private attributes)
+    transport = getattr(getattr(asys, "_systemBase", None), "transport", None)
     done = threading.Event()
 
     def shut_down() -> None:
@@ -234,9 +236,23 @@ def release() -> None:
     threading.Thread(target=shut_down, name="onestep-thespian-shutdown", daemon=True).start()
     if not done.wait(SHUTDOWN_S):
         logger.debug("thespian's shutdown did not finish within %s s: killing", SHUTDOWN_S)
+    _abandon_queues(transport)
     if watchdog is not None:
         _stop_watchdog(watchdog, marker, token, kill=True)
     shutil.rmtree(channels, ignore_errors=True)
+
+
+def _abandon_queues(transport: Any) -> None:
+    """Let the interpreter exit without flushing this process's thespian queues: their
+    feeder threads can be blocked for good writing to the admin's full pipe (the app
+    itself holds its read end, so killing the admin does not break it), and
+    multiprocessing joins them at exit. What they hold is for processes that are killed.
+    (thespian's transport keeps them as `_adminQ` and `_myInputQ`.)"""
+    for name in ("_adminQ", "_myInputQ"):
+        cancel = getattr(getattr(transport, name, None), "cancel_join_thread", None)
+        if cancel is not None:
+            with contextlib.suppress(Exception):
+                cancel()
 
 
 def _stop_watchdog(

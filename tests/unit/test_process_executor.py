@@ -135,3 +135,36 @@ def test_a_crashed_worker_is_retried_like_an_error(policy):
     assert "crashed" not in NOT_RETRIED
     assert policy.next_delay(1, crashed) is not None
     assert policy.next_delay(3, crashed) is None
+
+
+class RecordingLink:
+    """Stands in for a worker's channel to the app: records each forwarded call."""
+
+    def __init__(self, value):
+        self.calls = []
+        self.value = value
+
+    def call(self, op, *args):
+        self.calls.append((op, args))
+        return self.value
+
+
+def test_one_ctx_state_incr_in_a_worker_is_one_call_run_by_the_apps_store():
+    """`ctx.state.incr` in a worker process forwards one `state.incr` to the app's process
+    (never a get then a set, which two workers would interleave), and the app's side runs
+    it as one `incr` on the task's state."""
+    import pickle
+
+    from onestep._thespian_pool import Call, WorkerPool, _StateProxy
+
+    link = RecordingLink(7)
+    assert _StateProxy(link).incr("hits", 3) == 7
+    assert link.calls == [("state.incr", ("hits", 3))]
+
+    app = OneStepApp("pe")
+    app.task(source=MemoryQueue("a"), name="job", executor="process")(module_level)
+    pool = WorkerPool(app.tasks["job"], ProcessExecutor())
+    for expected in (3, 6):
+        reply = pool.serve(Call(1, "state.incr", pickle.dumps(("hits", 3))))
+        assert (reply.value, reply.error) == (expected, None)
+    assert app.state.get("pe:job:hits") == 6
