@@ -21,11 +21,11 @@ from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
 from ._interval import IntervalSource
 from ._logging import JsonFormatter, configure_logging
 from ._memory import MemoryQueue
-from ._process_executor import ProcessExecutor
 from ._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
 from ._sqlite_state import SQLiteStateStore
 from ._state import InMemoryStateStore, StateStore
 from ._version import __version__
+from .executor import ProcessExecutor
 
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {

@@ -24,9 +24,9 @@ from ._checks import check_delay, check_int, check_number
 from ._dead_letters import DeadLetters, dead_letters_of
 from ._delivery import SourceContext
 from ._events import TaskEvent
-from ._process_executor import ProcessExecutor
 from ._state import InMemoryStateStore, StateStore
 from ._task import TaskSpec, is_async_callable
+from .executor import ProcessExecutor
 
 logger = logging.getLogger("onestep.app")
 

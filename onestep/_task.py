@@ -18,9 +18,9 @@ from actors import ExecutorPort, Failure, SinkRoute
 from ._checks import check_delay, check_int
 from ._context import TaskContext
 from ._delivery import Delivery, is_sink, missing_source_methods
-from ._process_executor import ProcessExecutor, check_runs_elsewhere, executor_option
 from ._retry import NoRetry, RetryPolicy
 from ._state import AsyncStateView, StateView
+from .executor import ProcessExecutor, check_runs_elsewhere, executor_option
 
 if TYPE_CHECKING:
     from ._app import OneStepApp
@@ -230,12 +230,9 @@ class TaskSpec:
             return
         if route is None:
             self.executor = None
-            self.__dict__.pop("invoke", None)
             return
-        pool = self.process.bind(self)
-        self.executor = pool
-        # an instance attribute: the thread executor's invoke keeps its cost
-        self.invoke = pool.run  # type: ignore[method-assign,attr-defined]
+        # the task's worker threads call its run in place of invoke
+        self.executor = self.process.bind(self)
 
     _route: Callable[[Any], SinkRoute] | None = None
 

@@ -1,8 +1,11 @@
-"""The app process's one thespian ActorSystem for `executor="process"`: started guarded (the
-watchdog exists before the admin does), quiet (thespian's log lines under `onestep.thespian`,
-no `$TMPDIR/thespian.log`), and stopped within a bound whatever state thespian is in.
+"""Everything of `executor="process"` that touches thespian (the only module importing it):
+the app process's one ActorSystem, started guarded (the watchdog exists before the admin
+does), quiet (thespian's log lines under `onestep.thespian`, no `$TMPDIR/thespian.log`) and
+stopped within a bound whatever state thespian is in; a worker's endpoint (create, exit);
+and the worker's actor.
 
-Used by `onestep._thespian_pool` (WorkerPool.start and stop, on a task actor's thread).
+Used by `onestep.executor._pool` (on a task's actor and worker threads); the actor runs
+in the worker processes (control plane only: the data goes over `_channel`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from thespian.actors import ActorSystem  # type: ignore[import-untyped]
+from thespian.actors import (  # type: ignore[import-untyped]
+    Actor,
+    ActorExitRequest,
+    ActorSystem,
+)
 from thespian.system.utilis import thesplog_control  # type: ignore[import-untyped]
 
-from ._orphan_watch import kill_marked, proc_stat
+from ._channel import Ready, Setup
+from ._watchdog import kill_marked
+from ._worker import WorkerSide
 
 logger = logging.getLogger("onestep.process")
 
@@ -36,7 +45,7 @@ GROUP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 SHUTDOWN_S = 0.5
 # How long a stop waits for the watchdog to exit once told to.
 _WATCHDOG_EXIT_S = 2.0
-# The environment variable that marks spawned processes of the tree (see _orphan_watch).
+# The environment variable that marks spawned processes of the tree (see _watchdog).
 _TOKEN_VAR = "ONESTEP_EXECUTOR_TREE"
 
 
@@ -80,7 +89,7 @@ def relay_handler() -> logging.Handler:
 LOG_DEFS = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"onestep": {"()": "onestep._thespian_system.relay_handler"}},
+    "handlers": {"onestep": {"()": "onestep.executor._thespian.relay_handler"}},
     "root": {"level": "WARNING", "handlers": ["onestep"]},
 }
 
@@ -151,13 +160,13 @@ def _start(start_method: str) -> None:
     # mode 0700: only this user reaches the sockets (each also needs its key)
     channels = tempfile.mkdtemp(prefix="onestep-")
     token = f"{_TOKEN_VAR}={os.urandom(16).hex()}"
-    read_end, write_end = os.pipe()  # the marker: see _orphan_watch
+    read_end, write_end = os.pipe()  # the marker: see _watchdog
     marker = os.fstat(read_end).st_ino
     watchdog = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "onestep._orphan_watch",
+            "onestep.executor._watchdog",
             str(os.getpid()),
             str(marker),
             token,
@@ -293,17 +302,41 @@ def _reap_new(before: set[int]) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
-def alive(pid: int) -> bool:
-    """Whether the process runs (a zombie does not): /proc on Linux, kill(0) elsewhere."""
-    fields = proc_stat(pid)
-    if fields is not None:
-        return fields[0] not in ("Z", "X")
-    if os.path.isdir("/proc"):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class Endpoint:
+    """A private thespian endpoint that creates one worker process and can ask it to
+    exit; used by one worker thread at a time (a thespian endpoint is not thread-safe)."""
+
+    def __init__(self, asys: Any) -> None:
+        self._cm = asys.private()
+        self._context = self._cm.__enter__()
+        self._address: Any = None
+
+    def start_worker(self, setup: Setup, timeout_s: float) -> Ready | None:
+        """Create the worker process and hand it `setup`; its answer (None: none in time)."""
+        self._address = self._context.createActor(HandlerWorker)
+        answer: Ready | None = self._context.ask(self._address, setup, timeout_s)
+        return answer
+
+    def exit_worker(self) -> None:
+        """Ask the worker process to exit (it is idle, or never said its pid)."""
+        if self._address is not None:
+            with contextlib.suppress(Exception):
+                self._context.tell(self._address, ActorExitRequest())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._cm.__exit__(None, None, None)
+
+
+class HandlerWorker(Actor):  # type: ignore[misc]
+    """A worker process's thespian actor (its main thread): takes `Setup` and its exit
+    from thespian; the work is `WorkerSide`'s, on a thread of its own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._side = WorkerSide()
+
+    def receiveMessage(self, message: Any, sender: Any) -> None:
+        """Runs on the worker process's main thread."""
+        if isinstance(message, Setup):
+            self.send(sender, self._side.start(message))

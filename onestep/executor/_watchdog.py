@@ -2,8 +2,9 @@
 everything it started (a timeout, a crash, a stop), and the whole thespian tree, by the
 watchdog process when the app dies without stopping it (SIGKILL, the OOM killer).
 
-Used by `onestep._thespian_system` and `onestep._thespian_pool` (the app's side), and run
-by the former as `python -m onestep._orphan_watch APP_PID MARKER_INODE TOKEN CHANNELS_DIR`
+Used by `onestep.executor._thespian` and `onestep.executor._pool` (the app's side), and
+run by the former as
+`python -m onestep.executor._watchdog APP_PID MARKER_INODE TOKEN CHANNELS_DIR`
 BEFORE the ActorSystem is created, so that it guards the admin from the moment the admin
 exists. The admin, its logger and the workers cannot be found by their parent (thespian
 daemonizes the admin: it runs in a new session under init), so they carry a marker
@@ -35,6 +36,22 @@ def proc_stat(pid: int) -> list[str] | None:
             return stat.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie does not): /proc on Linux, kill(0) elsewhere."""
+    fields = proc_stat(pid)
+    if fields is not None:
+        return fields[0] not in ("Z", "X")
+    if os.path.isdir("/proc"):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _table() -> dict[int, tuple[int, int]]:
