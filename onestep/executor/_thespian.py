@@ -162,19 +162,16 @@ def _start(start_method: str) -> None:
     token = f"{_TOKEN_VAR}={os.urandom(16).hex()}"
     read_end, write_end = os.pipe()  # the marker: see _watchdog
     marker = os.fstat(read_end).st_ino
-    watchdog = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "onestep.executor._watchdog",
-            str(os.getpid()),
-            str(marker),
-            token,
-            channels,
-        ],
-        stdin=subprocess.PIPE,
-        close_fds=True,
-    )
+    command = [sys.executable, "-m", "onestep.executor._watchdog", str(os.getpid())]
+    try:
+        watchdog = subprocess.Popen(
+            [*command, str(marker), token, channels], stdin=subprocess.PIPE, close_fds=True
+        )
+    except BaseException:
+        os.close(read_end)
+        os.close(write_end)
+        shutil.rmtree(channels, ignore_errors=True)
+        raise
     user_log = "THESPLOG_FILE" in os.environ  # the user asked for thespian's file: kept
     env: dict[str, str] = {}
     if not user_log:
