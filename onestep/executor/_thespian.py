@@ -164,8 +164,13 @@ def _start(start_method: str) -> None:
     marker = os.fstat(read_end).st_ino
     command = [sys.executable, "-m", "onestep.executor._watchdog", str(os.getpid())]
     try:
+        # a session of its own: a SIGKILL to the app's whole process group (`timeout`, a
+        # shell's job control) must not take the watchdog with the app
         watchdog = subprocess.Popen(
-            [*command, str(marker), token, channels], stdin=subprocess.PIPE, close_fds=True
+            [*command, str(marker), token, channels],
+            stdin=subprocess.PIPE,
+            close_fds=True,
+            start_new_session=True,
         )
     except BaseException:
         os.close(read_end)

@@ -369,3 +369,17 @@ def test_a_sigkill_in_the_first_moments_leaves_no_process(started, app, moment):
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     wait_untagged(tag, timeout=10.0)
+
+
+def test_a_sigkill_to_the_apps_whole_process_group_leaves_no_process(started):
+    """`timeout -s KILL`, a shell's job control: the app and everything in its group get
+    SIGKILL at once; the watchdog, in a session of its own, survives it and cleans up."""
+    tag = uuid.uuid4().hex
+    parent = Parent(f"{APPS}:hang_app", env={"ONESTEP_PROBE": tag}, new_session=True)
+    pids: list[int] = []
+    started.append((parent, pids))
+    parent.err.wait_until(lambda lines: sum("HANG pid=" in x for x in lines) >= 2, "2 HANG lines")
+    pids.extend(tagged(tag))
+    os.killpg(parent.pid, signal.SIGKILL)
+    parent.wait()
+    wait_untagged(tag, timeout=10.0)
