@@ -124,8 +124,8 @@ class TaskPort(Protocol):
 
     @property
     def executor(self) -> ExecutorPort | None:
-        """Where a sync handler runs: None for the task's own worker threads, else an
-        ExecutorPort (worker processes) that `invoke` hands each delivery to."""
+        """Where a sync handler runs: None for the task's worker threads (`invoke`), else
+        an ExecutorPort (worker processes) whose `run` the worker threads call instead."""
         ...
 
     def invoke(self, delivery: Any, cancelled: threading.Event, deadline: float | None) -> Any:
@@ -146,9 +146,15 @@ class ExecutorPort(Protocol):
     thread). The task's worker threads still take and settle the deliveries; each blocks
     in `TaskPort.invoke` while the executor runs the handler elsewhere, and the executor
     enforces `timeout_s` itself (it kills what overran), so the TaskActor never abandons
-    such a thread. `invoke` raises `RemoteFailure` for a handler that failed elsewhere,
+    such a thread. `run` raises `RemoteFailure` for a handler that failed elsewhere,
     timed out or crashed.
     """
+
+    def run(self, delivery: Any, cancelled: threading.Event, deadline: float | None) -> Any:
+        """Run the handler on one delivery elsewhere and return its result; runs on a
+        worker thread of the task, in place of `TaskPort.invoke`. `cancelled` is set at
+        shutdown; `deadline` (monotonic) is None unless the task has a `timeout_s`."""
+        ...
 
     def start(self, workers: int) -> None:
         """Start `workers` workers; runs on the task actor's thread as it starts. Raises
@@ -157,7 +163,8 @@ class ExecutorPort(Protocol):
 
     def stop(self) -> None:
         """Stop every worker and leave no process behind; runs on the task actor's thread
-        after the worker threads were released. Idempotent."""
+        after the worker threads were released. Idempotent, and bounded: it never waits
+        on a worker that is crashing or stuck."""
         ...
 
 

@@ -38,6 +38,10 @@ class Worker:
         self.deadline = 0.0
         self.watched = False
         self.abandoned = False
+        # where the handler runs: the task's own invoke here, or its executor's run
+        # (worker processes); chosen once, so the thread executor's path costs nothing
+        executor = runtime.task.executor
+        self.invoke = runtime.task.invoke if executor is None else executor.run
         self.thread = threading.Thread(
             target=self._main, name=f"onestep-{runtime.task.name}-worker-{index}", daemon=True
         )
@@ -124,7 +128,7 @@ class Worker:
         if runtime.events is None:
             # Durations only feed events: no clock reads without an event handler.
             try:
-                result = runtime.task.invoke(delivery, self.cancelled, None)
+                result = self.invoke(delivery, self.cancelled, None)
             except BaseException as exc:  # SystemExit too: it fails this message only
                 runtime.failed(delivery, failure_from(exc), None)
                 return
@@ -134,7 +138,7 @@ class Worker:
             runtime.started(delivery)
         start = time.monotonic()
         try:
-            result = runtime.task.invoke(delivery, self.cancelled, None)
+            result = self.invoke(delivery, self.cancelled, None)
         except BaseException as exc:  # SystemExit too: it fails this message only
             runtime.failed(delivery, failure_from(exc), time.monotonic() - start)
             return
@@ -157,7 +161,7 @@ class Worker:
                     timeout_s, tell_quietly, runtime.actor_ref, CheckDeadline(self)
                 )
         try:
-            result = runtime.task.invoke(delivery, self.cancelled, deadline)
+            result = self.invoke(delivery, self.cancelled, deadline)
             failure = None
         except BaseException as exc:
             failure = failure_from(exc)

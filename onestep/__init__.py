@@ -13,7 +13,6 @@ from typing import Any
 from actors import AppFailed, EncodeError, Failure, StartupError
 
 from ._onestep_app import OneStepApp
-from ._process_executor import ProcessExecutor
 from ._version import __version__
 from .core import (
     Delivery,
@@ -31,6 +30,7 @@ from .core import (
     TaskEvent,
     configure_logging,
 )
+from .executor import ProcessExecutor
 from .ops import DeadLetter, DeadLetterEntry, DeadLetters, NotBrowsable, NotReplayable
 from .sources import CronSource, IntervalSource, MemoryQueue
 from .state import InMemoryStateStore, SQLiteStateStore, StateStore

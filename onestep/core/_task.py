@@ -243,12 +243,9 @@ class TaskSpec:
             return
         if route is None:
             self.executor = None
-            self.__dict__.pop("invoke", None)
             return
-        pool = self.process.bind(self)
-        self.executor = pool
-        # an instance attribute: the thread executor's invoke keeps its cost
-        self.invoke = pool.run  # type: ignore[method-assign,attr-defined]
+        # the task's worker threads call its run in place of invoke
+        self.executor = self.process.bind(self)
 
     _route: Callable[[Any], SinkRoute] | None = None
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -75,6 +77,8 @@ def build(
             "message": failure["message"],
             "attempts": ctx.current.meta["original_attempts"],
             "runs": runs,
+            # the pids its handler stored (the worker's, its children's)
+            "pids": ctx.app.state.get(f"{app.name}:work:pids-{payload}"),
         }
         say("DEAD " + json.dumps(line))
 
@@ -107,7 +111,7 @@ def misbehave(ctx: Any, item: Any) -> Any:
     """Sleeps, exits the process, returns what does not pickle, or does its work."""
     ctx.state.incr(f"runs-{item}")
     if item == "sleep":
-        ctx.state.set("sleeper", os.getpid())
+        ctx.state.set(f"pids-{item}", [os.getpid()])
         time.sleep(120)
     if item == "chatty":  # keeps the app busy with log records past its deadline
         while True:
@@ -142,6 +146,34 @@ def hang(ctx: Any, item: Any) -> None:
     """Logs its pid and its parent's (the thespian admin), then blocks."""
     ctx.logger.warning("HANG pid=%d ppid=%d", os.getpid(), os.getppid())
     time.sleep(120)
+
+
+def start_children(ctx: Any, item: Any) -> None:
+    """Starts children, stores their pids and its own, then overruns its timeout ("timeout":
+    a plain child and one in a session of its own) or exits the process ("crash": a plain
+    child)."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    quiet = subprocess.DEVNULL  # a child left behind must not hold the test's pipes open
+    children = [subprocess.Popen(sleeper, stdout=quiet, stderr=quiet)]
+    if item == "timeout":
+        detached = subprocess.Popen(sleeper, stdout=quiet, stderr=quiet, start_new_session=True)
+        children.append(detached)
+    ctx.state.set(f"pids-{item}", [os.getpid(), *(child.pid for child in children)])
+    if item == "crash":
+        os._exit(3)
+    time.sleep(120)
+
+
+def incr_loop(ctx: Any, item: Any) -> Any:
+    """300 increments in a tight loop: two workers' loops overlap."""
+    last = 0
+    for _ in range(300):
+        last = ctx.state.incr("total")
+    return {"item": item, "last": last, "pid": os.getpid()}
+
+
+def crash_always(ctx: Any, item: Any) -> None:
+    os._exit(3)
 
 
 def which_pid(ctx: Any, item: Any) -> Any:
@@ -195,3 +227,21 @@ def spawn_app() -> OneStepApp:
 
 def hang_app() -> OneStepApp:
     return build("pe-hang", hang, [1, 2], concurrency=2)
+
+
+def hang_spawn_app() -> OneStepApp:
+    executor = ProcessExecutor(start_method="spawn")
+    return build("pe-hang-spawn", hang, [1, 2], executor=executor, concurrency=2)
+
+
+def children_app() -> OneStepApp:
+    return build("pe-children", start_children, ["timeout", "crash"], concurrency=2, timeout_s=1.0)
+
+
+def crash_loop_app() -> OneStepApp:
+    # every message crashes its worker: the app replaces workers until it is stopped
+    return build("pe-crash-loop", crash_always, list(range(100_000)), concurrency=2)
+
+
+def incr_app() -> OneStepApp:
+    return build("pe-incr", incr_loop, list(range(8)), concurrency=2)

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,10 @@ def started():
         kill_leftovers(pids)
 
 
-def start(started, app: str, env: dict[str, str] | None = None) -> tuple[Parent, list[int]]:
-    parent = Parent(f"{APPS}:{app}", env=env)
+def start(
+    started, app: str, env: dict[str, str] | None = None, *args: str
+) -> tuple[Parent, list[int]]:
+    parent = Parent(f"{APPS}:{app}", *args, env=env)
     pids: list[int] = []
     started.append((parent, pids))
     return parent, pids
@@ -77,6 +80,36 @@ def descendants(root: int) -> set[int]:
     return found
 
 
+def tagged(tag: str) -> set[int]:
+    """Every running process with `ONESTEP_PROBE=tag` in its environment: the app started
+    with it and every process forked from it or started by one of those (thespian's admin
+    and logger, the workers, the watchdog, a handler's children), wherever they moved."""
+    needle = f"ONESTEP_PROBE={tag}".encode()
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if needle in environ.split(b"\0") and not is_gone(int(entry.name)):
+                found.add(int(entry.name))
+    return found
+
+
+def wait_untagged(tag: str, timeout: float) -> None:
+    """Wait until no process carries `tag`; AssertionError naming those left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = tagged(tag)
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            kill_leftovers(sorted(left))
+            raise AssertionError(f"processes left after {timeout} s: {sorted(left)}")
+        time.sleep(0.05)  # polling a condition with a deadline
+
+
 def wait_gone(pids: set[int], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -111,6 +144,15 @@ def test_cpu_bound_messages_run_in_two_child_processes_with_exact_state(started)
     parent.err.rest()
     assert parent.err.count("onestep.task.work: handled") == 12
     wait_gone(workers)
+
+
+def test_increments_from_two_workers_in_tight_loops_add_up_exactly(started):
+    parent, _ = start(started, "incr_app")
+    results = wait_records(parent, "RESULT", 8)
+    stop(parent)
+    assert len({r["pid"] for r in results}) == 2
+    # 8 messages x 300 increments; the last one of all saw the exact total
+    assert max(r["last"] for r in results) == 2400
 
 
 def test_ctx_state_and_ctx_emit_run_in_the_app_process(started):
@@ -156,15 +198,29 @@ def test_a_sleeping_handler_is_killed_at_its_timeout_and_dead_lettered(started):
     assert sorted(d["payload"] for d in dead) == ["chatty", "sleep"]
     for letter in dead:
         assert letter["kind"] == "timeout" and "was killed" in letter["message"]
+    # the timed-out worker itself is gone at once, not only once the app stops
+    (sleeper,) = next(d["pids"] for d in dead if d["payload"] == "sleep")
+    pids.append(sleeper)
+    wait_gone({sleeper}, timeout=2.0)
+    assert parent.process.poll() is None  # the app still runs
+    # the kill is logged: task, pid, timeout
+    parent.err.wait_for(
+        f"task 'work': handler exceeded timeout_s=0.5; its worker process (pid {sleeper})"
+    )
     results = wait_records(parent, "RESULT", 3)
     assert sorted(r["item"] for r in results) == [1, 2, 3]
     (admin,) = {r["admin"] for r in results}  # thespian's admin runs in its own session
     tree = descendants(app) | {admin} | descendants(admin) | {r["pid"] for r in results}
     assert len(tree) >= 5  # the watchdog, the admin, its logger, two workers
     pids.extend(tree)
+    began = time.monotonic()
     stop(parent)
+    # thespian's shutdown after a kill no longer holds the stop for 10 s
+    assert time.monotonic() - began < 2.0
     wait_gone(tree)
     parent.out.rest()  # every holder of the stdout pipe (the workers too) has exited
+    # thespian's own lines are DEBUG records of onestep.thespian: not at INFO
+    assert not [line for line in parent.err.rest() if "++++" in line or "----" in line]
 
 
 def test_a_crashing_worker_fails_its_message_as_crashed_and_others_go_on(started):
@@ -235,3 +291,95 @@ def test_no_worker_admin_or_watchdog_outlives_a_sigkilled_app(started, tmp_path)
     wait_gone(tree, timeout=10.0)
     parent.out.rest()
     assert list(tmp_path.iterdir()) == []  # the watchdog removed the channels' directory
+
+
+def test_a_handlers_children_die_with_its_worker_at_a_timeout_or_a_crash(started):
+    """The worker leads its own process group: a kill takes what its handler started with
+    it, and a child that left the group (setsid) but is still under the worker too."""
+    parent, pids = start(started, "children_app")
+    dead = {d["payload"]: d for d in wait_records(parent, "DEAD", 2, timeout=15.0)}
+    assert (dead["timeout"]["kind"], dead["crash"]["kind"]) == ("timeout", "crashed")
+    timed_out, crashed = dead["timeout"]["pids"], dead["crash"]["pids"]
+    assert len(timed_out) == 3 and len(crashed) == 2  # worker, plain child (, setsid child)
+    pids.extend(timed_out + crashed)
+    wait_gone(set(timed_out) | set(crashed), timeout=2.0)
+    assert parent.process.poll() is None  # gone with their worker, before the app stops
+    stop(parent)
+
+
+def test_thespian_writes_no_log_file_in_tmpdir(started, tmp_path):
+    # THESPLOG_THRESHOLD=DEBUG makes thespian write every line it has (without the fix:
+    # $TMPDIR/thespian.log at once)
+    env = {"TMPDIR": str(tmp_path), "THESPLOG_THRESHOLD": "DEBUG"}
+    parent, _ = start(started, "crash_app", env, "--log-level", "DEBUG")
+    wait_records(parent, "RESULT", 5)
+    stop(parent)
+    assert list(tmp_path.iterdir()) == []
+    # thespian's lines went to the app's log, as DEBUG records of onestep.thespian
+    lines = parent.err.rest()
+    assert any("DEBUG" in x and "onestep.thespian" in x and "++++" in x for x in lines)
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_an_app_whose_every_message_crashes_its_worker(started):
+    """Three times: a crash loop stopped by SIGTERM ends within 12 s with no process left
+    (the app, thespian's admin and logger, workers, the watchdog)."""
+    for _ in range(3):
+        tag = uuid.uuid4().hex
+        parent, pids = start(started, "crash_loop_app", {"ONESTEP_PROBE": tag})
+        wait_records(parent, "DEAD", 1)
+        # the crash loop runs for 5 s (the scenario, not a synchronisation)
+        loop_until = time.monotonic() + 5.0
+        parent.out.wait_until(
+            lambda _, until=loop_until: time.monotonic() >= until, "5 s of crashes", 10.0
+        )
+        assert len(records(parent, "DEAD")) >= 10  # worker after worker crashed
+        pids.extend(tagged(tag))
+        began = time.monotonic()
+        parent.signal(signal.SIGTERM)
+        assert parent.wait(timeout=12.0) == 0, parent.err.tail()
+        wait_untagged(tag, timeout=max(0.0, 12.0 - (time.monotonic() - began)))
+
+
+@pytest.mark.parametrize(
+    ("app", "moment"),
+    [
+        ("hang_app", "watchdog"),
+        ("hang_app", "admin"),
+        ("hang_app", "logger"),
+        ("hang_app", "worker"),
+        ("hang_spawn_app", "admin"),
+        ("hang_spawn_app", "worker"),
+    ],
+)
+def test_a_sigkill_in_the_first_moments_leaves_no_process(started, app, moment):
+    """SIGKILL as soon as the watchdog, thespian's admin, its logger or the first worker
+    exists: the watchdog, started before the admin, kills what was started (forked
+    processes, and spawned ones)."""
+    tag = uuid.uuid4().hex
+    parent, pids = start(started, app, {"ONESTEP_PROBE": tag})
+    # processes besides the app: watchdog 1, then the admin (with thespian's daemonizing
+    # fork for a moment) 2, its logger 3, workers 4 and more
+    wanted = {"watchdog": 1, "admin": 2, "logger": 3, "worker": 4}[moment]
+    deadline = time.monotonic() + 30.0
+    while len(tagged(tag) - {parent.pid}) < wanted:
+        assert time.monotonic() < deadline and parent.process.poll() is None, parent.err.tail()
+        time.sleep(0.002)  # polling a condition with a deadline
+    pids.extend(tagged(tag))
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    wait_untagged(tag, timeout=10.0)
+
+
+def test_a_sigkill_to_the_apps_whole_process_group_leaves_no_process(started):
+    """`timeout -s KILL`, a shell's job control: the app and everything in its group get
+    SIGKILL at once; the watchdog, in a session of its own, survives it and cleans up."""
+    tag = uuid.uuid4().hex
+    parent = Parent(f"{APPS}:hang_app", env={"ONESTEP_PROBE": tag}, new_session=True)
+    pids: list[int] = []
+    started.append((parent, pids))
+    parent.err.wait_until(lambda lines: sum("HANG pid=" in x for x in lines) >= 2, "2 HANG lines")
+    pids.extend(tagged(tag))
+    os.killpg(parent.pid, signal.SIGKILL)
+    parent.wait()
+    wait_untagged(tag, timeout=10.0)

@@ -16,7 +16,6 @@ SOURCE_PACKAGES = ("onestep", "actors", "adapters")
 #: once those branches are merged, and leaves this list then.
 SPLIT_AFTER_MERGE = frozenset(
     {
-        "onestep/_thespian_pool.py",
         "onestep/processes/_supervisor.py",
         "onestep/sources/_memory.py",
         "onestep/cli/__init__.py",

@@ -1,6 +1,6 @@
 """`executor="process"` without starting processes: the options, and handlers that cannot
 run in another process refused at registration (or at start) with the task and the reason.
-The runs themselves are in tests/faults/test_process_executor.py."""
+The runs themselves are in tests/faults/test_process_executor_faults.py."""
 
 from __future__ import annotations
 
@@ -120,7 +120,8 @@ def test_a_handler_not_found_by_its_module_and_name_fails_the_start_naming_the_t
 
 
 def test_without_thespian_the_start_names_the_extra(monkeypatch):
-    monkeypatch.delitem(sys.modules, "onestep._thespian_pool", raising=False)
+    for module in ("_pool", "_thespian"):
+        monkeypatch.delitem(sys.modules, f"onestep.executor.{module}", raising=False)
     monkeypatch.setitem(sys.modules, "thespian.actors", None)
     monkeypatch.setitem(sys.modules, "thespian", None)
     app = OneStepApp("pe")
@@ -135,3 +136,38 @@ def test_a_crashed_worker_is_retried_like_an_error(policy):
     assert "crashed" not in NOT_RETRIED
     assert policy.next_delay(1, crashed) is not None
     assert policy.next_delay(3, crashed) is None
+
+
+class RecordingLink:
+    """Stands in for a worker's channel to the app: records each forwarded call."""
+
+    def __init__(self, value):
+        self.calls = []
+        self.value = value
+
+    def call(self, op, *args):
+        self.calls.append((op, args))
+        return self.value
+
+
+def test_one_ctx_state_incr_in_a_worker_is_one_call_run_by_the_apps_store():
+    """`ctx.state.incr` in a worker process forwards one `state.incr` to the app's process
+    (never a get then a set, which two workers would interleave), and the app's side runs
+    it as one `incr` on the task's state."""
+    import pickle
+
+    from onestep.executor._channel import Call
+    from onestep.executor._pool import WorkerPool
+    from onestep.executor._worker import StateProxy
+
+    link = RecordingLink(7)
+    assert StateProxy(link).incr("hits", 3) == 7
+    assert link.calls == [("state.incr", ("hits", 3))]
+
+    app = OneStepApp("pe")
+    app.task(source=MemoryQueue("a"), name="job", executor="process")(module_level)
+    pool = WorkerPool(app.tasks["job"], ProcessExecutor())
+    for expected in (3, 6):
+        reply = pool.serve(Call(1, "state.incr", pickle.dumps(("hits", 3))))
+        assert (reply.value, reply.error) == (expected, None)
+    assert app.state.get("pe:job:hits") == 6

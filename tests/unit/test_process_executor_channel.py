@@ -1,4 +1,4 @@
-"""The data channel of `executor="process"` (onestep._thespian_pool._accept): the app's
+"""The data channel of `executor="process"` (onestep.executor._channel.accept): the app's
 end accepts a worker's connection only once the peer proved it holds the key, and
 unpickles nothing a peer sends before that. In one process: the peer is a thread."""
 
@@ -13,7 +13,7 @@ from multiprocessing.connection import Client, Connection
 import pytest
 import thespian  # noqa: F401  (the test extra has it: missing, it fails, never skips)
 
-from onestep._thespian_pool import _accept
+from onestep.executor._channel import accept as _accept
 
 
 class Marker:

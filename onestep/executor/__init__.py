@@ -1,8 +1,11 @@
-"""ProcessExecutor: the options of `@app.task(executor="process")`, and the checks that a
-handler can run in another process, made when the task is registered.
+"""The process executor: `ProcessExecutor`, the options of `@app.task(executor="process")`,
+and the checks that a handler can run in another process, made when the task is registered.
 
-The thespian side lives in `onestep._thespian_pool`, imported only when a task with this
-executor starts, so onestep imports without the `thespian` extra.
+Imported by onestep's app and task modules. The running side is in this package's private
+modules, imported only when a task with this executor starts (so onestep imports without
+the `thespian` extra): `_pool` (the app's side, the `actors.ExecutorPort`), `_worker` (the
+worker process's side), `_channel` (the messages and the direct data channel), `_thespian`
+(the only module that imports thespian) and `_watchdog` (killing what was started).
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ import importlib
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from ._values import check_int
+from .._values import check_int
 
 if TYPE_CHECKING:
     from actors import ExecutorPort
 
-    from .core._task import TaskSpec
+    from ..core._task import TaskSpec
 
 # "forkserver" is not offered: thespian 4.0.1's actors started through it never answered
 # (measured: no reply to the first message within 30 s).
@@ -67,7 +70,7 @@ class ProcessExecutor:
     def bind(self, spec: TaskSpec) -> ExecutorPort:
         """The running side for one task; imports thespian (called as the task starts)."""
         try:
-            pool = importlib.import_module("onestep._thespian_pool")
+            pool = importlib.import_module("onestep.executor._pool")
         except ModuleNotFoundError as exc:
             if exc.name != "thespian" and not str(exc.name).startswith("thespian."):
                 raise
