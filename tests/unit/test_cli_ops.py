@@ -230,16 +230,16 @@ def test_dlq_exits_1_when_the_server_fails(invoke, command):
 
 @pytest.mark.parametrize(("interval", "logs_status"), [("0", False), ("5", True)])
 def test_status_interval_zero_turns_the_status_line_off(invoke, monkeypatch, interval, logs_status):
-    import onestep.cli as cli
+    from onestep.cli import _run as cli_run
 
     made = []
-    real = cli.AppMonitor
+    real = cli_run.AppMonitor
 
     def recording(app, **kwargs):
         made.append(real(app, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(cli, "AppMonitor", recording)
+    monkeypatch.setattr(cli_run, "AppMonitor", recording)
     result = invoke(
         "run",
         "cli_apps.stops_itself:make_app",

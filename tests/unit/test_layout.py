@@ -18,7 +18,6 @@ SPLIT_AFTER_MERGE = frozenset(
     {
         "onestep/processes/_supervisor.py",
         "onestep/sources/_memory.py",
-        "onestep/cli/__init__.py",
         "adapters/rabbitmq/_queue.py",
     }
 )
