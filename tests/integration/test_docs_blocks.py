@@ -83,6 +83,7 @@ def postgres_database() -> Iterator[str]:
         postgres_support.query(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
+@pytest.fixture
 def redis_database() -> Iterator[str]:
     """Database 15; the keys a block made there are deleted afterwards (the ones it
     found are kept)."""
