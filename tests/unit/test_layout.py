@@ -17,7 +17,6 @@ SOURCE_PACKAGES = ("onestep", "actors", "adapters")
 SPLIT_AFTER_MERGE = frozenset(
     {
         "onestep/processes/_supervisor.py",
-        "onestep/sources/_memory.py",
         "adapters/rabbitmq/_queue.py",
     }
 )

@@ -734,7 +734,7 @@ def test_a_consumer_going_to_sleep_never_misses_the_next_message(mode, consumer,
 # the other runs; then it is resumed. Only points where the stopped side does not hold
 # the queue's lock are tried when the other side may need that lock.
 
-MEMORY = {"onestep.sources._memory"}
+MEMORY = {"onestep.sources._memory", "onestep.sources._memory_store"}
 CONDITION_WAIT = {threading.Condition.wait.__code__}
 
 
