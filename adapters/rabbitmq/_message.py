@@ -4,7 +4,7 @@ bytes bodies; called by RabbitMQQueue on its source and sink actors' threads."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pika
 
@@ -13,7 +13,7 @@ from onestep.kit import Delivery, EncodeError, check_meta, check_size, encode_js
 from ._consumer import _Consumer, _Handle
 
 if TYPE_CHECKING:
-    from ._queue import RabbitMQQueue
+    from ._connector import RabbitMQConnector
 
 #: Every header onestep writes starts with this prefix.
 HEADER_PREFIX = "x-onestep-"
@@ -59,8 +59,18 @@ def decode_message(consumer: _Consumer | None, tag: int, properties: Any, body: 
     return Delivery(payload, meta=meta, attempts=attempts, handle=handle, error=error)
 
 
+class Destination(Protocol):
+    """Where `encode_message` publishes: a RabbitMQQueue (or its producer side)."""
+
+    name: str
+    connector: RabbitMQConnector
+    persistent: bool
+    exchange: str | None
+    routing_key: str
+
+
 def encode_message(
-    queue: RabbitMQQueue, body: Any, meta: dict[str, Any] | None
+    queue: Destination, body: Any, meta: dict[str, Any] | None
 ) -> tuple[str, str, bytes, Any]:
     """(exchange, routing_key, body, properties) of a body published to `queue`; runs on
     the publishing thread (the sink actor's, or a producer's). Nothing is sent when it

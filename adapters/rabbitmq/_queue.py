@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,19 +20,18 @@ from onestep.kit import (
     Delivery,
     Sink,
     Source,
-    check_bodies,
     check_delay,
     check_int,
-    check_meta,
 )
 
 from . import _browse
 from ._consumer import _Consumer, _Handle
 from ._delays import DelayQueues
-from ._link import _Link, close_link
+from ._link import _Link
 from ._message import ATTEMPTS_HEADER, decode_message, encode_message
 from ._publisher import PublishRefused, _Publisher
-from ._quiet import quiet
+from ._queue_links import ThreadLinks
+from ._queue_producer import Producing
 
 if TYPE_CHECKING:
     from ._connector import RabbitMQConnector
@@ -49,7 +47,7 @@ IDLE_WAIT_S = 0.005
 _DEATH_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
 
 
-class RabbitMQQueue(Source, Sink):
+class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
     """A RabbitMQ queue that is a Source, a Sink and a producer (`put`, `put_many`).
 
     The runtime may use one queue object as one task's source and another's emit sink:
@@ -109,9 +107,6 @@ class RabbitMQQueue(Source, Sink):
         self.connector = connector
         self.name = name
         self.queue_name = name
-        #: Where retries went before delay queues (one queue, per-message expirations); it
-        #: is no longer published to, but dead-letters what is left in it back on its own.
-        self.retry_queue_name = f"{name}.retry"
         self.exchange = exchange
         self.exchange_type = exchange_type
         self.routing_key = name if routing_key is None else routing_key
@@ -146,114 +141,6 @@ class RabbitMQQueue(Source, Sink):
         """The queue where a message delayed by `delay_s` (a retry, a delayed put) waits:
         `<name>.delay.<milliseconds, rounded up to two significant figures>`."""
         return self._delays.name(check_delay("delay_s", delay_s, exclusive=True))
-
-    @property
-    def keepalive_interval_s(self) -> float:
-        """How often the owning actor calls `keepalive()`: half the heartbeat timeout, 0
-        (never) with heartbeats off."""
-        return self.connector.keepalive_interval_s
-
-    # -- connection per thread -------------------------------------------------------------
-
-    def open(self) -> None:
-        """Connect and declare the topology; runs on the opening actor's thread (the
-        source's or the sink's). One attempt after close(): a source actor restarted by
-        the supervisor retries with the supervisor's backoff (no actor sleeps). A sink
-        whose connection broke mid-publish reopens without close() and keeps trying for
-        up to `max(30 s, connect_timeout_s)`, holding its results back meanwhile."""
-        thread = threading.current_thread()
-        with self._links_lock:
-            old = self._links.get(thread)
-        if old is not None:
-            close_link(old)
-        link = _Link(self._connect(reconnecting=old is not None))
-        try:
-            self._declare(link.connection)
-        except Exception as exc:
-            close_link(link)
-            raise ConnectionError(
-                f"cannot declare queue {self.queue_name!r} at {self.connector.where}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        with self._links_lock:
-            self._links[thread] = link
-        self._declared = True
-
-    def _connect(self, *, reconnecting: bool) -> Any:
-        purpose = f"onestep queue {self.name!r} on {threading.current_thread().name}"
-        if not reconnecting:
-            return self.connector.connect(purpose)
-        deadline = time.monotonic() + max(30.0, self.connector.connect_timeout_s)
-        delay = 0.2
-        while True:
-            try:
-                return self.connector.connect(purpose)
-            except ConnectionError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                logger.warning("%s; retrying in %.1f s", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _declare(self, connection: Any) -> None:
-        channel = connection.channel()
-        if self.exchange is not None:
-            channel.exchange_declare(
-                self.exchange, exchange_type=self.exchange_type, durable=self.durable
-            )
-        channel.queue_declare(self.queue_name, durable=self.durable, arguments=self.arguments)
-        if self.exchange is not None:
-            channel.queue_bind(self.queue_name, self.exchange, routing_key=self.routing_key)
-        channel.close()
-
-    def close(self) -> None:
-        """Write buffered acks and close the calling thread's connection; the broker
-        requeues whatever it delivered and nobody acked. Runs on the closing actor's
-        thread. Called from any other thread (your own code, after `put`), it closes the
-        connector's producer connections instead, like `RabbitMQConnector.close()`."""
-        with self._links_lock:
-            link = self._links.pop(threading.current_thread(), None)
-        if link is not None:
-            close_link(link)
-        else:
-            self.connector.close()
-
-    def keepalive(self) -> None:
-        """Pump the calling actor's connection: send and answer heartbeats, and buffer what
-        the broker pushed meanwhile (prefetch bounds it). Runs on the owning actor's
-        thread every `keepalive_interval_s`, also while every credit is out with a long
-        handler. Raises ConnectionError once when the connection (or the consuming
-        channel) is gone: the source actor is then restarted; a sink reconnects on its
-        next publish."""
-        with self._links_lock:
-            link = self._links.get(threading.current_thread())
-        if link is None or not link.open or link.broken:
-            return
-        connection = link.connection
-        problem = None
-        try:
-            with quiet():
-                connection.process_data_events(time_limit=0)
-        except pika.exceptions.AMQPError as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        if problem is None and not connection.is_open:
-            problem = "the connection is closed"
-        consumer = link.consumer
-        if problem is None and consumer is not None and consumer.channel.is_closed:
-            problem = "the broker closed the consuming channel"
-        if problem is not None:
-            link.broken = True
-            raise ConnectionError(
-                f"RabbitMQ queue {self.name!r} lost its connection to "
-                f"{self.connector.where}: {problem}"
-            )
-
-    def _link(self) -> _Link:
-        with self._links_lock:
-            link = self._links.get(threading.current_thread())
-        if link is None or not link.open:
-            raise ConnectionError(f"RabbitMQ queue {self.name!r} is not open on this thread")
-        return link
 
     # -- source side (the source actor's thread) -------------------------------------------
 
@@ -408,73 +295,6 @@ class RabbitMQQueue(Source, Sink):
             publisher = link.publisher = _Publisher(link.connection, self.publisher_confirms)
         publisher.publish(messages)
 
-    # -- producer side (any thread) --------------------------------------------------------
-
-    def put(
-        self,
-        body: Any,
-        meta: dict[str, Any] | None = None,
-        *,
-        delay_s: float = 0.0,
-        attempts: int = 0,
-    ) -> None:
-        """Publish `body` (JSON, or `bytes` as they are) with `meta`, after `delay_s`
-        seconds if given, and return once the broker confirmed it. Callable from any
-        thread, with or without a running app; declares the queue (and the delay queue)
-        on first use. `attempts` is the executions the message already had (its
-        `x-onestep-attempts` header; a dead-letter replay that keeps them sets it).
-        Before anything is sent: TypeError for a meta that is not a mapping, EncodeError
-        for a body or meta that is not JSON, MessageTooLarge (an EncodeError) for a body
-        over the connector's `max_message_bytes`. After: PublishRefused when the broker
-        nacked or could not route it, ConnectionError when it cannot be reached."""
-        if not attempts:
-            self.put_many([body], meta, delay_s=delay_s)
-            return
-        check_int("attempts", attempts, minimum=0)
-        meta = check_meta(meta)
-        delay = check_delay("delay_s", delay_s)
-        exchange, routing_key, data, properties = encode_message(self, body, meta)
-        properties.headers = {**(properties.headers or {}), ATTEMPTS_HEADER: attempts}
-        self._put_encoded([(exchange, routing_key, data, properties)], delay)
-
-    def put_many(
-        self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
-    ) -> int:
-        """Publish every body in `bodies` (each with `meta`) and wait for their confirms
-        together; returns how many were published. Every body is encoded before any is
-        sent, so an EncodeError sends none. Otherwise as `put`; if it raises, some of the
-        batch may have been published."""
-        delay = check_delay("delay_s", delay_s)
-        meta = check_meta(meta)
-        messages = [encode_message(self, body, meta) for body in check_bodies(bodies)]
-        if not messages:
-            return 0
-        return self._put_encoded(messages, delay)
-
-    def _put_encoded(self, messages: list[tuple[str, str, bytes, Any]], delay: float) -> int:
-        """Publish encoded messages through the producer pool, after `delay` seconds;
-        runs on the calling thread."""
-
-        def route(connection: Any) -> list[tuple[str, str, bytes, Any]]:
-            """Runs on the calling thread with the producer connection it borrowed."""
-            if not self._declared:
-                self._declare_for_producer(connection)
-            if not delay:
-                return messages
-            key = self._delays.route(delay, connection)
-            return [("", key, data, properties) for _, _, data, properties in messages]
-
-        try:
-            return self.connector.producers.publish(route)
-        except PublishRefused as exc:
-            if exc.returned:
-                # the queue (or delay queue) is gone: declare it again on the next put
-                self._declared = False
-                self._delays.forget()
-            raise PublishRefused(
-                exc.nacked, exc.returned, exc.count, f"queue {self.name!r}"
-            ) from None
-
     # -- operations tooling (any thread) -----------------------------------------------
 
     def browse(
@@ -508,13 +328,3 @@ class RabbitMQQueue(Source, Sink):
         process used (retries, delayed puts); not those delivered and not yet acked.
         Three round trips per queue on a producer connection; any thread."""
         return _browse.depth(self, self._delays.in_use())
-
-    def _declare_for_producer(self, connection: Any) -> None:
-        try:
-            self._declare(connection)
-        except pika.exceptions.AMQPChannelError as exc:
-            raise ConnectionError(
-                f"cannot declare queue {self.queue_name!r} at {self.connector.where}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        self._declared = True

@@ -6,20 +6,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 MAX_LINES = 400
 SOURCE_PACKAGES = ("onestep", "actors", "adapters")
-
-#: Files that other branches change while the house moves in (issue 18): each is split
-#: once those branches are merged, and leaves this list then.
-SPLIT_AFTER_MERGE = frozenset(
-    {
-        "onestep/processes/_supervisor.py",
-        "adapters/rabbitmq/_queue.py",
-    }
-)
 
 #: The onestep modules a connector may import.
 PUBLIC_MODULES = frozenset({"onestep", "onestep.kit", "onestep.testing", "onestep.http"})
@@ -43,15 +32,8 @@ def _report(lengths: dict[str, int]) -> str:
 
 
 def test_no_source_file_is_over_400_lines() -> None:
-    too_long = {k: v for k, v in _too_long().items() if k not in SPLIT_AFTER_MERGE}
+    too_long = _too_long()
     assert not too_long, f"over {MAX_LINES} lines (split by responsibility):\n{_report(too_long)}"
-
-
-@pytest.mark.xfail(strict=False, reason="the off-limits files are split after the merge")
-def test_the_files_split_after_the_merge_are_not_over_400_lines() -> None:
-    too_long = {k: v for k, v in _too_long().items() if k in SPLIT_AFTER_MERGE}
-    print(_report(too_long))
-    assert not too_long, f"over {MAX_LINES} lines:\n{_report(too_long)}"
 
 
 def _onestep_imports(path: Path) -> list[tuple[int, str]]:
