@@ -78,6 +78,23 @@ class RestartPolicy:
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
 
+    def record(self, history: deque[float], now: float) -> int:
+        """Count a failure at `now` (monotonic) in `history`, the failures of one part
+        within `window_s`, oldest first; returns how many that window holds now."""
+        history.append(now)
+        while history and now - history[0] > self.window_s:
+            history.popleft()
+        return len(history)
+
+    def exceeded(self, failures: int) -> bool:
+        """Whether `failures` within the window are more than the restarts allowed."""
+        return failures > self.max_restarts
+
+    def backoff_s(self, failures: int) -> float:
+        """The wait before the restart that follows the `failures`-th failure in the
+        window: min_backoff_s, doubling each time, at most max_backoff_s."""
+        return float(min(self.max_backoff_s, self.min_backoff_s * 2.0 ** (failures - 1)))
+
 
 class AppFailed(RuntimeError):
     """The app stopped because an actor failed more often than its restart policy allows."""
@@ -216,13 +233,10 @@ class Supervisor(EngineActor):
         self._down[message.label] = f"{type(message.error).__name__}: {message.error}"
         policy = self._policy
         now = time.monotonic()
-        history = self._history.setdefault(message.label, deque())
-        while history and now - history[0] > policy.window_s:
-            history.popleft()
-        history.append(now)
-        if len(history) > policy.max_restarts:
+        failures = policy.record(self._history.setdefault(message.label, deque()), now)
+        if policy.exceeded(failures):
             error = AppFailed(
-                f"{message.label} failed {len(history)} times within {policy.window_s:g} s "
+                f"{message.label} failed {failures} times within {policy.window_s:g} s "
                 f"(limit {policy.max_restarts} restarts); last error: "
                 f"{type(message.error).__name__}: {message.error}"
             )
@@ -230,14 +244,14 @@ class Supervisor(EngineActor):
             logger.error("%s", error)
             self._on_fatal(error)
             return
-        backoff = min(policy.max_backoff_s, policy.min_backoff_s * 2 ** (len(history) - 1))
+        backoff = policy.backoff_s(failures)
         logger.warning(
             "%s failed (%s: %s); restarting in %.2f s (%d/%d in %g s)",
             message.label,
             type(message.error).__name__,
             message.error,
             backoff,
-            len(history),
+            failures,
             policy.max_restarts,
             policy.window_s,
         )

@@ -1,18 +1,18 @@
 """`onestep run TARGET --processes N`: a parent that runs an app in N worker processes and
 supervises them, doing no task work itself (docs/deploying.md says what users see).
 
-Called by the CLI and by `app.run(processes=N)` (onestep._app_processes) with the app
-loaded once and checked (onestep._process_checks). Each worker is a fresh interpreter in
-a session of its own (onestep._worker_process, onestep._worker_link). The parent binds
-the sources' server addresses once for all (onestep._run_resources); starts `w1` alone
-first, the others once it runs (a `w1` that cannot start ends the run with its code);
-restarts a worker that dies, with backoff, until more than `max_deaths` deaths within
-`death_window_s` stop the run (exit 1); kills a worker not ready `start_timeout_s` after
-its start, as a death, and says it is `stalled()` once none has been ready that long;
-and on SIGINT/SIGTERM/SIGHUP (only the parent gets those sent to its group) or
-`app.request_shutdown()` asks every worker to drain over its control pipe, killing the
-process group of any still running `shutdown_timeout_s + stop_margin_s` later. A worker
-that exits 0 by itself is done: not restarted; once all are done the parent exits 0.
+Called by the CLI and by `app.run(processes=N)` (_run.py) with the app loaded once and
+checked (_preflight.py). Each worker is a fresh interpreter in a session of its own
+(_worker_process.py, _worker_link.py). The parent binds the sources' server addresses
+once for all (_run_resources.py); starts `w1` alone first, the others once it runs (a
+`w1` that cannot start ends the run with its code); restarts a worker that dies, with the
+actors' RestartPolicy, until more than `max_deaths` deaths within `death_window_s` stop
+the run (exit 1); kills a worker not ready `start_timeout_s` after its start, as a death,
+and says it is `stalled()` once none has been ready that long; and on SIGINT/SIGTERM/
+SIGHUP (only the parent gets those sent to its group) or `app.request_shutdown()` asks
+every worker to drain over its control pipe, killing the process group of any still
+running `shutdown_timeout_s + stop_margin_s` later. A worker that exits 0 by itself is
+done: not restarted; once all are done the parent exits 0.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import os
 import signal
 import time
 from collections import deque
+
+from actors import RestartPolicy
 
 from .._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED, EXIT_OK
 from ..core import STOP_SIGNALS
@@ -41,8 +43,6 @@ STOP_MARGIN_S = 15.0
 #: Deaths of workers allowed within DEATH_WINDOW_S; one more stops the parent (exit 1).
 MAX_DEATHS = 5
 DEATH_WINDOW_S = 60.0
-MIN_BACKOFF_S = 0.5
-MAX_BACKOFF_S = 10.0
 #: Seconds a worker may take from its start to running its app (importing the target,
 #: opening sources, startup hooks); one that is not ready by then is killed and counted
 #: as a death, and `/healthz` fails once no worker has been ready for this long.
@@ -90,6 +90,7 @@ class ProcessSupervisor:
         self.workers = [WorkerSlot(i + 1) for i in range(self.count)]
         self._exit_code = EXIT_OK
         self._deaths: deque[float] = deque()
+        self._restarts = RestartPolicy(max_deaths, death_window_s)
         self._others_started = False
         self._all_ready_logged = False
         self._stopping = False
@@ -296,27 +297,28 @@ class ProcessSupervisor:
     def _died(self, worker: WorkerSlot, what: str, code: int) -> None:
         """Count a death; restart the worker after its backoff, or stop everything."""
         now = time.monotonic()
-        for history in (self._deaths, worker.deaths):
-            history.append(now)
-            while history and now - history[0] > self.death_window_s:
-                history.popleft()
-        if len(self._deaths) > self.max_deaths:
+        # the actors' restart policy, applied to processes: every death counts against
+        # the run's limit, and a worker's own deaths set its backoff
+        policy = self._restarts
+        deaths = policy.record(self._deaths, now)
+        worker_deaths = policy.record(worker.deaths, now)
+        if policy.exceeded(deaths):
             self._fail(
                 EXIT_CRASHED,
-                f"workers died {len(self._deaths)} times within {self.death_window_s:g} s "
+                f"workers died {deaths} times within {self.death_window_s:g} s "
                 f"(limit {self.max_deaths}); the last: worker {worker.name} {what}",
             )
             logger.error("%s; stopping the other workers", self.error)
             self._begin_stop()
             return
-        backoff = min(MAX_BACKOFF_S, MIN_BACKOFF_S * 2 ** (len(worker.deaths) - 1))
+        backoff = policy.backoff_s(worker_deaths)
         worker.restart_at = now + backoff
         logger.warning(
             "worker %s %s; restarting it in %.2f s (%d of at most %d deaths in %g s)",
             worker.name,
             what,
             backoff,
-            len(self._deaths),
+            deaths,
             self.max_deaths,
             self.death_window_s,
         )
