@@ -81,8 +81,6 @@ class ProcessSupervisor:
         # the worker command's options besides its target, index and pipes
         self._worker_options = ["--log-level", log_level, "--log-format", log_format]
         self._worker_options += ["--snapshots"] if snapshots else []
-        self.max_deaths = max_deaths
-        self.death_window_s = death_window_s
         self.stop_margin_s = stop_margin_s
         self.start_timeout_s = start_timeout_s
         #: Why the run failed, one line, when run() returned non-zero.
@@ -305,8 +303,8 @@ class ProcessSupervisor:
         if policy.exceeded(deaths):
             self._fail(
                 EXIT_CRASHED,
-                f"workers died {deaths} times within {self.death_window_s:g} s "
-                f"(limit {self.max_deaths}); the last: worker {worker.name} {what}",
+                f"workers died {deaths} times within {policy.window_s:g} s "
+                f"(limit {policy.max_restarts}); the last: worker {worker.name} {what}",
             )
             logger.error("%s; stopping the other workers", self.error)
             self._begin_stop()
@@ -319,8 +317,8 @@ class ProcessSupervisor:
             what,
             backoff,
             deaths,
-            self.max_deaths,
-            self.death_window_s,
+            policy.max_restarts,
+            policy.window_s,
         )
 
     # -- stopping --------------------------------------------------------------------
