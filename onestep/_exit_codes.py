@@ -1,5 +1,5 @@
 """The exit codes of `onestep` commands, one table for the CLI (onestep.cli) and the
-`--processes` parent (onestep._processes), which exits with its first worker's code."""
+`--processes` parent (onestep.processes), which exits with its first worker's code."""
 
 from __future__ import annotations
 

@@ -3,9 +3,9 @@ status page at `/`, as falcon resources and as a waitress server in a thread.
 
 `onestep run --http` and `app.serve_http()` start an `HttpServer`; an app that already
 runs falcon mounts the same resources with `add_routes(falcon_app, app)`. The endpoints
-read a monitor (onestep._metrics) and add nothing to the per-message path but counting.
+read a monitor (onestep.ops._metrics) and add nothing to the per-message path but counting.
 
-The server is the webhook's guarded waitress server (onestep._serving): slow or idle
+The server is the webhook's guarded waitress server (onestep.ops._serving): slow or idle
 clients are cut off (read and idle timeouts), hundreds of them fit under the connection
 limit, and no request body is ever read (none of these endpoints takes one), so a
 liveness probe is answered while clients trickle bytes or hold idle connections.
@@ -100,7 +100,7 @@ class ReadyResource:
 
 
 class StatusPageResource:
-    """`GET /`: the HTML status page (onestep._status_page)."""
+    """`GET /`: the HTML status page (onestep.ops._status_page)."""
 
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
@@ -145,7 +145,7 @@ class _NoBodies:
 
 
 class HttpServer:
-    """The endpoints on a guarded waitress server (onestep._serving) in a thread
+    """The endpoints on a guarded waitress server (onestep.ops._serving) in a thread
     ("onestep-http-PORT"); `stop()` (or leaving a `with` block) closes it. `url` is where
     it listens, with a trailing `/`. Raises OSError when `host` cannot be resolved or
     `port` bound, ValueError (naming the parameter) for a bad setting."""

@@ -78,7 +78,7 @@ class ProcessExecutor:
                 f"task {spec.name!r}: executor='process' needs thespian; "
                 "pip install 'onestep[thespian]'"
             ) from exc
-        executor: ExecutorPort = pool.WorkerPool(spec, self)
+        executor: ExecutorPort = pool.HandlerPool(spec, self)
         return executor
 
 

@@ -3,7 +3,7 @@ each worker process: a Unix socket in a private directory, authenticated both wa
 per-worker key before anything is unpickled.
 
 Used by `onestep.executor._pool` (the app's side: `accept`, `send_reply`) and
-`onestep.executor._worker` (the worker's side). Setup and Ready travel through thespian;
+`onestep.executor._handler_side` (the worker's side). Setup and Ready travel through thespian;
 the others through the channel. No thespian here.
 """
 

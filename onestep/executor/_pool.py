@@ -1,5 +1,5 @@
 """The app's side of `executor="process"`: a task's pool of worker processes, through
-which the task's worker threads hand them deliveries (`WorkerPool.run`, the
+which the task's worker threads hand them deliveries (`HandlerPool.run`, the
 `actors.ExecutorPort` the TaskActor drives).
 
 Each worker thread takes an idle worker process, sends it one delivery (`Run`) over its
@@ -43,9 +43,9 @@ from ._channel import (
     accept,
     send_reply,
 )
+from ._handler_side import sink_key
 from ._thespian import Endpoint, acquire, channel_path, release
 from ._watchdog import alive, kill_worker
-from ._worker import sink_key
 
 if TYPE_CHECKING:
     from ..core._task import TaskSpec
@@ -62,11 +62,11 @@ class PayloadError(TypeError):
 _MISSING = object()
 
 
-class WorkerProcess:
+class HandlerProcess:
     """One worker process as the app sees it: its thespian endpoint (control), its
     channel (data) and its pid; used by one worker thread at a time."""
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: HandlerPool) -> None:
         self.pool = pool
         self.conn: Connection | None = None
         self.endpoint: Endpoint | None = Endpoint(pool.asys)
@@ -206,7 +206,7 @@ class WorkerProcess:
             endpoint.close()
 
 
-class WorkerPool:
+class HandlerPool:
     """A task's worker processes (implements `actors.ExecutorPort`): its `run` is what the
     task's worker threads call in place of `invoke`."""
 
@@ -216,7 +216,7 @@ class WorkerPool:
         self.asys: Any = None
         self.setup: Setup | None = None
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._all: set[WorkerProcess] = set()
+        self._all: set[HandlerProcess] = set()
         self._lock = threading.Lock()
         self._stopped = False
         self._sinks: dict[tuple[str, str], Any] | None = None
@@ -247,8 +247,8 @@ class WorkerPool:
     def stopped(self) -> bool:
         return self._stopped
 
-    def _new_worker(self) -> WorkerProcess:
-        worker = WorkerProcess(self)
+    def _new_worker(self) -> HandlerProcess:
+        worker = HandlerProcess(self)
         with self._lock:
             stopped = self._stopped
             if not stopped:
@@ -279,14 +279,14 @@ class WorkerPool:
         finally:
             self._give_back(worker, replace)
 
-    def _take(self) -> WorkerProcess:
+    def _take(self) -> HandlerProcess:
         """An idle worker process; starts one in place of a replacement that could not
         start before (RuntimeError naming the reason if it still cannot)."""
         worker = self._idle.get()
         if worker is None or self._stopped:
             self._idle.put(None)
             raise RuntimeError(f"task {self.spec.name!r}: its worker processes are stopped")
-        if isinstance(worker, WorkerProcess):
+        if isinstance(worker, HandlerProcess):
             return worker
         try:
             return self._new_worker()
@@ -296,7 +296,7 @@ class WorkerPool:
                 f"task {self.spec.name!r}: no worker process to run the handler: {exc}"
             ) from exc
 
-    def _give_back(self, worker: WorkerProcess, replace: bool) -> None:
+    def _give_back(self, worker: HandlerProcess, replace: bool) -> None:
         limit = self.options.max_messages_per_worker
         recycle = limit is not None and worker.messages >= limit
         if not replace and not recycle:
@@ -382,7 +382,7 @@ class WorkerPool:
         with contextlib.suppress(queue.Empty):
             while True:
                 worker = self._idle.get_nowait()
-                if isinstance(worker, WorkerProcess):
+                if isinstance(worker, HandlerProcess):
                     idle.append(worker)
         self._idle.put(None)
         with self._lock:

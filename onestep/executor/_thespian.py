@@ -30,8 +30,8 @@ from thespian.actors import (  # type: ignore[import-untyped]
 from thespian.system.utilis import thesplog_control  # type: ignore[import-untyped]
 
 from ._channel import Ready, Setup
+from ._handler_side import HandlerSide
 from ._watchdog import kill_marked
-from ._worker import WorkerSide
 
 logger = logging.getLogger("onestep.process")
 
@@ -332,11 +332,11 @@ class Endpoint:
 
 class HandlerWorker(Actor):  # type: ignore[misc]
     """A worker process's thespian actor (its main thread): takes `Setup` and its exit
-    from thespian; the work is `WorkerSide`'s, on a thread of its own."""
+    from thespian; the work is `HandlerSide`'s, on a thread of its own."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._side = WorkerSide()
+        self._side = HandlerSide()
 
     def receiveMessage(self, message: Any, sender: Any) -> None:
         """Runs on the worker process's main thread."""

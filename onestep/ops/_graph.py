@@ -1,6 +1,6 @@
 """The pipeline as a graph: sources, tasks and sinks as nodes, message flow as edges, made
 from `app.describe()`, with its Mermaid, Graphviz DOT and JSON forms. Called by `onestep
-graph` (onestep.cli) and by the status page's drawing (onestep._graph_svg)."""
+graph` (onestep.cli) and by the status page's drawing (onestep.ops._graph_svg)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Where each node of the pipeline graph (onestep._graph) goes in the status page's
-picture: columns by depth, boxes that never overlap. Called by onestep._graph_svg."""
+"""Where each node of the pipeline graph (onestep.ops._graph) goes in the status page's
+picture: columns by depth, boxes that never overlap. Called by onestep.ops._graph_svg."""
 
 from __future__ import annotations
 

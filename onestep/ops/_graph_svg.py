@@ -1,5 +1,5 @@
-"""The pipeline drawn as an inline SVG for the status page (onestep._status_page): the
-graph of onestep._graph in columns by depth, each task with its live rate, in-flight
+"""The pipeline drawn as an inline SVG for the status page (onestep.ops._status_page): the
+graph of onestep.ops._graph in columns by depth, each task with its live rate, in-flight
 count, failures and a rate sparkline, each source with its depth. Made on the server:
 no script, no outside asset, every text escaped."""
 

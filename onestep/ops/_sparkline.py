@@ -1,6 +1,6 @@
 """Each task's rate over the last 15 minutes, for the status page's sparklines: a bounded
-ring of samples that the monitor thread (onestep._metrics) fills, and the points of the
-polyline that onestep._graph_svg draws."""
+ring of samples that the monitor thread (onestep.ops._metrics) fills, and the points of the
+polyline that onestep.ops._graph_svg draws."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The read-only HTML status page served at `GET /` (onestep.http): the app, the pipeline
-drawn as an SVG (onestep._graph_svg), each task with its source, sinks, concurrency,
+drawn as an SVG (onestep.ops._graph_svg), each task with its source, sinks, concurrency,
 counts, rate and health. No script, no outside asset; every value is escaped; the page
 reloads itself with a meta refresh."""
 

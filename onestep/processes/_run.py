@@ -1,5 +1,5 @@
 """`app.run(processes=N)`: the app's own way into the `--processes` parent; called by
-`OneStepApp.run`, it runs onestep._processes.ProcessSupervisor as the CLI does.
+`OneStepApp.run`, it runs onestep.processes.ProcessSupervisor as the CLI does.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a `onestep run --processes N` parent holds for its run besides the workers: the
 listening sockets they share, the run's private directory and the wake-up the parent
-sleeps on. Built and released by ProcessSupervisor (onestep._processes) on its thread.
+sleeps on. Built and released by ProcessSupervisor (onestep.processes) on its thread.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ supervises them, doing no task work itself (docs/deploying.md says what users se
 
 Called by the CLI and by `app.run(processes=N)` (_run.py) with the app loaded once and
 checked (_preflight.py). Each worker is a fresh interpreter in a session of its own
-(_worker_process.py, _worker_link.py). The parent binds the sources' server addresses
+(_app_worker.py, _worker_link.py). The parent binds the sources' server addresses
 once for all (_run_resources.py); starts `w1` alone first, the others once it runs (a
 `w1` that cannot start ends the run with its code); restarts a worker that dies, with the
 actors' RestartPolicy, until more than `max_deaths` deaths within `death_window_s` stop
@@ -31,9 +31,9 @@ from .._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED, EXIT_OK
 from ..core import STOP_SIGNALS
 from ..core import AppCore as OneStepApp
 from . import _worker_link
+from ._app_worker import AppWorker, clean_stop_exit, describe_exit
 from ._preflight import check_processes, resolve_processes
 from ._run_resources import ListenFailed, RunResources
-from ._worker_process import WorkerSlot, clean_stop_exit, describe_exit
 
 logger = logging.getLogger("onestep.processes")
 
@@ -85,7 +85,7 @@ class ProcessSupervisor:
         self.start_timeout_s = start_timeout_s
         #: Why the run failed, one line, when run() returned non-zero.
         self.error: str | None = None
-        self.workers = [WorkerSlot(i + 1) for i in range(self.count)]
+        self.workers = [AppWorker(i + 1) for i in range(self.count)]
         self._exit_code = EXIT_OK
         self._deaths: deque[float] = deque()
         self._restarts = RestartPolicy(max_deaths, death_window_s)
@@ -99,7 +99,7 @@ class ProcessSupervisor:
         self._resources = RunResources()
         self._wakeup = self._resources.wakeup
 
-    # -- read by the parent's metrics (onestep._metrics.WorkersMonitor), any thread ------
+    # -- read by the parent's metrics (onestep.ops._metrics.WorkersMonitor), any thread ------
 
     @property
     def run_dir(self) -> str:
@@ -211,7 +211,7 @@ class ProcessSupervisor:
                 worker.restart_at = None
                 self._start(worker)
 
-    def _start(self, worker: WorkerSlot) -> None:
+    def _start(self, worker: AppWorker) -> None:
         resources = self._resources
         try:
             worker.spawn(self.target, self._worker_options, resources.run_dir, resources.sockets)
@@ -243,7 +243,7 @@ class ProcessSupervisor:
 
     # -- what workers say and do ---------------------------------------------------------
 
-    def _read_status(self, worker: WorkerSlot) -> None:
+    def _read_status(self, worker: AppWorker) -> None:
         if not worker.read_status(self._wakeup):
             return
         self._none_ready_since = None
@@ -252,7 +252,7 @@ class ProcessSupervisor:
             self._all_ready_logged = True
             logger.info("all %d workers are running", self.count)
 
-    def _reap(self, worker: WorkerSlot) -> None:
+    def _reap(self, worker: AppWorker) -> None:
         process = worker.process
         if process is None:
             return
@@ -292,7 +292,7 @@ class ProcessSupervisor:
             return
         self._died(worker, f"(pid {process.pid}) died ({what})", code)
 
-    def _died(self, worker: WorkerSlot, what: str, code: int) -> None:
+    def _died(self, worker: AppWorker, what: str, code: int) -> None:
         """Count a death; restart the worker after its backoff, or stop everything."""
         now = time.monotonic()
         # the actors' restart policy, applied to processes: every death counts against

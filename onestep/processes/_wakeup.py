@@ -1,6 +1,6 @@
 """What the `--processes` parent sleeps on: a selector over its workers' status pipes and a
 self-pipe that signal handlers and other threads write to, to wake it. Used by
-ProcessSupervisor (onestep._processes) on its supervising thread; `wake()` from anywhere.
+ProcessSupervisor (onestep.processes) on its supervising thread; `wake()` from anywhere.
 """
 
 from __future__ import annotations

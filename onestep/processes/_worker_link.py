@@ -1,6 +1,6 @@
 """The worker's side of `onestep run --processes N`: its two pipes to the parent.
 
-Used by the hidden `onestep _worker` command that the parent (`onestep._processes`)
+Used by the hidden `onestep _worker` command that the parent (`onestep.processes`)
 starts in each worker process. The parent writes `S` on the control pipe to stop the
 worker gracefully; end of file there means the parent is gone (killed with SIGKILL), and
 the worker then drains and exits too, so that no worker outlives its parent. The worker

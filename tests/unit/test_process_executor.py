@@ -157,8 +157,8 @@ def test_one_ctx_state_incr_in_a_worker_is_one_call_run_by_the_apps_store():
     import pickle
 
     from onestep.executor._channel import Call
-    from onestep.executor._pool import WorkerPool
-    from onestep.executor._worker import StateProxy
+    from onestep.executor._handler_side import StateProxy
+    from onestep.executor._pool import HandlerPool
 
     link = RecordingLink(7)
     assert StateProxy(link).incr("hits", 3) == 7
@@ -166,7 +166,7 @@ def test_one_ctx_state_incr_in_a_worker_is_one_call_run_by_the_apps_store():
 
     app = OneStepApp("pe")
     app.task(source=MemoryQueue("a"), name="job", executor="process")(module_level)
-    pool = WorkerPool(app.tasks["job"], ProcessExecutor())
+    pool = HandlerPool(app.tasks["job"], ProcessExecutor())
     for expected in (3, 6):
         reply = pool.serve(Call(1, "state.incr", pickle.dumps(("hits", 3))))
         assert (reply.value, reply.error) == (expected, None)

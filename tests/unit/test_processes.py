@@ -30,6 +30,7 @@ from onestep import (
     configure_logging,
 )
 from onestep.processes import _sockets, _worker_link
+from onestep.processes._app_worker import describe_exit
 from onestep.processes._preflight import (
     MAX_PROCESSES,
     ProcessesRefused,
@@ -38,7 +39,6 @@ from onestep.processes._preflight import (
     resolve_processes,
     target_of,
 )
-from onestep.processes._worker_process import describe_exit
 from tests.helpers import running
 
 UNIT_DIR = Path(__file__).resolve().parent
@@ -347,7 +347,7 @@ def test_a_port_in_use_fails_the_run_before_any_worker_starts():
 
 
 def test_workers_get_the_parents_interpreter_options(monkeypatch):
-    from onestep.processes._worker_process import interpreter_options
+    from onestep.processes._app_worker import interpreter_options
 
     monkeypatch.setattr(sys, "_xoptions", {"dev": True, "importtime": "2"})
     monkeypatch.setattr(sys, "warnoptions", ["error::DeprecationWarning"])

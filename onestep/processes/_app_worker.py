@@ -1,6 +1,6 @@
-"""One worker slot of `onestep run --processes N` and the process in it: how a worker is
+"""AppWorker: one worker slot of `onestep run --processes N` (a whole app in a process): how a worker is
 started (its command, environment, pipes, own session), killed (its whole process group)
-and how its exit reads. Used by the supervisor in onestep._processes, on its thread only.
+and how its exit reads. Used by the supervisor (_supervisor.py), on its thread only.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _STOP_EXITS = frozenset(-sig for sig in STOP_SIGNALS)
 _Sockets = dict[tuple[str, int], socket.socket]
 
 
-class WorkerSlot:
+class AppWorker:
     """One worker slot (`w1`...): its current process, pipes and history."""
 
     def __init__(self, index: int) -> None:

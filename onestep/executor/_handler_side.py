@@ -23,7 +23,7 @@ from ..core._delivery import Delivery
 from ._channel import Call, Done, Log, Ready, Run, Setup
 
 
-class WorkerSide:
+class HandlerSide:
     """A worker process: runs the task's handler, one delivery at a time.
 
     Its thespian actor (`_thespian.HandlerWorker`, on the process's main thread) hands it
@@ -88,7 +88,7 @@ class WorkerSide:
     def _run(self, setup: Setup, run: Run) -> Done:
         try:
             payload = pickle.loads(run.payload)
-            ctx = WorkerContext(self, setup, run, payload)
+            ctx = HandlerContext(self, setup, run, payload)
             result = setup.fn(ctx, payload)
         except BaseException as exc:  # SystemExit too: it fails this message only
             return Done(run.seq, None, failure_from(exc))
@@ -138,7 +138,7 @@ class ForwardLogs(logging.Handler):
     """Sends the handler's log records to the app's process, formatted already (like
     logging.handlers.QueueHandler.prepare), where the task's logger handles them."""
 
-    def __init__(self, worker: WorkerSide) -> None:
+    def __init__(self, worker: HandlerSide) -> None:
         super().__init__()
         self.worker = worker
 
@@ -168,7 +168,7 @@ class StateProxy:
 
     __slots__ = ("_worker",)
 
-    def __init__(self, worker: WorkerSide) -> None:
+    def __init__(self, worker: HandlerSide) -> None:
         self._worker = worker
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -185,12 +185,12 @@ class StateProxy:
         return result
 
 
-class WorkerContext:
+class HandlerContext:
     """The `ctx` of a handler in a worker process: the same members as TaskContext in a
     sync handler; `state` and `emit` run in the app's process. `ctx.app` is not there:
     the app object lives in the app's process."""
 
-    def __init__(self, worker: WorkerSide, setup: Setup, run: Run, payload: Any) -> None:
+    def __init__(self, worker: HandlerSide, setup: Setup, run: Run, payload: Any) -> None:
         self._worker = worker
         self._setup = setup
         current = Delivery(payload, meta=run.meta, attempts=run.attempts)
