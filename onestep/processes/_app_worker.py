@@ -1,5 +1,5 @@
-"""AppWorker: one worker slot of `onestep run --processes N` (a whole app in a process): how a worker is
-started (its command, environment, pipes, own session), killed (its whole process group)
+"""AppWorker: one worker slot of `onestep run --processes N`, a whole app in a process: how
+it is started (command, environment, pipes, own session), killed (its whole process group)
 and how its exit reads. Used by the supervisor (_supervisor.py), on its thread only.
 """
 
