@@ -11,19 +11,26 @@ from onestep.kit import EncodeError, check_meta, check_size, encode_json, utf8_s
 
 #: The largest text value PostgreSQL stores (1 GB), so the largest payload or meta.
 MAX_VALUE_BYTES = 1024 * 1024 * 1024 - 1
+_SETTING = "PostgresConnector(max_message_bytes=...), at most PostgreSQL's 1 GB text limit"
 
 
 def encode_message(
-    body: Any, meta: Any, *, body_name: str = "body", has_meta: bool = True
+    body: Any,
+    meta: Any,
+    *,
+    body_name: str = "body",
+    has_meta: bool = True,
+    limit: int = MAX_VALUE_BYTES,
 ) -> tuple[str, str | None]:
     """(payload text, meta text or None) of one message.
 
     The kit's errors, the same as every queue's: TypeError for meta that is not a
     mapping, EncodeError for a body or meta that is not valid JSON (and for meta holding
-    the NUL character, which a jsonb column cannot store), MessageTooLarge for a value
-    over PostgreSQL's 1 GB; ValueError for meta on a table without a meta column."""
+    the NUL character, which a jsonb column cannot store), MessageTooLarge for a payload
+    or meta over `limit` bytes (the connector's max_message_bytes); ValueError for meta
+    on a table without a meta column."""
     payload = encode_json(body, body_name)
-    check_size(body_name, utf8_size(payload), MAX_VALUE_BYTES, "PostgreSQL's 1 GB text limit")
+    check_size(body_name, utf8_size(payload), limit, _SETTING)
     checked = check_meta(meta)
     if checked is None:
         return payload, None
@@ -38,5 +45,5 @@ def encode_message(
         raise EncodeError(
             "meta cannot hold the NUL character (\\u0000): PostgreSQL jsonb refuses it"
         )
-    check_size("meta", utf8_size(text), MAX_VALUE_BYTES, "PostgreSQL's 1 GB text limit")
+    check_size("meta", utf8_size(text), limit, _SETTING)
     return payload, text

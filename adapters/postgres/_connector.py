@@ -19,6 +19,7 @@ from onestep.kit import (
 )
 
 from ._business import BusinessTable
+from ._codec import MAX_VALUE_BYTES
 from ._connection import parse_url
 from ._incremental import IncrementalSource
 from ._pool import Pool
@@ -38,6 +39,9 @@ class PostgresConnector:
     (`?sslmode=require`). The password is kept out of repr, logs and errors.
     `pool_size` is the most connections the pool (producers, the sink side, the state
     store, dead-letter tooling) opens; `connect_timeout_s` bounds a connection attempt.
+    `max_message_bytes` is the largest payload (or meta) a producer writes: a larger one
+    is refused with MessageTooLarge before anything is sent (default and most: 1 GB,
+    PostgreSQL's limit for one text value).
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class PostgresConnector:
         *,
         pool_size: int = 4,
         connect_timeout_s: float = 10,
+        max_message_bytes: int = MAX_VALUE_BYTES,
         name: str | None = None,
     ) -> None:
         self._target = parse_url(url)
@@ -58,6 +63,12 @@ class PostgresConnector:
         )
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, got {name!r}")
+        self.max_message_bytes = check_int("max_message_bytes", max_message_bytes, minimum=1)
+        if self.max_message_bytes > MAX_VALUE_BYTES:
+            raise ValueError(
+                f"max_message_bytes must be at most {MAX_VALUE_BYTES:,} (PostgreSQL's 1 GB "
+                f"limit for one text value), got {max_message_bytes:,}"
+            )
         self.name = name or f"postgresql:{self.host}:{self.port}/{self.database}"
         self._pool = Pool(self)
 

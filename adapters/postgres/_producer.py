@@ -56,7 +56,13 @@ class Producer:
             self._sql_insert = self._sql_insert_shared
 
     def _encode(self, body: Any, meta: Any, what: str = "body") -> tuple[str, str | None]:
-        return encode_message(body, meta, body_name=what, has_meta=self.has_meta)
+        return encode_message(
+            body,
+            meta,
+            body_name=what,
+            has_meta=self.has_meta,
+            limit=self.connector.max_message_bytes,
+        )
 
     # -- writing (any thread, on a pooled connection) ---------------------------------------
 
