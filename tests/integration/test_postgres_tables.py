@@ -224,6 +224,36 @@ def test_two_sources_never_claim_the_same_row(connector, tables):
             source.close()
 
 
+def test_a_lease_column_gives_back_only_rows_whose_lease_expired(connector, tables):
+    orders = tables("orders")
+    make_orders(orders, 10)
+    options = {"lease_column": "claimed_at", "lease_s": 60}
+    sources = [business(connector, orders, **options) for _ in range(3)]
+    for source in sources:
+        source.open()
+    try:
+        first = [d.handle for d in sources[0].fetch(4)]
+        assert first == [1, 2, 3, 4]
+        # a live lease is respected: another worker takes only the unclaimed rows
+        assert [d.handle for d in sources[1].fetch(100)] == list(range(5, 11))
+        # rows 1 and 2 as a dead worker leaves them: their lease ran out (server clock)
+        query(
+            f"UPDATE {quote(orders)} SET claimed_at = claimed_at - interval '61 seconds' "
+            "WHERE id IN (1, 2)"
+        )
+        again = sources[2].fetch(100)
+        assert [(d.handle, d.attempts) for d in again] == [(1, 1), (2, 1)]
+        # taken back means claimed afresh: a new lease, status still the claim value
+        rows = query(
+            f"SELECT id, status, claimed_at > clock_timestamp() - interval '5 seconds' "
+            f"FROM {quote(orders)} WHERE id IN (1, 2, 3) ORDER BY id"
+        )
+        assert rows == [(1, 9, True), (2, 9, True), (3, 9, True)]
+    finally:
+        for source in sources:
+            source.close()
+
+
 def test_a_bad_where_or_a_missing_column_fails_at_start_naming_it(connector, tables):
     from onestep import StartupError
 
