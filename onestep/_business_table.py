@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ._business_sql import BusinessStatements
 from ._tables import BusinessTableSpec, column_index, json_value, row_dict
 from ._values import check_int, check_number
 from .core import Delivery, Source
@@ -31,7 +32,7 @@ class _Held:
         self.original = original
 
 
-class BusinessTableSource(Source):
+class BusinessTableSource(BusinessStatements, Source):
     """Rows of an existing table as messages, with no column of onestep's required.
 
     `fetch` picks up to `batch_size` rows matching `where` (and not already carrying the
@@ -55,8 +56,6 @@ class BusinessTableSource(Source):
     #: `describe()`'s type, and the prefix of the default name.
     kind = "BusinessTable"
     prefix = "sql"
-    #: The server's current time as SQL, written into `lease_column`.
-    now_sql = "CURRENT_TIMESTAMP"
 
     def __init__(
         self,
@@ -81,7 +80,7 @@ class BusinessTableSource(Source):
         #: The source actor renews the held rows' leases this often (lease column only).
         self.keepalive_interval_s = spec.lease_s / 3 if spec.lease_column else None
         self._lease_us = int(spec.lease_s * 1_000_000)
-        self._build_statements(self.quote(table, "table"))
+        self._build_statements(self.quote(table, "table"), spec)
         self._conn: Any = None
         self._source_thread: int | None = None
         self._held: dict[Any, _Held] = {}
@@ -97,18 +96,6 @@ class BusinessTableSource(Source):
         return f"{type(self).__name__}({self.table!r}, connector={self.connector!r})"
 
     # -- the dialect (a subclass gives these) -------------------------------------------
-
-    def quote(self, name: str, what: str) -> str:
-        """`name` quoted as an identifier (`%` doubled for the driver's formatting)."""
-        raise NotImplementedError
-
-    def same(self, quoted_column: str) -> str:
-        """A NULL-safe `column = %s` (a claim value of None matches a NULL column)."""
-        raise NotImplementedError
-
-    def expired_sql(self, quoted_column: str) -> str:
-        """`column` is older than now minus `%s` microseconds (the server's clock)."""
-        raise NotImplementedError
 
     def connect(self) -> Any:
         """A new autocommit connection for the source actor's thread."""
@@ -127,55 +114,6 @@ class BusinessTableSource(Source):
         """ValueError for a missing table or column, or a `where` the server refuses;
         on the opening thread."""
         raise NotImplementedError
-
-    # -- statements -------------------------------------------------------------------------
-
-    def _build_statements(self, t: str) -> None:
-        spec = self.spec
-        self._t = t
-        self._key = self.quote(spec.key, "key")
-        # `%` in the developer's condition is literal SQL: doubled for the driver's formatting
-        where = spec.where.replace("%", "%%")
-        self._claimed = " AND ".join(self.same(self.quote(c, "claim column")) for c in spec.claim)
-        self._claim_args = tuple(spec.claim.values())
-        self._sql_select = (
-            f"SELECT * FROM {t} WHERE ({where}) AND NOT ({self._claimed}) "
-            f"ORDER BY {self._key} LIMIT %s FOR UPDATE SKIP LOCKED"
-        )
-        self._sql_count = f"SELECT COUNT(*) FROM {t} WHERE ({where}) AND NOT ({self._claimed})"
-        lease = attempts = ""
-        if spec.lease_column is not None:
-            lease_col = self.quote(spec.lease_column, "lease_column")
-            lease = f", {lease_col} = {self.now_sql}"
-            self._sql_select_expired = (
-                f"SELECT * FROM {t} WHERE {self._claimed} AND {self.expired_sql(lease_col)} "
-                f"ORDER BY {self._key} LIMIT %s FOR UPDATE SKIP LOCKED"
-            )
-            self._sql_renew = (
-                f"UPDATE {t} SET {lease_col} = {self.now_sql} WHERE {self._claimed} AND "
-            )
-        if spec.attempts_column is not None:
-            col = self.quote(spec.attempts_column, "attempts_column")
-            attempts = f", {col} = {col} + 1"
-            self._sql_count_attempt = f"UPDATE {t} SET {col} = {col} + 1 WHERE {self._claimed} AND "
-        self._sql_claim = f"UPDATE {t} SET {self._assign(spec.claim)}{lease} WHERE {self._key} IN "
-        # an expired lease was an execution whose worker died: it counts as an attempt
-        self._sql_reclaim = f"UPDATE {t} SET {lease.lstrip(', ')}{attempts} WHERE {self._key} IN "
-        # a settlement touches only rows still carrying the claim values (not yet settled)
-        self._sql_ack = (
-            f"UPDATE {t} SET {self._assign(spec.ack)}{attempts} WHERE {self._claimed} AND "
-        )
-        self._sql_nack = (
-            f"UPDATE {t} SET {self._assign(spec.nack)}{attempts} WHERE {self._claimed} AND "
-        )
-        self._sql_release = f"UPDATE {t} SET {self._assign(spec.claim)} WHERE {self._claimed} AND "
-
-    def _assign(self, values: dict[str, Any]) -> str:
-        return ", ".join(f"{self.quote(column, 'column')} = %s" for column in values)
-
-    @staticmethod
-    def _in(count: int) -> str:
-        return "(" + ", ".join(["%s"] * count) + ")"
 
     # -- set-up (the source actor's thread) -----------------------------------------------
 
