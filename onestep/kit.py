@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from actors import EncodeError, Failure, HandlerFailed
 
+from ._business_table import BusinessTableSource
+from ._incremental_source import IncrementalTableSource
 from ._tables import (
     BusinessTableSpec,
     CursorProgress,
     IncrementalSpec,
     check_column,
+    column_index,
     decode_position,
     encode_position,
     is_business_mode,
@@ -40,6 +43,7 @@ __all__ = [
     "DEAD_LETTER_ID",
     "MAX_DELAY_S",
     "BodyRouter",
+    "BusinessTableSource",
     "BusinessTableSpec",
     "CursorProgress",
     "DeadLetterClaim",
@@ -51,6 +55,7 @@ __all__ = [
     "HandlerFailed",
     "IdTally",
     "IncrementalSpec",
+    "IncrementalTableSource",
     "MessageTooLarge",
     "NotBrowsable",
     "Sink",
@@ -65,6 +70,7 @@ __all__ = [
     "check_number",
     "check_size",
     "check_ttl",
+    "column_index",
     "decode_position",
     "encode_json",
     "encode_position",
