@@ -1,7 +1,7 @@
 """RedisStream: a Redis stream read through a consumer group, as a Source, a Sink and a
 producer; made by RedisConnector.stream. Its source methods run on its SourceActor's
 thread, `publish`/`publish_batch` on its SinkActor's, `put`/`put_many` and the
-operations tooling (`browse`, `remove`, `depth`) on any thread."""
+operations tooling (`browse`, `remove`, `take`, `depth`) on any thread."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from onestep.kit import (
+    DeadLetterClaim,
     DeadLetterEntry,
     Delivery,
     EncodeError,
@@ -22,7 +23,7 @@ from onestep.kit import (
     check_number,
 )
 
-from . import _browse
+from . import _browse, _claims
 from ._codec import encode_fields, encode_meta, pack_delayed
 from ._consumer import Consumer
 from ._scripts import Scripts
@@ -299,6 +300,17 @@ class RedisStream(Source, Sink):
         without consuming. The entry's id is its stream id."""
         with self.connector.errors(f"browse Redis stream {self.name!r}"):
             return _browse.browse(self, limit, match)
+
+    def take(
+        self, limit: int, match: Callable[[DeadLetterEntry], bool] | None = None
+    ) -> DeadLetterClaim:
+        """Claim the first `limit` waiting entries that `match` accepts, oldest first
+        (see onestep.kit.DeadLetterClaim): they are pending to a consumer of the group
+        that is the claim's own until it is settled or released, so another claim and
+        the stream's consumers do not get them; a claim whose process dies gives them
+        back after `claim_idle_s` (see adapters/redis/_claims.py)."""
+        with self.connector.errors(f"claim entries of Redis stream {self.name!r}"):
+            return _claims.take(self, limit, match)
 
     def remove(self, ids: Iterable[Hashable]) -> int:
         """Delete the entries with these stream ids (and ack them, if pending); returns
