@@ -202,6 +202,13 @@ def test_the_entries_of_a_redis_claim_whose_replayer_died_come_back(
 
     assert wait_until(lambda: after_idle() == [0, 1, 2], timeout=10)
 
+    # a replayer that was only stalled and wakes up deletes nothing another claim took
+    with stream.take(10, letters._matches) as claim:
+        assert _numbers(claim.entries) == [0, 1, 2]
+        assert dead.settle([entry.id for entry in dead.entries]) == 0
+        assert claim.settle([claim.entries[2].id]) == 1
+    assert _numbers(stream.browse()) == [0, 1]
+
 
 def test_a_live_redis_claim_keeps_its_entries_however_long_it_takes(
     keys: Keys, monkeypatch: pytest.MonkeyPatch
