@@ -1,9 +1,9 @@
 """The producer contract every built-in queue keeps (MemoryQueue, RabbitMQ queue, MySQL
-table queue), run with the same inputs against each: bad `put` arguments raise the same
-exception types before anything is sent (TypeError for a meta that is not a mapping and
-for `bodies` that are not an iterable, EncodeError for what JSON cannot hold,
-MessageTooLarge for a body over the destination's limit), and `put_many` of more
-messages than one insert chunk returns the full count."""
+table queue, Redis stream), run with the same inputs against each: bad `put` arguments
+raise the same exception types before anything is sent (TypeError for a meta that is
+not a mapping and for `bodies` that are not an iterable, EncodeError for what JSON
+cannot hold, MessageTooLarge for a body over the destination's limit), and `put_many`
+of more messages than one insert chunk (or pipeline) returns the full count."""
 
 from __future__ import annotations
 
@@ -14,18 +14,21 @@ from typing import Any
 
 import pytest
 
-from onestep import EncodeError, MemoryQueue, MySQLConnector, RabbitMQConnector
+from adapters.redis._stream import PUT_CHUNK
+from onestep import EncodeError, MemoryQueue, MySQLConnector, RabbitMQConnector, RedisConnector
 from onestep.kit import MessageTooLarge
 from tests.integration.mysql_support import URL, mysql_url, tables
 from tests.integration.rabbitmq_support import AMQP_URL, Rabbit, rabbit_fixture  # noqa: F401
+from tests.integration.redis_support import URL as REDIS_URL
+from tests.integration.redis_support import Keys, keys_fixture  # noqa: F401
 
 __all__ = ["mysql_url", "tables"]  # fixtures used by name
 
 pytestmark = pytest.mark.integration
 
-QUEUES = ["memory", "rabbitmq", "mysql"]
-#: The body size limit the RabbitMQ queue is given here: MariaDB's default
-#: max_allowed_packet, so that one oversize body is refused by both.
+QUEUES = ["memory", "rabbitmq", "mysql", "redis"]
+#: The body size limit the RabbitMQ queue and the Redis stream are given here: MariaDB's
+#: default max_allowed_packet, so that one oversize body is refused by all three.
 LIMIT = 16 * 1024 * 1024
 
 
@@ -58,6 +61,12 @@ def under_test(request: pytest.FixtureRequest) -> Iterator[Queue]:
         rabbit.declare(name)
         yield Queue(kind, amqp.queue(name), lambda: rabbit.count(name))
         amqp.close()
+    elif kind == "redis":
+        keys: Keys = request.getfixturevalue("keys")
+        server = RedisConnector(REDIS_URL, connect_timeout_s=5, max_message_bytes=LIMIT)
+        stream = server.stream(keys.name("contract"))
+        yield Queue(kind, stream, stream.depth)
+        server.close()
     else:
         made: Callable[[str], str] = request.getfixturevalue("tables")
         db = MySQLConnector(URL, connect_timeout_s=5)
@@ -133,8 +142,9 @@ def test_put_many_of_more_than_one_insert_chunk_returns_the_full_count(
     under_test: Queue,
 ) -> None:
     # 1,500 rows: more than one MySQL insert chunk (1,000), more than a bounded
-    # MemoryQueue's room (its producer waits for a consumer for the rest)
-    count = 1500
+    # MemoryQueue's room (its producer waits for a consumer for the rest); on Redis,
+    # more than one pipeline (PUT_CHUNK entries)
+    count = PUT_CHUNK + 1 if under_test.kind == "redis" else 1500
     if under_test.kind == "memory":
         bounded = MemoryQueue("bounded", maxsize=1000)
         taken: list[Any] = []
