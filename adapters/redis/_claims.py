@@ -72,8 +72,12 @@ return out
 #: ARGV[4] how many ids to delete (n), ARGV[5..4+n] those ids, then (id, delivery
 #: count) pairs to give back. Acks and deletes each id to delete that the claim still
 #: holds, gives each other one it holds back to FREE with its delivery count, and drops
-#: the claim's consumer once it holds nothing; returns how many were deleted.
+#: the claim's consumer once it holds nothing; returns how many were deleted (0 when the
+#: stream is gone).
 FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
 local function held(id)
   local entry = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)[1]
   return entry and entry[2] == ARGV[2]

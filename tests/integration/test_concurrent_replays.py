@@ -163,6 +163,14 @@ def test_a_redis_claim_hides_its_entries_until_it_ends(
         claim.settle([])
     assert _numbers(stream.browse()) == [0, 1, 2, 4, 5]
     assert stream.depth() == 5
+    # every claim's consumer left the group when it ended; the given-back ones wait
+    consumers = {c["name"].decode() for c in keys.client.xinfo_consumers(stream.name, "onestep")}
+    assert consumers == {"onestep-dead-letters"}
+    # a stream that does not exist yet: nothing to claim, nothing made
+    missing = stream.connector.stream(keys.name("claim-missing"))
+    with missing.take(10, None) as claim:
+        assert claim.entries == []
+    assert not keys.client.exists(missing.name)
 
 
 def test_a_consumer_of_the_redis_dead_letter_stream_skips_claimed_entries(
