@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import redis.exceptions
@@ -129,12 +129,7 @@ def take(stream: RedisStream, limit: int, match: Match | None) -> RedisClaim:
     kept: list[Held] = []
     passed: list[Held] = []
     try:
-        for page in _free_pending(stream, claim.consumer):
-            for held in page:
-                fits = len(kept) < limit and _accepts(match, held.entry)
-                (kept if fits else passed).append(held)
-            if len(kept) >= limit:
-                break
+        _take_pending(stream, claim.consumer, limit, match, kept, passed)
         while len(kept) < limit:
             wanted = limit - len(kept)
             fresh = _read_new(stream, claim.consumer, wanted)
@@ -156,23 +151,35 @@ def _accepts(match: Match | None, entry: DeadLetterEntry) -> bool:
     return match is None or match(entry)
 
 
-def _free_pending(stream: RedisStream, consumer: str) -> Iterator[list[Held]]:
-    """The pending entries that are free (see CLAIM), moved to `consumer` a page at a
-    time, oldest first; each page whole (the caller gives back what it does not keep)."""
+def _take_pending(
+    stream: RedisStream,
+    consumer: str,
+    limit: int,
+    match: Match | None,
+    kept: list[Held],
+    passed: list[Held],
+) -> None:
+    """Move free pending entries (see CLAIM) to `consumer`, oldest first, no more at a
+    time than `kept` still lacks (so that a concurrent claim finds the rest free), until
+    `kept` holds `limit`; what `match` refuses goes to `passed`."""
     min_idle_ms = int(stream.claim_idle_s * 1000)
+    free = FREE.encode()
     start: Any = "-"
-    while True:
+    while len(kept) < limit:
         page = stream.client.xpending_range(stream.name, stream.group, start, "+", _PAGE)
         ids = [
             item["message_id"]
             for item in page
-            if item["consumer"] == FREE.encode() or item["time_since_delivered"] >= min_idle_ms
+            if item["consumer"] == free or item["time_since_delivered"] >= min_idle_ms
         ]
-        if ids:
+        while ids and len(kept) < limit:
+            batch, ids = ids[: limit - len(kept)], ids[limit - len(kept) :]
             moved = stream.client.eval(
-                CLAIM, 1, stream.name, stream.group, consumer, FREE, min_idle_ms, *ids
+                CLAIM, 1, stream.name, stream.group, consumer, FREE, min_idle_ms, *batch
             )
-            yield [_held(entry_id, fields, int(count)) for entry_id, count, fields in moved]
+            for entry_id, count, fields in moved:
+                held = _held(entry_id, fields, int(count))
+                (kept if _accepts(match, held.entry) else passed).append(held)
         if len(page) < _PAGE:
             return
         start = b"(" + page[-1]["message_id"]
