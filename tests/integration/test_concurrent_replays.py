@@ -6,6 +6,10 @@ back (ops_support.GATE), so they do overlap."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -234,3 +238,44 @@ def test_a_live_redis_claim_keeps_its_entries_however_long_it_takes(
             pace.wait(0.05)  # not a synchronisation: paces the probing
         assert claim.settle([claim.entries[0].id]) == 1
     assert _numbers(stream.browse()) == [1]
+
+
+HOLD_SCRIPT = """
+import sys, threading
+from onestep import RedisConnector
+stream = RedisConnector({url!r}).stream({name!r}, claim_idle_s=0.5)
+claim = stream.take(2, None)
+print(len(claim.entries), flush=True)
+threading.Event().wait()  # holds the claim (kept alive) until it is killed
+"""
+
+
+def test_a_redis_replayer_killed_mid_claim_gives_its_entries_back(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    letters = _redis_letters(keys, monkeypatch, 3)
+    name = letters.sink.name
+    stream = letters.sink.connector.stream(name, claim_idle_s=0.5)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SCRIPT.format(url=REDIS_URL, name=name)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ops_support.REPO)},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "2"
+        # alive, its keepalive holds them however long: others get only the third
+        deadline = time.monotonic() + 3 * stream.claim_idle_s
+        while time.monotonic() < deadline:
+            with stream.take(10, letters._matches) as claim:
+                assert _numbers(claim.entries) == [2]
+            threading.Event().wait(0.05)  # paces the probing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+
+    def taken() -> bool:
+        with stream.take(10, letters._matches) as claim:
+            return _numbers(claim.entries) == [0, 1, 2]
+
+    assert wait_until(taken, timeout=10)  # idle for claim_idle_s: taken over
