@@ -23,6 +23,7 @@ keeps them; a replay whose process dies leaves them pending to its consumer, and
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Hashable
@@ -137,12 +138,15 @@ def take(stream: RedisStream, limit: int, match: Match | None) -> RedisClaim:
                 (kept if _accepts(match, held.entry) else passed).append(held)
             if len(fresh) < wanted:
                 break  # nothing more to read
+        claim.give_back(passed)
     except BaseException:
         claim.held = kept + passed
-        claim.release()
+        # what cannot be given back now (the server is away) comes back after
+        # claim_idle_s, as a dead claim's does; the first error is the one to see
+        with contextlib.suppress(Exception):
+            claim.release()
         raise
     claim.held = kept
-    claim.give_back(passed)
     claim.start()
     return claim
 
