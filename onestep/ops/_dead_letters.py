@@ -5,10 +5,11 @@ one task, and `onestep dlq` calls it. Every method runs on the calling thread.
 Browsing belongs to the endpoint, so that the tooling uses the same Source and Sink
 objects as a run (DESIGN §7): a sink that keeps dead letters where another process can
 read them implements `browse`, `remove` and `take` (see _dead_letter_store; the RabbitMQ
-queue, the MySQL and PostgreSQL table queues and the Redis stream do). Replays and discards take each dead letter under the sink's claim,
-so that two of them at once, or a running app, never handle one twice. A MemoryQueue is
-handled here, through its public methods: it lives in the memory of one process, so
-only code in that process sees its dead letters.
+queue, the MySQL and PostgreSQL table queues and the Redis stream do). Replays and
+discards take each dead letter under the sink's claim, so that two of them at once, or a
+running app, never handle one twice. A MemoryQueue is handled here, through its public
+methods: it lives in the memory of one process, so only code in that process sees its
+dead letters.
 """
 
 from __future__ import annotations
