@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .executor import ProcessExecutor, check_runs_elsewhere, executor_option
 from .core import AppCore, TargetError
 from .core import load_app as load_any_app
+from .executor import ProcessExecutor, check_runs_elsewhere, executor_option
 from .ops import DeadLetters, dead_letters_of
 from .processes import run_processes
 

@@ -27,7 +27,7 @@ from .._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED
 from .._onestep_app import OneStepApp, load_app
 from .._version import __version__
 from ..core import TargetError
-from ..core._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from ..core._logging import LOG_FORMATS, LOG_LEVELS, configure_logging, quiet_failures
 from ..ops import (
     GRAPH_FORMATS,
     AppMonitor,
@@ -137,6 +137,13 @@ def _log_options(command: Any) -> Any:
     metavar="SECONDS",
     help="Log one status line per task this often (messages, rate, in flight, retries, "
     "dead letters); 0 turns it off.",
+)
+@click.option(
+    "--quiet-failures",
+    is_flag=True,
+    expose_value=False,
+    callback=quiet_failures,
+    help="Log only dead letters and final failures (ERROR), not every retry and timeout.",
 )
 @click.option(
     "--start-timeout",
