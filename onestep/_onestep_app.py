@@ -14,11 +14,36 @@ from .executor import ProcessExecutor, check_runs_elsewhere, executor_option
 from .ops import DeadLetters, dead_letters_of
 from .processes import run_processes
 
+
+def traced_app(name: str) -> Any:
+    """The Tracing of app `name` (imports OpenTelemetry: only for `tracing=True`)."""
+    try:
+        from .ops._tracing import Tracing
+    except ImportError as exc:
+        raise ImportError(
+            "tracing=True needs the OpenTelemetry API: pip install 'onestep[otel]' "
+            f"(and an SDK with an exporter to see the spans): {exc}"
+        ) from exc
+    return Tracing(name)
+
+
 __all__ = ["OneStepApp", "load_app"]
 
 
 class OneStepApp(AppCore):
-    """The application: a name, config, a state store, and its tasks."""
+    """The application: a name, config, a state store, and its tasks.
+
+    `tracing=True` makes one OpenTelemetry span per execution and carries the trace
+    context in every message's meta (needs `pip install onestep[otel]`; bring an SDK and
+    an exporter: see docs/tracing.md). Off by default: OpenTelemetry is then never
+    imported."""
+
+    def __init__(self, name: str, *, tracing: bool = False, **options: Any) -> None:
+        if type(tracing) is not bool:
+            raise TypeError(f"tracing must be True or False, got {tracing!r}")
+        super().__init__(name, **options)
+        if tracing:
+            self.internals.set_tracing(traced_app(name))
 
     def run(self, *, processes: int | str = 1) -> None:
         """Run until `request_shutdown()` (or SIGINT/SIGTERM on the main thread), then shut
