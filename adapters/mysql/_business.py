@@ -70,6 +70,8 @@ class BusinessTable(Source):
     back whose lease column is older than `lease_s` (without fencing: see the docs).
     """
 
+    messaging_system = "mysql"  # tracing's `messaging.system`
+
     def __init__(
         self,
         connector: MySQLConnector,

@@ -43,6 +43,8 @@ class IncrementalSource(Source):
     next restart re-reads it.
     """
 
+    messaging_system = "mysql"  # tracing's `messaging.system`
+
     def __init__(
         self,
         connector: MySQLConnector,

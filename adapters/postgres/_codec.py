@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from onestep.kit import EncodeError
+from onestep.kit import EncodeError, check_meta
 
 # One shared encoder: json.dumps with a non-default option builds a new encoder per
 # call (encode() keeps no state between calls, so threads may share it).
@@ -36,10 +36,10 @@ def encode_message(
     character (a jsonb column cannot store it); TypeError for meta that is not a dict
     or None; ValueError for meta on a table without a meta column."""
     payload = encode_json(body, body_name)
+    # with tracing on, the caller's trace context is added (not on a table without meta)
+    meta = check_meta(meta, trace=has_meta)
     if meta is None:
         return payload, None
-    if not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
     if not has_meta:
         if not meta:
             return payload, None

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from onestep.kit import Delivery, EncodeError
+from onestep.kit import Delivery, EncodeError, check_meta
 
 #: The entry's body: JSON text, or the raw bytes when `type` is `bytes`.
 BODY = b"body"
@@ -47,10 +47,7 @@ def _why(exc: Exception) -> str:
 def encode_meta(stream: str, meta: Any) -> bytes | None:
     """The JSON of a message's meta (None for none or empty); TypeError for meta that
     is not a dict, EncodeError for one that is not JSON."""
-    if meta is None:
-        return None
-    if not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
+    meta = check_meta(meta)  # with tracing on, it adds the caller's trace context
     if not meta:
         return None
     try:
