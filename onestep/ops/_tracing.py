@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import Context, attach, detach
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from actors import ExecutorPort, RemoteFailure
@@ -154,14 +154,16 @@ class Tracing:
             """Runs on a worker thread of the task."""
             span = start(spec, static, message_id, delivery)
             last.span = None
-            with trace.use_span(
-                span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-            ):
-                try:
-                    result = run(delivery, cancelled, deadline)
-                except BaseException as exc:
-                    _failed(span, exc)
-                    raise
+            # the span is current while the handler runs: its puts and emits carry it
+            token = attach(set_span_in_context(span))
+            try:
+                result = run(delivery, cancelled, deadline)
+            except BaseException as exc:
+                _failed(span, exc)
+                raise
+            finally:
+                detach(token)
+                span.end()
             last.span = span
             return result
 
@@ -174,17 +176,19 @@ class Tracing:
         start = self._start
 
         async def traced(delivery: Delivery, deadline: float | None) -> Any:
-            """Runs on the event-loop thread."""
+            """Runs on the event-loop thread, in an asyncio task of its own (a puller,
+            or one per delivery): the context attached here is that task's alone."""
             span = start(spec, static, message_id, delivery)
             last.span = None
-            with trace.use_span(
-                span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-            ):
-                try:
-                    result = await run(delivery, deadline)
-                except BaseException as exc:
-                    _failed(span, exc)
-                    raise
+            token = attach(set_span_in_context(span))
+            try:
+                result = await run(delivery, deadline)
+            except BaseException as exc:
+                _failed(span, exc)
+                raise
+            finally:
+                detach(token)
+                span.end()
             # nothing awaits between here and the engine's result_meta call
             last.span = span
             return result
