@@ -6,6 +6,7 @@ protocols in `actors._ports`.
 
 from ._atomic import GIL_ATOMIC
 from ._failure import EncodeError, HandlerFailed, RemoteFailure, failure_from, timeout_failure
+from ._failure_log import FAILURES, FailureLog
 from ._loop import EventLoopThread
 from ._ports import (
     EventRecord,
@@ -24,6 +25,7 @@ from ._timer import Timer
 
 __all__ = [
     "DURATION_BUCKETS",
+    "FAILURES",
     "GIL_ATOMIC",
     "ActorSystem",
     "AppFailed",
@@ -32,6 +34,7 @@ __all__ = [
     "EventRecord",
     "ExecutorPort",
     "Failure",
+    "FailureLog",
     "HandlerFailed",
     "PublishJob",
     "RemoteFailure",

@@ -140,6 +140,10 @@ class TaskPort(Protocol):
         """Build the body and meta a dead-letter sink receives."""
         ...
 
+    # Optional: `result_meta(delivery)`, the meta of the result a handler returned (read
+    # once as the task starts; None or absent: results carry no meta). Called where the
+    # handler finished, right after it returned, on that same thread.
+
 
 class ExecutorPort(Protocol):
     """Runs a sync task's handler outside the process (worker processes, one per worker

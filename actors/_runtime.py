@@ -101,6 +101,11 @@ class TaskRuntime:
         # without a PublishJob and its callbacks (sync-c1 +20%).
         self.single_offer = self.emit[0].offer if len(self.emit) == 1 else None
         self.dead_letter = tuple(dead_letter)
+        # the meta of a returned result from its delivery (TaskPort.result_meta: tracing
+        # sets it), or None: results then carry no meta
+        self.result_meta: Callable[[Any], dict[str, Any] | None] | None = getattr(
+            task, "result_meta", None
+        )
         self.events = events
         # False when `events` only counts (metrics without event handlers, a TaskStats):
         # then no `fetched` or `started` is emitted, which nothing would read
@@ -212,17 +217,18 @@ class TaskRuntime:
         if result is None or not self.emit:
             self._done(delivery, result, duration_s)
             return
+        meta = None if self.result_meta is None else self.result_meta(delivery)
         offer = self.single_offer
         if offer is not None:
             try:
-                accepted = offer(result, None)
+                accepted = offer(result, meta)
             except Exception as exc:
                 self.failed(delivery, failure_from(exc), duration_s)
                 return
             if accepted:
                 self._done(delivery, result, duration_s)
                 return
-        PublishJob(result, None, self.emit, self._published, (delivery, duration_s)).advance()
+        PublishJob(result, meta, self.emit, self._published, (delivery, duration_s)).advance()
 
     def _reply_encodes(self, reply: Any, delivery: Any, result: Any, duration_s: float) -> bool:
         """Let a request-reply source encode the result before anything is acked or

@@ -15,6 +15,7 @@ from typing import Any
 
 from ._base import ACK, FAIL, RESTART, RETRY, EngineActor, Request, tell_quietly
 from ._failure import NOT_RETRIED, HandlerFailed, failure_from
+from ._failure_log import FAILURES, max_attempts_of
 from ._ports import Failure
 from ._runtime import MessageFailed, TaskRuntime
 from ._sink import PublishJob
@@ -22,6 +23,11 @@ from ._stats import RuntimeStats
 from ._timer import MAX_DELAY_S, Timer
 
 logger = logging.getLogger("onestep.actors.supervisor")
+
+
+def _executions(delivery: Any, failure: Failure) -> int:
+    """How many times the handler ran on the message (none for one that did not decode)."""
+    return int(delivery.attempts) + (0 if failure.kind == "decode" else 1)
 
 
 class ActorFailed:
@@ -124,6 +130,13 @@ class Supervisor(EngineActor):
         self._handlers[Health] = self._on_health
         self._down: dict[str, str] = {}
         self.restarts = 0
+        # the failure log writes a flood's summary on this app's timer
+        FAILURES.attach(timer.call_later)
+
+    def on_stop(self) -> None:
+        """Runs on the supervisor's thread as it stops: write pending flood summaries."""
+        FAILURES.detach(self._timer.call_later)
+        super().on_stop()
 
     # -- message failures ----------------------------------------------------------------
 
@@ -135,6 +148,10 @@ class Supervisor(EngineActor):
         if delay is not None:
             if events is not None:
                 events.emit("retried", delivery, message.duration_s, failure)
+            task = runtime.task
+            FAILURES.retried(
+                task.name, delivery.attempts + 1, max_attempts_of(task.retry), failure, delay
+            )
             runtime.settle(delivery, RETRY, delay)
             return
         if not runtime.dead_letter:
@@ -192,6 +209,10 @@ class Supervisor(EngineActor):
         if events is not None:
             events.emit("dead_lettered", delivery, duration_s, failure)
             events.emit("failed", delivery, duration_s, failure)
+        task = runtime.task
+        FAILURES.dead_lettered(
+            task.name, _executions(delivery, failure), max_attempts_of(task.retry), failure
+        )
         # ACK with the failure: a source that defines `dead_lettered(delivery, error)`
         # gets that call instead of `ack` (a table row then ends `dead`, not `done`)
         runtime.settle(delivery, ACK, error=HandlerFailed(failure))
@@ -201,12 +222,9 @@ class Supervisor(EngineActor):
     def _give_up(runtime: TaskRuntime, delivery: Any, failure: Failure, duration: Any) -> None:
         if runtime.events is not None:
             runtime.events.emit("failed", delivery, duration, failure)
-        logger.warning(
-            "task %r gave up on a message after %d attempt(s): %s: %s",
-            runtime.task.name,
-            delivery.attempts + 1,
-            failure.exception_type,
-            failure.message,
+        task = runtime.task
+        FAILURES.failed(
+            task.name, _executions(delivery, failure), max_attempts_of(task.retry), failure
         )
         runtime.settle(delivery, FAIL, error=HandlerFailed(failure))
         runtime.gave_up(delivery, failure)

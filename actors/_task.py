@@ -17,6 +17,7 @@ from typing import Any
 from ._async_runner import AsyncRunner
 from ._base import RESTART, EngineActor, Request, tell_quietly
 from ._failure import timeout_failure
+from ._failure_log import FAILURES
 from ._runtime import TaskRuntime
 from ._supervisor import ActorFailed, ActorRecovered
 from ._worker import STOP_WORKER, CheckDeadline, Worker, WorkerDied
@@ -112,11 +113,11 @@ class TaskActor(EngineActor):
         self._workers.remove(worker)
         self._abandoned = [w for w in self._abandoned if w.thread.is_alive()]
         self._abandoned.append(worker)
-        logger.warning(
-            "%s: handler exceeded timeout_s=%s; its thread is abandoned (%d stuck)",
-            self.label,
+        FAILURES.timed_out(
+            runtime.task.name,
+            delivery.attempts + 1,
             timeout_s,
-            len(self._abandoned),
+            f"its thread is abandoned ({len(self._abandoned)} stuck)",
         )
         if not runtime.cutoff:
             self._spawn()

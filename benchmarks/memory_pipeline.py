@@ -7,6 +7,7 @@ Run from the repository root:
     python benchmarks/memory_pipeline.py --repeat 3 --median   # median of 3
     python benchmarks/memory_pipeline.py --json          # one JSON object per case
     python benchmarks/memory_pipeline.py --case sync-c1 --messages 20000
+    python benchmarks/memory_pipeline.py --tracing       # + OneStepApp(tracing=True)
 
 Cases: `sync-c1`, `sync-c8`, `async-c1`, `async-c8` (a `def` or `async def` handler that
 returns its item, with concurrency 1 or 8). Beside every case the same run measures a raw
@@ -23,6 +24,11 @@ without actor start-up or shutdown. The output queue is a MemoryQueue subclass w
 baseline is timed the same way, from its first `put` to its N-th. Beside each rate it
 prints the onestep child's context switches per message (`cs/msg`): a lock convoy
 between the workers shows as one or more per message.
+
+With `--tracing` each case also runs with `OneStepApp(tracing=True)`, the OpenTelemetry
+SDK's TracerProvider and a BatchSpanProcessor whose exporter drops the spans (a span per
+message is made, ended and handed to the processor), and prints its rate against the same
+case without tracing, from the same run.
 
 It never asserts anything: it only reports (DESIGN.md section 6). See benchmarks/README.md.
 """
@@ -55,11 +61,14 @@ DEFAULT_MESSAGES = 100_000
 
 
 METRICS_SUFFIX = "+metrics"
+TRACING_SUFFIX = "+tracing"
 
 
 def parse_case(case: str) -> tuple[bool, int]:
     """'async-c8' -> (True, 8); 'sync-c1+metrics' -> (False, 1)."""
-    kind, _, concurrency = case.removesuffix(METRICS_SUFFIX).partition("-c")
+    kind, _, concurrency = (
+        case.removesuffix(METRICS_SUFFIX).removesuffix(TRACING_SUFFIX).partition("-c")
+    )
     if kind not in ("sync", "async") or not concurrency.isdigit() or int(concurrency) < 1:
         raise ValueError(f"bad case {case!r}: expected sync-cN or async-cN")
     return kind == "async", int(concurrency)
@@ -68,7 +77,9 @@ def parse_case(case: str) -> tuple[bool, int]:
 # -- children --------------------------------------------------------------------------
 
 
-def measure_onestep(case: str, messages: int, wait_s: float) -> dict[str, Any]:
+def measure_onestep(
+    case: str, messages: int, wait_s: float, trace_ratio: float = 1.0
+) -> dict[str, Any]:
     """Runs in a fresh child process: the onestep pipeline."""
     from onestep import MemoryQueue, OneStepApp
 
@@ -92,7 +103,10 @@ def measure_onestep(case: str, messages: int, wait_s: float) -> dict[str, Any]:
         source.put(i)
     rss_preloaded = peak_rss_mb()
 
-    app = OneStepApp("bench", shutdown_timeout_s=5.0)
+    tracing = case.endswith(TRACING_SUFFIX)
+    if tracing:
+        _trace_to_nowhere(trace_ratio)
+    app = OneStepApp("bench", shutdown_timeout_s=5.0, tracing=tracing)
     if is_async:
 
         @app.task(source=source, emit=sink, concurrency=concurrency, name="noop")
@@ -127,6 +141,28 @@ def measure_onestep(case: str, messages: int, wait_s: float) -> dict[str, Any]:
     if server is not None and scraped != messages:
         return {"error": f"/metrics counted {scraped} successes of {messages}"}
     return result
+
+
+def _trace_to_nowhere(ratio: float) -> None:
+    """The SDK with a batch processor whose exporter drops every span; `ratio` of the
+    traces are sampled (1.0: every message's span is recorded and exported)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Nowhere(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+    provider.add_span_processor(BatchSpanProcessor(Nowhere()))
+    trace.set_tracer_provider(provider)
 
 
 def _scrape_succeeded(url: str) -> float | None:
@@ -199,19 +235,39 @@ def main(argv: list[str] | None = None) -> int:
         help="also run each case with metrics on (app.serve_http, as `onestep run --http` "
         "does) and print its rate against the same case without them",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run each case with OneStepApp(tracing=True), the OpenTelemetry SDK and "
+        "an exporter that drops the spans, and print its rate against the same case "
+        "without tracing",
+    )
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=1.0,
+        help="with --tracing: the fraction of traces the SDK samples (default 1.0, all)",
+    )
     args = parse_common_args(parser, argv, CASES, check_case=parse_case)
 
     if args.child:
         kind, case = args.child
-        measure = measure_onestep if kind == "onestep" else measure_baseline
-        emit_child_result(**measure(case, args.messages, args.timeout))
+        if kind == "onestep":
+            result = measure_onestep(case, args.messages, args.timeout, args.trace_ratio)
+        else:
+            result = measure_baseline(case, args.messages, args.timeout)
+        emit_child_result(**result)
         return 0
 
     child_args = ["--messages", str(args.messages), "--timeout", str(args.timeout)]
+    child_args += ["--trace-ratio", str(args.trace_ratio)]
     # a child gets a little longer than its own wait, to start and to stop
     timeout_s = args.timeout + 60.0
-    if args.metrics:
-        results = run_with_metrics(args.cases, args.repeat, child_args, timeout_s, args.median)
+    suffix = METRICS_SUFFIX if args.metrics else TRACING_SUFFIX if args.tracing else None
+    if suffix is not None:
+        results = run_with_variant(
+            args.cases, suffix, args.repeat, child_args, timeout_s, args.median
+        )
     else:
         results = run_cases(
             os.path.abspath(__file__),
@@ -228,55 +284,61 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary} of {args.repeat}, Python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)"
     )
     print_results(results, as_json=args.json, title=title, messages=args.messages)
-    if args.metrics:
-        print_metrics_cost(results, as_json=args.json)
+    if suffix is not None:
+        print_variant_cost(results, suffix, as_json=args.json)
     return 0
 
 
-def run_with_metrics(
-    cases: list[str], repeat: int, child_args: list[str], timeout_s: float, median: bool
+def run_with_variant(
+    cases: list[str],
+    suffix: str,
+    repeat: int,
+    child_args: list[str],
+    timeout_s: float,
+    median: bool,
 ) -> list[CaseResult]:
-    """Each case without and with metrics, and the baseline, one child after the other
-    in every repeat, so that drift on the machine hits the three alike."""
+    """Each case without and with metrics (or tracing: `suffix`), and the baseline, one
+    child after the other in every repeat, so that drift on the machine hits the three
+    alike."""
     script = os.path.abspath(__file__)
     results = []
     for case in cases:
         plain = CaseResult(case, Trial(median=median), Trial(median=median))
-        metered = CaseResult(case + METRICS_SUFFIX, Trial(median=median), plain.baseline)
+        metered = CaseResult(case + suffix, Trial(median=median), plain.baseline)
         for _ in range(max(1, repeat)):
             plain.onestep.add(run_child(script, "onestep", case, child_args, timeout_s))
-            metered.onestep.add(
-                run_child(script, "onestep", case + METRICS_SUFFIX, child_args, timeout_s)
-            )
+            metered.onestep.add(run_child(script, "onestep", case + suffix, child_args, timeout_s))
             plain.baseline.add(run_child(script, "baseline", "raw-1-thread", child_args, timeout_s))
         results += [plain, metered]
     return results
 
 
-def print_metrics_cost(results: list[Any], *, as_json: bool) -> None:
-    """Each case's rate with metrics on against its rate without, from the same run."""
+def print_variant_cost(results: list[Any], suffix: str, *, as_json: bool) -> None:
+    """Each case's rate with metrics (or tracing) on against its rate without, from the
+    same run."""
+    what = suffix.removeprefix("+")
     rates = {result.case: result.onestep.rate for result in results}
     rows = []
     for case, rate in rates.items():
-        if case.endswith(METRICS_SUFFIX):
-            plain = rates.get(case.removesuffix(METRICS_SUFFIX))
+        if case.endswith(suffix):
+            plain = rates.get(case.removesuffix(suffix))
             ratio = rate / plain if rate and plain else None
-            rows.append((case.removesuffix(METRICS_SUFFIX), plain, rate, ratio))
+            rows.append((case.removesuffix(suffix), plain, rate, ratio))
     if as_json:
         for case, plain, rate, ratio in rows:
             print(
                 json.dumps(
                     {
                         "case": case,
-                        "rate_without_metrics": plain,
-                        "rate_with_metrics": rate,
-                        "metrics_ratio": None if ratio is None else round(ratio, 3),
+                        f"rate_without_{what}": plain,
+                        f"rate_with_{what}": rate,
+                        f"{what}_ratio": None if ratio is None else round(ratio, 3),
                     }
                 )
             )
         return
     print()
-    print("metrics cost (rate with metrics on / rate without, same run)")
+    print(f"{what} cost (rate with {what} on / rate without, same run)")
     print(f"{'case':<10} {'without msg/s':>14} {'with msg/s':>14} {'ratio':>7}")
     for case, plain, rate, ratio in rows:
 

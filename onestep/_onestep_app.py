@@ -5,7 +5,7 @@ extend it and are called as its methods: `run(processes=N)`, `serve_http()`,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .core import AppCore, TargetError
@@ -13,12 +13,55 @@ from .core import load_app as load_any_app
 from .executor import ProcessExecutor, check_runs_elsewhere, executor_option
 from .ops import DeadLetters, dead_letters_of
 from .processes import run_processes
+from .state import StateStore
+
+
+def traced_app(name: str) -> Any:
+    """The Tracing of app `name` (imports OpenTelemetry: only for `tracing=True`)."""
+    try:
+        from .ops._tracing import Tracing
+    except ImportError as exc:
+        raise ImportError(
+            "tracing=True needs the OpenTelemetry API: pip install 'onestep[otel]' "
+            f"(and an SDK with an exporter to see the spans): {exc}"
+        ) from exc
+    return Tracing(name)
+
 
 __all__ = ["OneStepApp", "load_app"]
 
 
 class OneStepApp(AppCore):
-    """The application: a name, config, a state store, and its tasks."""
+    """The application: a name, config, a state store, and its tasks.
+
+    `tracing=True` makes one OpenTelemetry span per execution and carries the trace
+    context in every message's meta (needs `pip install onestep[otel]`; bring an SDK and
+    an exporter: see docs/tracing.md). Off by default: OpenTelemetry is then never
+    imported."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        state: StateStore | None = None,
+        shutdown_timeout_s: float = 30.0,
+        max_restarts: int = 5,
+        restart_window_s: float = 60.0,
+        tracing: bool = False,
+    ) -> None:
+        if type(tracing) is not bool:
+            raise TypeError(f"tracing must be True or False, got {tracing!r}")
+        super().__init__(
+            name,
+            config=config,
+            state=state,
+            shutdown_timeout_s=shutdown_timeout_s,
+            max_restarts=max_restarts,
+            restart_window_s=restart_window_s,
+        )
+        if tracing:
+            self.internals.set_tracing(traced_app(name))
 
     def run(self, *, processes: int | str = 1) -> None:
         """Run until `request_shutdown()` (or SIGINT/SIGTERM on the main thread), then shut

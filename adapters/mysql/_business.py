@@ -21,6 +21,7 @@ class BusinessTable(BusinessTableSource):
     `NOW(6)` there, and a row whose lease column is older than `lease_s` is taken back.
     """
 
+    messaging_system = "mysql"  # tracing's `messaging.system`
     kind = "MySQLBusinessTable"
     prefix = "mysql"
     now_sql = "NOW(6)"

@@ -18,6 +18,8 @@ class IncrementalSource(IncrementalTableSource):
     kind = "MySQLIncrementalSource"
     prefix = "mysql"
 
+    messaging_system = "mysql"  # tracing's `messaging.system`
+
     def quote(self, name: str, what: str) -> str:
         return quote_ident(name, what)
 

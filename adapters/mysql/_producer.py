@@ -66,7 +66,8 @@ class Producer:
 
     def encode_meta(self, meta: Any) -> str | None:
         """The JSON text of a message's meta (a mapping or None)."""
-        meta = check_meta(meta)
+        # with tracing on, the caller's trace context is added (not without a meta column)
+        meta = check_meta(meta, trace=self.has_meta)
         if meta is None:
             return None
         if not self.has_meta:

@@ -30,6 +30,7 @@ class BusinessTable(BusinessTableSource):
     the server's clock is taken back.
     """
 
+    messaging_system = "postgresql"  # tracing's `messaging.system`
     kind = "PostgresBusinessTable"
     prefix = "postgresql"
     now_sql = "clock_timestamp()"

@@ -31,7 +31,8 @@ def encode_message(
     on a table without a meta column."""
     payload = encode_json(body, body_name)
     check_size(body_name, utf8_size(payload), limit, _SETTING)
-    checked = check_meta(meta)
+    # with tracing on, the caller's trace context is added (not on a table without meta)
+    checked = check_meta(meta, trace=has_meta)
     if checked is None:
         return payload, None
     if not has_meta:

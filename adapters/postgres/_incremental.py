@@ -16,6 +16,7 @@ class IncrementalSource(IncrementalTableSource):
     `(updated_at, id) > (%s, %s)`, which an index on those columns serves), then each
     new or updated row as it appears (see IncrementalTableSource)."""
 
+    messaging_system = "postgresql"  # tracing's `messaging.system`
     kind = "PostgresIncrementalSource"
     prefix = "postgresql"
 

@@ -53,6 +53,12 @@ class TableQueue(Source):
 
     #: The SinkActor hands the sink side up to this many results at once.
     max_batch = 500
+    #: tracing's `messaging.system`
+    messaging_system = "postgresql"
+
+    def message_id(self, delivery: Delivery) -> Any:
+        """The message's row id (tracing's `messaging.message.id`)."""
+        return delivery.handle
 
     def __init__(
         self,

@@ -62,6 +62,8 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
     poll_interval_s = 0.002
     #: Results waiting for this sink are published together, one round of confirms.
     max_batch = 1000
+    #: tracing's `messaging.system`
+    messaging_system = "rabbitmq"
 
     def __init__(
         self,

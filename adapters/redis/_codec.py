@@ -47,7 +47,7 @@ def encode_meta(stream: str, meta: Any, limit: int) -> bytes | None:
     """The JSON of a message's meta (None for none or empty): TypeError for meta that
     is not a mapping, EncodeError for one that is not JSON, MessageTooLarge for one
     over `limit` bytes."""
-    meta = check_meta(meta)
+    meta = check_meta(meta)  # with tracing on, it adds the caller's trace context
     if not meta:
         return None
     try:

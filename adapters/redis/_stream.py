@@ -63,6 +63,13 @@ class RedisStream(Source, Sink):
 
     #: Results waiting for this sink are added together, in one pipeline.
     max_batch = 1000
+    #: tracing's `messaging.system`
+    messaging_system = "redis"
+
+    def message_id(self, delivery: Delivery) -> Any:
+        """The message's stream entry id (tracing's `messaging.message.id`)."""
+        entry_id = delivery.handle[0]
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
     def __init__(
         self,

@@ -56,8 +56,15 @@ class WebhookSource(MemoryQueue):
     on it gives, or the default; two different values on one server are an error at open.
     `forward_headers` names credential headers to keep in `item["headers"]` (by default
     Authorization, Cookie, Proxy-Authorization and the HMAC signature header are left
-    out). JSON bodies nested deeper than `max_json_depth` are refused (400).
+    out). JSON bodies nested deeper than `max_json_depth` are refused (400). A request's
+    meta is `{"webhook_id": ...}` plus its `traceparent` and `tracestate` headers.
     """
+
+    messaging_system = "webhook"
+
+    def message_id(self, delivery: Delivery) -> Any:
+        """The request's id (for tracing's `messaging.message.id`)."""
+        return delivery.meta.get("webhook_id")
 
     #: keepalive() runs this often on the source actor's thread.
     keepalive_interval_s = 1.0
@@ -254,14 +261,15 @@ class WebhookSource(MemoryQueue):
             "received_at": time.time(),
         }
         request_id = f"{_ID_PREFIX}-{next(_ids)}"
+        meta = _meta_of(request_id, req.headers_lower)
         if self.respond == "accepted":
-            if not self.offer(payload, {"webhook_id": request_id}):
+            if not self.offer(payload, meta):
                 raise _queue_full(self)
             resp.status = falcon.HTTP_202
             resp.content_type = falcon.MEDIA_JSON
             resp.text = f'{{"accepted": true, "id": "{request_id}"}}'
             return
-        self._respond_with_result(payload, request_id, resp)
+        self._respond_with_result(payload, meta, resp)
 
     def _check_accepting(self) -> None:
         app = self._app
@@ -299,20 +307,23 @@ class WebhookSource(MemoryQueue):
             raise _incomplete_body(length, len(body))  # the client went away mid-body
         return body
 
-    def _respond_with_result(self, payload: Any, request_id: str, resp: falcon.Response) -> None:
+    def _respond_with_result(
+        self, payload: Any, meta: dict[str, Any], resp: falcon.Response
+    ) -> None:
         # A waiting request holds its server thread: keep some free for the others.
         server = self._server
         if server is not None and not server.start_waiting():
             raise _too_many_waiting(self, server.settings.max_result_waiters)
         try:
-            self._wait_for_result(payload, request_id, resp)
+            self._wait_for_result(payload, meta, resp)
         finally:
             if server is not None:
                 server.stop_waiting()
 
-    def _wait_for_result(self, payload: Any, request_id: str, resp: falcon.Response) -> None:
+    def _wait_for_result(self, payload: Any, meta: dict[str, Any], resp: falcon.Response) -> None:
         reply = _Reply()
-        delivery = Delivery(payload, meta={"webhook_id": request_id})
+        request_id = meta["webhook_id"]
+        delivery = Delivery(payload, meta=meta)
         delivery.reply = reply
         with self._waiting_lock:
             self._waiting[id(reply)] = reply
@@ -342,3 +353,18 @@ class WebhookSource(MemoryQueue):
         resp.status = falcon.HTTP_200
         resp.content_type = falcon.MEDIA_JSON
         resp.text = reply.text
+
+
+#: The W3C trace-context headers a request's meta keeps, so that a traced app's span for
+#: the request continues the caller's trace (`OneStepApp(tracing=True)`).
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def _meta_of(request_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    """A request's meta: its id, and the caller's trace context if it sent one."""
+    meta: dict[str, Any] = {"webhook_id": request_id}
+    for name in TRACE_HEADERS:
+        value = headers.get(name)
+        if value:
+            meta[name] = value
+    return meta

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .._exit_codes import EXIT_BAD_TARGET
-from ..core._logging import configure_logging
+from ..core._logging import configure_logging, quiet_failures
 from ..ops import (
     AppMonitor,
     Monitor,
@@ -84,6 +84,13 @@ PROCESSES_HELP = (
     metavar="SECONDS",
     help="Log one status line per task this often (messages, rate, in flight, retries, "
     "dead letters); 0 turns it off.",
+)
+@click.option(
+    "--quiet-failures",
+    is_flag=True,
+    expose_value=False,
+    callback=quiet_failures,
+    help="Log only dead letters and final failures (ERROR), not every retry and timeout.",
 )
 @click.option(
     "--start-timeout",

@@ -34,6 +34,7 @@ from ._hooks import (
 )
 from ._internals import AppInternals
 from ._task import ExecutorOptions, TaskSpec
+from ._tracing_port import TracingPort
 
 if TYPE_CHECKING:
     from .._onestep_app import OneStepApp
@@ -91,6 +92,8 @@ class AppCore:
         self._stats: RuntimeStats | None = None
         # Set by onestep.http.HttpServer (through `internals`) while it serves this app.
         self._http_url: str | None = None
+        # Set by `OneStepApp(tracing=True)` (through `internals`): spans per execution.
+        self._tracing: TracingPort | None = None
         #: The interface onestep's own extensions (HTTP, metrics, `--processes`, the
         #: testing helpers) use; not for applications.
         self.internals = AppInternals(self)

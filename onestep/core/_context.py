@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from actors import PublishJob, SinkRoute
 
+from . import _encoding
 from ._delivery import Delivery
 
 if TYPE_CHECKING:
@@ -94,7 +95,11 @@ class TaskContext:
 
     def emit(self, body: Any, *, sink: Any = None, meta: dict[str, Any] | None = None) -> Any:
         """Publish `body` now to `sink`, or to every emit sink of the task, and wait until
-        each accepted it. Awaitable in an async handler."""
+        each accepted it. Awaitable in an async handler. With tracing on, the meta
+        carries the handler's span (`traceparent`), so the next hop continues it."""
+        inject = _encoding.meta_injector
+        if inject is not None:
+            meta = inject(meta)
         if self._spec.is_async:
             return self._emit_async(body, sink, meta)
         routes = self._spec.routes_for(sink)

@@ -117,6 +117,10 @@ class Source(Endpoint):
     once the message's dead letter was stored; `error` is a HandlerFailed). Each may be
     `def` or `async def`. All of them run on the
     source's actor thread; `async def` ones run on the event loop while that actor waits.
+
+    For tracing (`OneStepApp(tracing=True)`) a source may declare the class attribute
+    `messaging_system` ("kafka", say) and a `message_id(delivery)` method (called on the
+    thread that runs the handler): the execution's span names them.
     """
 
     #: How long the runtime waits before fetching again after an empty fetch.

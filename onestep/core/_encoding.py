@@ -12,7 +12,7 @@ MessageTooLarge, an EncodeError, for a message over the destination's size limit
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from actors import EncodeError
@@ -40,12 +40,26 @@ def check_size(what: str, size: int, limit: int, setting: str, where: str = "") 
         raise MessageTooLarge(what, size, limit, setting, where)
 
 
-def check_meta(meta: Any) -> dict[str, Any] | None:
+#: Set by `OneStepApp(tracing=True)` (onestep.ops._tracing), for the whole process: adds
+#: the calling thread's trace context (`traceparent`, `tracestate`) to a message's meta,
+#: returning a new dict (or the meta unchanged outside a span, or when it has a
+#: `traceparent` already). None, the default, costs one global read per put.
+meta_injector: Callable[[dict[str, Any] | None], dict[str, Any] | None] | None = None
+
+
+def check_meta(meta: Any, *, trace: bool = True) -> dict[str, Any] | None:
     """A message's meta as a dict (None stays None, another mapping is copied into one).
     TypeError for anything that is not a mapping, EncodeError for a key that is not a
     string (JSON would turn it into one, and the consumer would see another key). Its
-    values are checked where it is encoded (`encode_json(meta, what="meta")`)."""
+    values are checked where it is encoded (`encode_json(meta, what="meta")`).
+
+    With tracing on (`OneStepApp(tracing=True)`) and a span current on the calling
+    thread, the result also carries the span's W3C `traceparent` (and `tracestate`), so
+    that every queue's `put()` continues the caller's trace; `trace=False` leaves that
+    out (a table queue without a meta column)."""
     if meta is None:
+        if meta_injector is not None and trace:
+            return meta_injector(None)
         return None
     if type(meta) is not dict:
         if not isinstance(meta, Mapping):
@@ -58,6 +72,8 @@ def check_meta(meta: Any) -> dict[str, Any] | None:
                 f"meta keys must be strings, got {key!r} ({type(key).__name__}): JSON would "
                 "make it a string"
             )
+    if meta_injector is not None and trace:
+        return meta_injector(checked)
     return checked
 
 

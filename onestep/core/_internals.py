@@ -15,6 +15,7 @@ from actors import ActorSystem, EventRecord, RuntimeStats
 
 if TYPE_CHECKING:
     from ._app import AppCore
+    from ._tracing_port import TracingPort
 
 
 class AppInternals:
@@ -41,6 +42,18 @@ class AppInternals:
     def system(self) -> ActorSystem | None:
         """The running app's actor system (its runtimes, timer, loop); None when stopped."""
         return self._app._system
+
+    # -- tracing (`OneStepApp(tracing=True)`) -------------------------------------------
+
+    def set_tracing(self, tracing: TracingPort) -> None:
+        """Trace every task registered from now on (call it before the first
+        `@app.task`); called by OneStepApp as it is made."""
+        self._app._tracing = tracing
+
+    @property
+    def tracing(self) -> TracingPort | None:
+        """The app's tracing, or None (the default: nothing is traced)."""
+        return self._app._tracing
 
     # -- the HTTP endpoints serving the app -------------------------------------------
 

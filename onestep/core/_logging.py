@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,22 @@ class WorkerNameFilter(logging.Filter):
         return True
 
 
+#: Set (to "1") by `onestep run --quiet-failures`, and inherited by its worker processes:
+#: the failure log (`onestep.failures`) then writes only its ERROR lines (dead letters and
+#: final failures), not one line per retry or timeout.
+QUIET_FAILURES_ENV = "ONESTEP_QUIET_FAILURES"
+
+
+def quiet_failures(ctx: Any, param: Any, value: bool) -> bool:
+    """The `--quiet-failures` option's callback (click calls it while parsing): turn the
+    failure log down to ERROR in this process and, through the environment, in the
+    worker processes it starts."""
+    if value:
+        os.environ[QUIET_FAILURES_ENV] = "1"
+        logging.getLogger("onestep.failures").setLevel(logging.ERROR)
+    return value
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -79,5 +96,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text", *, worker: str | N
     # pykka logs every error returned to an ask() caller at INFO with a traceback; onestep
     # reports those errors itself, so keep pykka quiet unless debugging.
     # pika logs every connection step at INFO.
+    if os.environ.get(QUIET_FAILURES_ENV) == "1":
+        logging.getLogger("onestep.failures").setLevel(logging.ERROR)
     for noisy in ("pykka", "pika"):
         logging.getLogger(noisy).setLevel("DEBUG" if level.upper() == "DEBUG" else "WARNING")

@@ -186,8 +186,16 @@ class TaskSpec:
         self._lock = threading.Lock()
         self.process: ExecutorOptions | None = process
         self.executor: ExecutorPort | None = None
+        tracing = app.internals.tracing
+        if tracing is not None:
+            tracing.instrument(self)  # traced invoke, invoke_async and result_meta
 
     # -- running (called by the engine) --------------------------------------------------
+
+    #: The meta of the results the handler returns, from the delivery (read by the
+    #: engine's TaskRuntime as it starts): None here; tracing sets one that carries the
+    #: execution's span, so that the next hop continues its trace.
+    result_meta: Callable[[Delivery], dict[str, Any] | None] | None = None
 
     def invoke(self, delivery: Delivery, cancelled: threading.Event, deadline: float | None) -> Any:
         """Runs on a worker thread of the task."""
@@ -245,7 +253,9 @@ class TaskSpec:
             self.executor = None
             return
         # the task's worker threads call its run in place of invoke
-        self.executor = self.process.bind(self)
+        executor = self.process.bind(self)
+        tracing = self.app.internals.tracing
+        self.executor = executor if tracing is None else tracing.wrap_executor(self, executor)
 
     _route: Callable[[Any], SinkRoute] | None = None
 

@@ -26,7 +26,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from actors import Failure, RemoteFailure
+from actors import FAILURES, Failure, RemoteFailure
 
 from ..core._delivery import Delivery
 from . import check_importable
@@ -123,12 +123,11 @@ class HandlerProcess:
                 # checked before each wait: a handler that keeps logging still times out
                 if deadline is not None and time.monotonic() >= deadline:
                     self.kill()
-                    logger.warning(
-                        "task %r: handler exceeded timeout_s=%s; its worker process (pid %d) "
-                        "and its process group were killed",
+                    FAILURES.timed_out(
                         spec.name,
+                        delivery.attempts + 1,
                         spec.timeout_s,
-                        self.pid,
+                        f"its worker process (pid {self.pid}) and its process group were killed",
                     )
                     raise RemoteFailure(self._timeout_failure(spec))
                 wait = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())

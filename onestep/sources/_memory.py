@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._values import check_delay, check_int
-from ..core import Delivery, Sink, Source
+from ..core import Delivery, Sink, Source, _encoding
 from ..core._encoding import check_bodies, check_meta, encode_json, is_flat_json
 from ._memory_store import MemoryStore
 
@@ -35,6 +35,8 @@ class MemoryQueue(MemoryStore, Source, Sink):
     #: Every method may be called from any thread, so the runtime lets a sync task's
     #: workers `take` and settle directly instead of going through the source actor.
     thread_safe = True
+    #: tracing's `messaging.system`
+    messaging_system = "memory"
 
     def __init__(self, name: str, *, maxsize: int = 0) -> None:
         if not isinstance(name, str) or not name:
@@ -222,7 +224,8 @@ def _checked_meta(meta: Any) -> dict[str, Any] | None:
     tested on a MemoryQueue then fails the same way on a broker. The body is not
     checked: a MemoryQueue carries any Python object between the stages of one process."""
     if meta is None:
-        return None
+        # with tracing on, even a put without meta carries the caller's trace context
+        return None if _encoding.meta_injector is None else check_meta(None)
     checked = check_meta(meta)
     # a flat meta of plain values (the usual trace ids) needs no encoding to be known
     # good: 0.2 us instead of 1.6 us for a two-key meta (timeit, this machine under load;

@@ -205,7 +205,7 @@ def test_a_sleeping_handler_is_killed_at_its_timeout_and_dead_lettered(started):
     assert parent.process.poll() is None  # the app still runs
     # the kill is logged: task, pid, timeout
     parent.err.wait_for(
-        f"task 'work': handler exceeded timeout_s=0.5; its worker process (pid {sleeper})"
+        f"task 'work': attempt 1 exceeded timeout_s=0.5; its worker process (pid {sleeper})"
     )
     results = wait_records(parent, "RESULT", 3)
     assert sorted(r["item"] for r in results) == [1, 2, 3]

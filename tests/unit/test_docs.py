@@ -63,6 +63,7 @@ REQUIRED_PAGES = {
     "retries, timeouts and dead letters": "retries.md",
     "running and deploying": "deploying.md",
     "operations": "operations.md",
+    "logs and traces (issue 22)": "tracing.md",
     "testing your tasks": "testing.md",
     "performance": "performance.md",
     "migrating from upstream onestep": "migrating/upstream.md",
