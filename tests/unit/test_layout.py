@@ -102,3 +102,14 @@ def test_the_checks_find_what_they_look_for(tmp_path: Path) -> None:
     private = {m for _, m in _onestep_imports(module) if _is_private(m)}
     assert private == {"onestep._values", "onestep.core._app", "onestep.ops"}
     assert not _is_private("onestep.testing.conformance")
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    """tests/unit, tests/integration and tests/faults are not packages: pytest imports
+    their modules by file name, and two files of one name fail the whole run's collection
+    (each passes when its folder runs alone)."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(path.relative_to(ROOT).as_posix())
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, f"test modules sharing a name: {clashes}"
