@@ -122,8 +122,11 @@ class RabbitMQConnector:
         arguments: Mapping[str, Any] | None = None,
         publisher_confirms: bool = True,
         persistent: bool = True,
+        wire_format: str = "onestep",
     ) -> RabbitMQQueue:
-        """A queue that is both a Source and a Sink (declared when it opens)."""
+        """A queue that is both a Source and a Sink (declared when it opens).
+        `wire_format="upstream"` reads and writes upstream onestep's JSON envelope
+        (`{"body", "meta", "attempts"}`), so its workers can share the queue."""
         return RabbitMQQueue(
             self,
             name,
@@ -135,6 +138,7 @@ class RabbitMQConnector:
             arguments=arguments,
             publisher_confirms=publisher_confirms,
             persistent=persistent,
+            wire_format=wire_format,
         )
 
     def connect(self, purpose: str = "onestep") -> Any:
