@@ -21,6 +21,13 @@ from ._tables import (
     row_dict,
 )
 from ._values import MAX_DELAY_S, check_delay, check_int, check_number
+from ._wire import (
+    WIRE_FORMATS,
+    check_wire_format,
+    encode_envelope,
+    envelope_of,
+    envelope_with_attempts,
+)
 from .core import Delivery, Sink, Source, SourceContext
 from .core._encoding import (
     MessageTooLarge,
@@ -39,6 +46,7 @@ __all__ = [
     "BODY_REFUSED",
     "DEAD_LETTER_ID",
     "MAX_DELAY_S",
+    "WIRE_FORMATS",
     "BodyRouter",
     "BusinessTableSpec",
     "CursorProgress",
@@ -65,9 +73,13 @@ __all__ = [
     "check_number",
     "check_size",
     "check_ttl",
+    "check_wire_format",
     "decode_position",
+    "encode_envelope",
     "encode_json",
     "encode_position",
+    "envelope_of",
+    "envelope_with_attempts",
     "guarded_adjustments",
     "inherited_socket",
     "is_business_mode",

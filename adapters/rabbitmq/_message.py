@@ -8,10 +8,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pika
 
-from onestep.kit import Delivery, EncodeError, check_meta, check_size, encode_json, utf8_size
+from onestep.kit import (
+    Delivery,
+    EncodeError,
+    check_meta,
+    check_size,
+    encode_envelope,
+    encode_json,
+    envelope_of,
+    utf8_size,
+)
 
 from ._consumer import _Consumer, _Handle
-from ._upstream import encode_envelope, envelope_of
 
 if TYPE_CHECKING:
     from ._connector import RabbitMQConnector

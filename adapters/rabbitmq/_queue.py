@@ -22,6 +22,8 @@ from onestep.kit import (
     Source,
     check_delay,
     check_int,
+    check_wire_format,
+    envelope_with_attempts,
 )
 
 from . import _browse
@@ -32,7 +34,6 @@ from ._message import ATTEMPTS_HEADER, decode_message, decode_upstream, encode_m
 from ._publisher import PublishRefused, _Publisher
 from ._queue_links import ThreadLinks
 from ._queue_producer import Producing
-from ._upstream import check_wire_format, with_attempts
 
 if TYPE_CHECKING:
     from ._connector import RabbitMQConnector
@@ -210,7 +211,7 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
         }
         body = handle.body
         if self.wire_format == "upstream":
-            body = with_attempts(body, delivery.attempts + 1)
+            body = envelope_with_attempts(body, delivery.attempts + 1)
         else:
             headers[ATTEMPTS_HEADER] = delivery.attempts + 1
         routing_key = self.queue_name

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from onestep.kit import Delivery, EncodeError
+from onestep.kit import Delivery, EncodeError, encode_envelope, envelope_of, envelope_with_attempts
 
 #: The entry's body: JSON text, or the raw bytes when `type` is `bytes`.
 BODY = b"body"
@@ -159,6 +159,44 @@ def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Deli
                     pass
         append(decode_entry(entry_id, fields))
     return deliveries
+
+
+# -- upstream onestep's format (wire_format="upstream"): one field, `body`, holding the
+# JSON envelope {"body", "meta", "attempts"}
+
+
+def encode_upstream(stream: str, body: Any, meta: Any, attempts: int = 0) -> dict[bytes, bytes]:
+    """The one field of an upstream-format entry; EncodeError naming the stream for a body
+    or meta that is not JSON (or a bytes body), TypeError for meta that is not a dict."""
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
+    return {BODY: encode_envelope(f"cannot add to Redis stream {stream!r}", body, meta, attempts)}
+
+
+def decode_upstream(entry_id: bytes, fields: dict[bytes, bytes], redelivered: int = 0) -> Delivery:
+    """The Delivery of an entry of an upstream-format stream: the envelope's body, meta
+    and attempts (plus `redelivered`); an entry that is no envelope (a onestep-format
+    producer's) is decoded as `decode_entry` does."""
+    body = fields.get(BODY)
+    if body is not None and fields.get(TYPE) != BYTES_TYPE and ATTEMPTS not in fields:
+        try:
+            found = envelope_of(json.loads(body))
+        except ValueError:
+            found = None
+        if found is not None:
+            payload, meta, attempts = found
+            handle = (entry_id, fields)
+            return Delivery(payload, meta=meta, attempts=attempts + redelivered, handle=handle)
+    return decode_entry(entry_id, fields, redelivered)
+
+
+def upstream_with_attempts(fields: dict[bytes, bytes], attempts: int) -> dict[bytes, bytes]:
+    """An upstream-format entry's fields recording `attempts` executions in the envelope;
+    an entry that is not one keeps onestep's fields (`with_attempts`)."""
+    body = fields.get(BODY)
+    if body is None or fields.get(TYPE) == BYTES_TYPE or len(fields) != 1:
+        return with_attempts(fields, attempts)
+    return {BODY: envelope_with_attempts(body, attempts)}
 
 
 def pack_delayed(fields: dict[bytes, bytes]) -> bytes:

@@ -20,10 +20,11 @@ from onestep.kit import (
     check_delay,
     check_int,
     check_number,
+    check_wire_format,
 )
 
 from . import _browse
-from ._codec import encode_fields, encode_meta, pack_delayed
+from ._codec import encode_fields, encode_meta, encode_upstream, pack_delayed
 from ._consumer import Consumer
 from ._scripts import Scripts
 
@@ -74,6 +75,7 @@ class RedisStream(Source, Sink):
         maxlen: int | None = None,
         claim_idle_s: float = 60.0,
         start_id: str = "0",
+        wire_format: str = "onestep",
     ) -> None:
         for param, value in (("name", name), ("group", group), ("start_id", start_id)):
             if not isinstance(value, str) or not value:
@@ -101,6 +103,9 @@ class RedisStream(Source, Sink):
         self.group = group
         self.consumer = consumer or default_consumer()
         self.start_id = start_id
+        #: "onestep" (fields body, meta, attempts) or "upstream" (upstream onestep's
+        #: `{"body", "meta", "attempts"}` envelope in the one field `body`)
+        self.wire_format = check_wire_format(wire_format)
         #: The sorted set where delayed messages wait (score: due time, server clock).
         self.delay_key = f"{name}:delayed"
         self.scripts = Scripts(self.client)
@@ -119,6 +124,7 @@ class RedisStream(Source, Sink):
             "batch_size": self.batch_size,
             "claim_idle_s": self.claim_idle_s,
             "maxlen": self.maxlen,
+            "wire_format": self.wire_format,
             "server": self.connector.url,
         }
 
@@ -217,7 +223,7 @@ class RedisStream(Source, Sink):
         refused: dict[int, BaseException] | None = None
         for index, (body, meta) in enumerate(items):
             try:
-                entries.append(encode_fields(self.name, body, encode_meta(self.name, meta)))
+                entries.append(self._encode(body, meta))
             except (EncodeError, TypeError) as exc:
                 if refused is None:
                     refused = {}
@@ -244,8 +250,7 @@ class RedisStream(Source, Sink):
         ConnectionError when the server cannot be reached."""
         check_int("attempts", attempts, minimum=0)
         delay = check_delay("delay_s", delay_s)
-        fields = encode_fields(self.name, body, encode_meta(self.name, meta), attempts)
-        self._add([fields], delay)
+        self._add([self._encode(body, meta, attempts)], delay)
 
     def put_many(
         self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
@@ -261,11 +266,20 @@ class RedisStream(Source, Sink):
                 f"bodies must be an iterable of message bodies, got a {type(bodies).__name__} "
                 "(use put() for one body)"
             )
-        encoded_meta = encode_meta(self.name, meta)
-        entries = [encode_fields(self.name, body, encoded_meta) for body in bodies]
+        if self.wire_format == "upstream":
+            entries = [encode_upstream(self.name, body, meta) for body in bodies]
+        else:
+            encoded_meta = encode_meta(self.name, meta)
+            entries = [encode_fields(self.name, body, encoded_meta) for body in bodies]
         if entries:
             self._add(entries, delay)
         return len(entries)
+
+    def _encode(self, body: Any, meta: Any, attempts: int = 0) -> dict[bytes, bytes]:
+        """The fields of one entry in the stream's wire format (see `_codec`)."""
+        if self.wire_format == "upstream":
+            return encode_upstream(self.name, body, meta, attempts)
+        return encode_fields(self.name, body, encode_meta(self.name, meta), attempts)
 
     def _add(self, entries: list[dict[bytes, bytes]], delay_s: float) -> None:
         """XADD every entry (or, delayed, put them in the delay set by the server's
