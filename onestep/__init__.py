@@ -12,6 +12,7 @@ from typing import Any
 
 from actors import AppFailed, EncodeError, Failure, StartupError
 
+from ._extras import MissingExtra, missing_extra
 from ._onestep_app import OneStepApp
 from ._version import __version__
 from .core import (
@@ -61,6 +62,7 @@ __all__ = [
     "JsonFormatter",
     "MaxAttempts",
     "MemoryQueue",
+    "MissingExtra",
     "NoRetry",
     "NotBrowsable",
     "NotReplayable",
@@ -88,11 +90,7 @@ def __getattr__(name: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ImportError(
-            f"onestep.{name} needs the package {exc.name!r}; install the matching extra, "
-            f"e.g. pip install 'onestep[rabbitmq]', 'onestep[mysql]', 'onestep[postgres]' or "
-            f"'onestep[redis]'"
-        ) from exc
+        raise missing_extra(f"onestep.{name}", exc) from exc
     value = getattr(module, name)
     globals()[name] = value
     return value
