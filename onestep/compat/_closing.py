@@ -1,5 +1,6 @@
-"""A `close()` result that may be awaited: upstream's connectors close with `await
-db.close()`, onestep's with `db.close()`; the compat connectors' close supports both.
+"""A result that may be awaited: upstream's connectors are async (`await db.close()`,
+`await queue.publish(body)`), onestep's are not; the compat connectors' `close()` and
+their queues' `publish()` do the work at once and return this, so both spellings work.
 Used by onestep.compat's connectors, on the caller's thread."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from typing import Any
 
 
 class Closed:
-    """What a compat connector's `close()` returns: the closing is already done, so
-    awaiting it (upstream's `await connector.close()`) returns None at once."""
+    """What a compat `close()` or `publish()` returns: the work is already done, so
+    awaiting it returns None at once."""
 
     __slots__ = ()
 

@@ -17,6 +17,21 @@ from ._options import refuse
 _OPTIONS = {"heartbeat": "heartbeat_s", "timeout": "connect_timeout_s"}
 
 
+class UpstreamQueue(RabbitMQQueue):
+    """A RabbitMQQueue whose `publish` upstream code may await (`await
+    queue.publish(body, meta=..., attempts=...)`): it publishes at once, on the calling
+    thread's connection, and returns an awaitable that is already done."""
+
+    def publish(  # type: ignore[override]
+        self, body: Any, meta: dict[str, Any] | None = None, *, attempts: int = 0
+    ) -> Closed:
+        if attempts:
+            self.put(body, meta, attempts=attempts)
+        else:
+            super().publish(body, meta)
+        return CLOSED
+
+
 class RabbitMQConnector(_RabbitMQConnector):
     """`onestep_rabbitmq.RabbitMQConnector` for migrants: the same constructor and
     `queue()` keywords, queues that speak upstream's `{"body", "meta", "attempts"}`
@@ -53,7 +68,7 @@ class RabbitMQConnector(_RabbitMQConnector):
         publisher_confirms: bool = True,
         persistent: bool = True,
         wire_format: str = "upstream",
-    ) -> RabbitMQQueue:
+    ) -> UpstreamQueue:
         """A queue with upstream's keywords. `batch_size` and `poll_interval_s` are
         accepted and unused (the broker pushes up to `prefetch` messages to the
         consumer). Options onestep does not have raise ValueError naming them."""
@@ -80,7 +95,8 @@ class RabbitMQConnector(_RabbitMQConnector):
                     f"routes by queue name; give exchange=..., or leave routing_key out"
                 )
             routing_key = None
-        return super().queue(
+        return UpstreamQueue(
+            self,
             name,
             exchange=exchange,
             exchange_type=exchange_type,

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import redis.exceptions
+
 from adapters.redis import RedisConnector as _RedisConnector
 from adapters.redis import RedisStream
 
@@ -15,6 +17,32 @@ from ._options import refuse
 
 #: redis-py options that have a onestep equivalent: theirs -> ours
 _OPTIONS = {"socket_connect_timeout": "connect_timeout_s", "socket_timeout": "socket_timeout_s"}
+
+
+class UpstreamStream(RedisStream):
+    """A RedisStream whose `publish` upstream code may await (`await
+    stream.publish(body, meta=..., attempts=...)`): it adds the entry at once and
+    returns an awaitable that is already done. As upstream's, the first publish makes
+    the group first (at `start_id`, `$` by default), so what a startup hook publishes
+    is not skipped by a group made later at `$`."""
+
+    _group_made = False
+
+    def publish(  # type: ignore[override]
+        self, body: Any, meta: dict[str, Any] | None = None, *, attempts: int = 0
+    ) -> Closed:
+        if not self._group_made:
+            with self.connector.errors(f"open Redis stream {self.name!r}"):
+                try:
+                    self.client.xgroup_create(
+                        self.name, self.group, id=self.start_id, mkstream=True
+                    )
+                except redis.exceptions.ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+            self._group_made = True
+        self.put(body, meta, attempts=attempts)
+        return CLOSED
 
 
 class RedisConnector(_RedisConnector):
@@ -45,7 +73,7 @@ class RedisConnector(_RedisConnector):
         approximate_trim: bool = True,
         claim_idle_s: float = 60.0,
         wire_format: str = "upstream",
-    ) -> RedisStream:
+    ) -> UpstreamStream:
         """A stream with upstream's keywords: `block_ms` (a read blocks for at most
         `poll_interval_s` here) and `approximate_trim` (trimming is always approximate)
         are accepted and unused; `create_group=False` is refused (the group is made
@@ -56,7 +84,8 @@ class RedisConnector(_RedisConnector):
             {"create_group": create_group} if create_group is not True else {},
             "the group is made when the stream opens",
         )
-        return super().stream(
+        return UpstreamStream(
+            self,
             name,
             group=group,
             consumer=consumer,
