@@ -29,6 +29,7 @@ from .core import (
     StructuredEventLogger,
     TaskContext,
     TaskEvent,
+    TaskEventKind,
     configure_logging,
 )
 from .executor import ProcessExecutor
@@ -38,11 +39,15 @@ from .state import InMemoryStateStore, SQLiteStateStore, StateStore
 
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {
+    "BearerAuth": "adapters.webhook",
+    "BearerToken": "adapters.webhook",
+    "HmacSignature": "adapters.webhook",
     "MySQLConnector": "adapters.mysql",
     "PostgresConnector": "adapters.postgres",
     "PublishRefused": "adapters.rabbitmq",
     "RabbitMQConnector": "adapters.rabbitmq",
     "RedisConnector": "adapters.redis",
+    "WebhookResponse": "adapters.webhook",
     "WebhookSource": "adapters.webhook",
 }
 
@@ -78,6 +83,7 @@ __all__ = [
     "StructuredEventLogger",
     "TaskContext",
     "TaskEvent",
+    "TaskEventKind",
     "__version__",
     "configure_logging",
 ]

@@ -6,7 +6,7 @@ them (only `actors`, `onestep._values` and `onestep.state`).
 from ._app import AppCore
 from ._context import TaskContext
 from ._delivery import Delivery, Sink, Source, SourceContext
-from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
+from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent, TaskEventKind
 from ._hooks import STOP_SIGNALS
 from ._internals import AppInternals
 from ._loader import TARGET_MODULE_PREFIX, TargetError, load_app
@@ -34,6 +34,7 @@ __all__ = [
     "TargetError",
     "TaskContext",
     "TaskEvent",
+    "TaskEventKind",
     "TaskSpec",
     "configure_logging",
     "load_app",

@@ -169,11 +169,12 @@ class AppCore:
         return handler
 
     def on_startup(self, hook: F) -> F:
-        """Run `hook(app)` once the sinks are open and before any source fetches."""
+        """Run `hook(app)` (or `hook()`) once the sinks are open and before any source
+        fetches."""
         return self._add_hook(self._startup_hooks, hook)
 
     def on_shutdown(self, hook: F) -> F:
-        """Run `hook(app)` after the sinks are flushed at shutdown."""
+        """Run `hook(app)` (or `hook()`) after the sinks are flushed at shutdown."""
         return self._add_hook(self._shutdown_hooks, hook)
 
     def _add_hook(self, hooks: list[Hook], hook: F) -> F:
