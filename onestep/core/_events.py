@@ -25,7 +25,6 @@ EVENT_KINDS = (
 )
 
 
-
 class TaskEventKind(StrEnum):
     """What a TaskEvent reports. A string: `event.kind == "succeeded"`, `str(kind)`,
     JSON and log lines give the plain name; `event.kind.value` works too (upstream's
