@@ -8,6 +8,7 @@ imports pika or pymysql.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from actors import AppFailed, EncodeError, Failure, StartupError
@@ -87,6 +88,29 @@ __all__ = [
     "__version__",
     "configure_logging",
 ]
+
+
+#: the packages each lazily imported adapter needs (found, not imported, for `__all__`)
+_NEEDS = {
+    "adapters.mysql": ("pymysql",),
+    "adapters.postgres": ("psycopg", "psycopg_pool"),
+    "adapters.rabbitmq": ("pika",),
+    "adapters.redis": ("redis",),
+    "adapters.webhook": ("falcon", "waitress"),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return all(importlib.util.find_spec(package) is not None for package in _NEEDS[module])
+    except (ImportError, ValueError):  # a package blocked or half-imported
+        return False
+
+
+# `from onestep import *` brings the lazy names too (importing their drivers, as `*`
+# asks), but only those whose extra is installed: a missing extra leaves its names out
+# of `*` instead of failing the import; naming one explicitly raises MissingExtra.
+__all__ += sorted(name for name, module in _LAZY.items() if _installed(module))
 
 
 def __getattr__(name: str) -> Any:

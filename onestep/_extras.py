@@ -68,16 +68,18 @@ def missing_extra(what: str, exc: ModuleNotFoundError) -> ImportError:
     """The ImportError for `what` (e.g. `onestep.RabbitMQConnector`) whose import failed
     for want of module `exc.name`: it names the one extra and the command to install it.
     A module no extra provides gets `exc` itself back (a bug, not a missing extra)."""
-    found = _EXTRAS.get(str(exc.name).partition(".")[0])
+    package = str(exc.name).partition(".")[0]
+    found = _EXTRAS.get(package)
     if found is None:
         return exc
     extra, alone = found
+    quoted = " ".join(f"'{requirement}'" for requirement in alone.split())
     error = MissingExtra(
-        f"{what} needs the package {exc.name!r} (onestep's {extra!r} extra): "
-        f"{install_command(extra)}  (or only the dependency: pip install {alone})"
+        f"{what} needs the package {package!r} (onestep's {extra!r} extra): "
+        f"{install_command(extra)}  (or only the dependency: pip install {quoted})"
     )
     error.extra = extra
-    error.name = exc.name
+    error.name = package
     return error
 
 
