@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import math
 import threading
@@ -121,6 +122,12 @@ class AppCore:
         handler in `concurrency` worker processes instead of threads: CPU-bound work
         uses every core, and `timeout_s` kills a worker that overran.
         """
+        if inspect.isfunction(source) or inspect.ismethod(source):
+            # `@app.task` without parentheses: Python passed the handler as `source`
+            raise TypeError(
+                f"@app.task needs parentheses and a source: write "
+                f"@app.task(source=...) above {source.__name__}(), not @app.task"
+            )
 
         def decorate(fn: F) -> F:
             self._check_not_running("register a task")
