@@ -36,6 +36,16 @@ def _safe_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed: pika's AMQPConnectionError says nothing in str() and
+    keeps the cause as text in its args (`AMQPConnectorSocketConnectError:
+    ConnectionRefusedError(111, ...)`)."""
+    text = str(exc) or "; ".join(str(arg) for arg in exc.args) or repr(exc)
+    if "ConnectionRefusedError" in text:
+        return "connection refused (ConnectionRefusedError: nothing listens on that port)"
+    return f"{type(exc).__name__}: {text}"
+
+
 class RabbitMQConnector:
     """Where queues live: one broker URL (`amqp://user:password@host:port/vhost`).
 
@@ -153,7 +163,7 @@ class RabbitMQConnector:
             with quiet():
                 return pika.BlockingConnection(params)
         except Exception as exc:
-            detail = f"{type(exc).__name__}: {exc}"
+            detail = _reason(exc)
             if self._password:
                 detail = detail.replace(self._password, "***")
             raise ConnectionError(f"cannot connect to RabbitMQ at {self.where}: {detail}") from None

@@ -117,3 +117,31 @@ def test_import_star_brings_the_lazy_names_and_survives_a_missing_extra() -> Non
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("kind", ["rabbitmq", "mysql", "postgres", "redis"])
+def test_a_refused_connection_names_host_port_and_reason(kind: str) -> None:
+    from onestep import MySQLConnector, PostgresConnector, RabbitMQConnector, RedisConnector
+
+    port = _closed_port()
+    connect = {
+        "rabbitmq": lambda: RabbitMQConnector(f"amqp://guest:pw@127.0.0.1:{port}/").connect(),
+        "mysql": lambda: MySQLConnector(f"mysql://root:pw@127.0.0.1:{port}/db").connect(),
+        "postgres": lambda: PostgresConnector(f"postgresql://u:pw@127.0.0.1:{port}/db").connect(),
+        "redis": lambda: RedisConnector(f"redis://:pw@127.0.0.1:{port}/0").ping(),
+    }[kind]
+    with pytest.raises(ConnectionError) as raised:
+        connect()
+    text = str(raised.value)
+    assert f"127.0.0.1:{port}" in text or ("127.0.0.1" in text and str(port) in text)
+    assert "refused" in text.lower()
+    assert "pw" not in text.replace("password", "")
