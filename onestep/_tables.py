@@ -207,6 +207,16 @@ def json_value(value: Any) -> Any:
     return str(value)
 
 
+def column_index(columns: Sequence[str], name: str) -> int:
+    """Where column `name` is in a result's columns: exactly, else ignoring case (MySQL
+    column names are not case sensitive, PostgreSQL folds unquoted ones)."""
+    try:
+        return list(columns).index(name)
+    except ValueError:
+        lowered = name.lower()
+        return next(i for i, column in enumerate(columns) if column.lower() == lowered)
+
+
 def row_dict(columns: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
     """One row as the dict a handler receives: column -> JSON-able value (json_value)."""
     return {column: json_value(value) for column, value in zip(columns, values, strict=True)}

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from actors import EncodeError, Failure, HandlerFailed
 
+from ._business_table import BusinessTableSource
+from ._incremental_source import IncrementalTableSource
 from ._tables import (
     BusinessTableSpec,
     CursorProgress,
     IncrementalSpec,
     check_column,
+    column_index,
     decode_position,
     encode_position,
     is_business_mode,
@@ -48,6 +51,7 @@ __all__ = [
     "MAX_DELAY_S",
     "WIRE_FORMATS",
     "BodyRouter",
+    "BusinessTableSource",
     "BusinessTableSpec",
     "CursorProgress",
     "DeadLetterClaim",
@@ -59,6 +63,7 @@ __all__ = [
     "HandlerFailed",
     "IdTally",
     "IncrementalSpec",
+    "IncrementalTableSource",
     "MessageTooLarge",
     "NotBrowsable",
     "Sink",
@@ -74,6 +79,7 @@ __all__ = [
     "check_size",
     "check_ttl",
     "check_wire_format",
+    "column_index",
     "decode_position",
     "encode_envelope",
     "encode_json",

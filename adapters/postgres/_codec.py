@@ -1,54 +1,49 @@
 """How a message is written: its body as JSON text, its meta as a JSON object for a
-jsonb column; the producer and the sink side of a PostgreSQL table queue call
-`encode_message` on the caller's thread, before anything is written.
-
-Every check of what may be put lives in this one function, so that it can be swapped
-for the connector kit's shared checks in one place.
-"""
+jsonb column, with the connector kit's put() checks; the producer and the sink side of a
+PostgreSQL table queue call `encode_message` on the caller's thread, before anything is
+written."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from onestep.kit import EncodeError
+from onestep.kit import EncodeError, check_meta, check_size, encode_json, utf8_size
 
-# One shared encoder: json.dumps with a non-default option builds a new encoder per
-# call (encode() keeps no state between calls, so threads may share it).
-_STRICT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-
-
-def encode_json(value: Any, what: str) -> str:
-    """Compact JSON text of `value`; EncodeError naming `what` and the problem when it
-    is not valid JSON (an object, NaN or Infinity)."""
-    try:
-        return _STRICT_JSON.encode(value)
-    except (TypeError, ValueError) as exc:
-        raise EncodeError(f"{what} is not valid JSON: {exc}") from None
+#: The largest text value PostgreSQL stores (1 GB), so the largest payload or meta.
+MAX_VALUE_BYTES = 1024 * 1024 * 1024 - 1
+_SETTING = "PostgresConnector(max_message_bytes=...), at most PostgreSQL's 1 GB text limit"
 
 
 def encode_message(
-    body: Any, meta: Any, *, body_name: str = "body", has_meta: bool = True
+    body: Any,
+    meta: Any,
+    *,
+    body_name: str = "body",
+    has_meta: bool = True,
+    limit: int = MAX_VALUE_BYTES,
 ) -> tuple[str, str | None]:
     """(payload text, meta text or None) of one message.
 
-    EncodeError for a body or meta that is not valid JSON, or meta holding the NUL
-    character (a jsonb column cannot store it); TypeError for meta that is not a dict
-    or None; ValueError for meta on a table without a meta column."""
+    The kit's errors, the same as every queue's: TypeError for meta that is not a
+    mapping, EncodeError for a body or meta that is not valid JSON (and for meta holding
+    the NUL character, which a jsonb column cannot store), MessageTooLarge for a payload
+    or meta over `limit` bytes (the connector's max_message_bytes); ValueError for meta
+    on a table without a meta column."""
     payload = encode_json(body, body_name)
-    if meta is None:
+    check_size(body_name, utf8_size(payload), limit, _SETTING)
+    checked = check_meta(meta)
+    if checked is None:
         return payload, None
-    if not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
     if not has_meta:
-        if not meta:
+        if not checked:
             return payload, None
         raise ValueError(
             "this table has no meta column (meta_column=None), so a message cannot carry meta"
         )
-    text = encode_json(meta, "meta")
+    text = encode_json(checked, "meta")
     if "\\u0000" in text:
         raise EncodeError(
             "meta cannot hold the NUL character (\\u0000): PostgreSQL jsonb refuses it"
         )
+    check_size("meta", utf8_size(text), limit, _SETTING)
     return payload, text

@@ -59,7 +59,7 @@ class LeaseStatements:
         self.release = f"UPDATE {t} SET {c.status} = 'pending', {c.leased_until} = NULL{ours}"
         error_set = "" if c.last_error is None else f", {c.last_error} = %s"
         self.fail = (
-            f"UPDATE {t} SET {c.status} = 'failed', {c.attempts} = {c.attempts} + 1, "
+            f"UPDATE {t} SET {c.status} = %s, {c.attempts} = {c.attempts} + 1, "
             f"{c.leased_until} = NULL{error_set}{ours}"
         )
         # After a settlement matched fewer rows than it named: which rows carry our

@@ -238,14 +238,16 @@ class Leases:
             if matched < len(ids):
                 self._report_unmatched(conn.cursor(), ids, token, chunk, kind, matched)
 
-    def fail(self, conn: Any, delivery: Delivery, error_text: str | None) -> None:
-        """Mark the row failed with `error_text` (rare: written at once, after the
-        buffered settlements)."""
+    def fail(
+        self, conn: Any, delivery: Delivery, error_text: str | None, status: str = "failed"
+    ) -> None:
+        """Mark the row `status` (failed, or dead once its dead letter was stored) with
+        `error_text` (rare: written at once, after the buffered settlements)."""
         entry = self._release_hold(delivery)
         if entry is None:
             return
         self.flush(conn)
-        leading = () if error_text is None else (error_text,)
+        leading = (status,) if error_text is None else (status, error_text)
         sent = self._execute(conn, self._sql.fail, leading, [entry], "fail")
         self._settled(conn, sent)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg.errors
 
-from onestep.kit import EncodeError, check_delay
+from onestep.kit import EncodeError, check_bodies, check_delay
 
 from ._codec import encode_message
 from ._queue_schema import QueueSchema
@@ -56,7 +56,13 @@ class Producer:
             self._sql_insert = self._sql_insert_shared
 
     def _encode(self, body: Any, meta: Any, what: str = "body") -> tuple[str, str | None]:
-        return encode_message(body, meta, body_name=what, has_meta=self.has_meta)
+        return encode_message(
+            body,
+            meta,
+            body_name=what,
+            has_meta=self.has_meta,
+            limit=self.connector.max_message_bytes,
+        )
 
     # -- writing (any thread, on a pooled connection) ---------------------------------------
 
@@ -78,11 +84,7 @@ class Producer:
     def put_many(self, bodies: Iterable[Any], meta: Any, delay_s: Any) -> int:
         """Insert every body (all with `meta`) in one transaction; returns how many."""
         delay = check_delay("delay_s", delay_s)
-        if isinstance(bodies, str | bytes | dict) or not isinstance(bodies, Iterable):
-            raise TypeError(
-                f"bodies must be an iterable of message bodies (a list, say), got "
-                f"{type(bodies).__name__}"
-            )
+        check_bodies(bodies)
         _, meta_text = self._encode(None, meta)
         payloads = [
             self._encode(body, None, f"bodies[{index}]")[0] for index, body in enumerate(bodies)

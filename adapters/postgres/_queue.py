@@ -11,7 +11,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from onestep import Delivery, Source
-from onestep.kit import DeadLetterEntry, check_delay, check_int, check_number
+from onestep.kit import DeadLetterClaim, DeadLetterEntry, check_delay, check_int, check_number
 
 from ._browse import PendingRows
 from ._connection import close_quietly, is_connection_error, quote_ident
@@ -65,6 +65,7 @@ class TableQueue(Source):
         auto_create: bool = True,
         delete_on_ack: bool = False,
         notify: bool = True,
+        dead_status: str = "dead",
         name: str | None = None,
         columns: QueueColumns,
     ) -> None:
@@ -82,6 +83,13 @@ class TableQueue(Source):
         self.auto_create = bool(auto_create)
         self.delete_on_ack = bool(delete_on_ack)
         self.notify = bool(notify)
+        if not isinstance(dead_status, str) or not dead_status or len(dead_status) > 16:
+            raise ValueError(
+                f"dead_status must be a status of 1 to 16 characters, got {dead_status!r}"
+            )
+        if dead_status in ("pending", "leased"):
+            raise ValueError(f"dead_status must not be {dead_status!r}: that row would run again")
+        self.dead_status = dead_status
         self.name = name or f"postgresql:{table}"
         self.columns = columns
         self._schema = QueueSchema(
@@ -221,11 +229,18 @@ class TableQueue(Source):
 
     def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
         """Mark the row failed with the error (rare: written at once)."""
-        text = None
-        if self.columns.last_error is not None:
-            text = "" if error is None else f"{type(error).__name__}: {error}"[:60000]
-            text = text.replace("\x00", "\\0")  # PostgreSQL text cannot hold NUL
-        self._leases.fail(self._connection(), delivery, text)
+        self._leases.fail(self._connection(), delivery, self._error_text(error))
+
+    def dead_lettered(self, delivery: Delivery, error: BaseException | None = None) -> None:
+        """Its dead letter was stored: mark the row `dead_status` with the error, so
+        whoever watches the table tells it from a success (rare: written at once)."""
+        self._leases.fail(self._connection(), delivery, self._error_text(error), self.dead_status)
+
+    def _error_text(self, error: BaseException | None) -> str | None:
+        if self.columns.last_error is None:
+            return None
+        text = "" if error is None else f"{type(error).__name__}: {error}"[:60000]
+        return text.replace("\x00", "\\0")  # PostgreSQL text cannot hold NUL
 
     def flush(self) -> None:
         """Runs on the source actor's thread when its mailbox is empty after settling,
@@ -294,6 +309,16 @@ class TableQueue(Source):
         asked for, for a table without a meta column (its rows name no task)."""
         return self._pending.browse(limit, match)
 
+    def take(
+        self, limit: int, match: Callable[[DeadLetterEntry], bool] | None = None
+    ) -> DeadLetterClaim:
+        """Claim the first `limit` pending rows that `match` accepts, by row id (see
+        onestep.kit.DeadLetterClaim): they stay locked (`SELECT ... FOR UPDATE SKIP
+        LOCKED`) until the claim is settled or released, so another claim or a consumer
+        of this table skips them. The dead-letter tooling calls it on its own thread,
+        on a connection of the claim's own."""
+        return self._pending.take(limit, match)
+
     def remove(self, ids: Iterable[Hashable]) -> int:
         """Delete the pending rows with these ids; returns how many. Any thread."""
         return self._pending.remove(ids)
@@ -319,6 +344,7 @@ class TableQueue(Source):
             "lease_s": self.lease_s,
             "fenced": self.columns.lease_token is not None,
             "notify": self.notify,
+            "dead_status": self.dead_status,
             "channel": self.channel,
             "server": self.connector.url,
         }

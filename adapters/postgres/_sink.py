@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from onestep import Sink
-from onestep.kit import EncodeError, NotBrowsable, check_int
+from onestep.kit import EncodeError, NotBrowsable, check_int, encode_json
 
-from ._codec import encode_json
 from ._connection import close_quietly, is_connection_error, quote_ident, unquoted
 
 if TYPE_CHECKING:

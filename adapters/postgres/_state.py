@@ -10,9 +10,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from onestep import StateStore
-from onestep.kit import check_ttl
+from onestep.kit import check_ttl, encode_json
 
-from ._codec import encode_json
 from ._connection import quote_ident, unquoted
 
 if TYPE_CHECKING:

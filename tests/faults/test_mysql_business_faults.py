@@ -1,5 +1,5 @@
 """Faults on a MySQL business table, with real worker processes
-(mysql_business_worker.py): a worker SIGKILLed while holding claimed rows. Without a
+(business_worker.py): a worker SIGKILLed while holding claimed rows. Without a
 lease column the rows stay claimed (the documented UPDATE frees them once no worker
 runs); with one, another worker takes them back after lease_s. Nothing is lost.
 """
@@ -23,7 +23,7 @@ from mysql_support import REPO, URL, connector, mysql_url, query, quote, tables,
 pytestmark = pytest.mark.integration
 __all__ = ["connector", "mysql_url", "tables"]  # fixtures used by name
 
-WORKER = REPO / "tests" / "faults" / "mysql_business_worker.py"
+WORKER = REPO / "tests" / "faults" / "business_worker.py"
 COUNT = 20
 
 

@@ -108,8 +108,30 @@ def test_max_attempts_3_dead_letters_after_attempts_0_1_2(connector, tables):
     [(payload, failure)] = query(f"SELECT payload, failure FROM {quote(dead_table)}")
     assert json.loads(payload) == {"n": 0}
     assert json.loads(failure)["kind"] == "error" and json.loads(failure)["message"] == "boom"
-    # every execution is counted in the row; the dead-lettered row is acked (done)
-    assert query(f"SELECT status, attempts FROM {quote(jobs)}") == [("done", 3)]
+    # every execution is counted in the row; the dead-lettered row ends `dead` with its
+    # error, so whoever reads the table tells it from a success
+    [(status, attempts, error)] = query(f"SELECT status, attempts, last_error FROM {quote(jobs)}")
+    assert (status, attempts) == ("dead", 3)
+    assert "RuntimeError: boom" in error
+
+
+def test_dead_status_names_the_status_of_a_dead_lettered_row(connector, tables):
+    jobs = tables("jobs")
+    source = preload(connector, jobs, 1, poll_interval_s=0.05, dead_status="gave_up")
+    app = OneStepApp("dead-status")
+    done = count_events(app, "dead_lettered", 1)
+
+    @app.task(source=source, dead_letter=MemoryQueue("dead"))
+    def always_fails(ctx: Any, item: Any) -> None:
+        raise ValueError("no")
+
+    with Running(app):
+        assert done.wait(TIMEOUT)
+    [(status, error)] = query(f"SELECT status, last_error FROM {quote(jobs)}")
+    assert status == "gave_up" and "ValueError: no" in error
+    for bad in ("pending", "leased", "", "x" * 17, 3):
+        with pytest.raises(ValueError, match="dead_status"):
+            connector.table_queue(jobs, dead_status=bad)
 
 
 def test_a_failed_message_without_dead_letter_is_marked_failed_with_its_error(connector, tables):
@@ -183,7 +205,7 @@ def test_a_payload_that_is_not_json_is_dead_lettered_as_decode(connector, tables
 
     with Running(app):
         record = dead.get(timeout=TIMEOUT)
-        wait_until(lambda: statuses(jobs) == {"done": 1})
+        wait_until(lambda: statuses(jobs) == {"dead": 1})
     assert record["failure"]["kind"] == "decode"
     assert record["payload"] == "{not json"
 

@@ -1,21 +1,23 @@
 """The producer contract every built-in queue keeps (MemoryQueue, RabbitMQ queue, MySQL
-table queue), run with the same inputs against each: bad `put` arguments raise the same
-exception types before anything is sent (TypeError for a meta that is not a mapping and
-for `bodies` that are not an iterable, EncodeError for what JSON cannot hold,
-MessageTooLarge for a body over the destination's limit), and `put_many` of more
+and PostgreSQL table queues), run with the same inputs against each: bad `put` arguments
+raise the same exception types before anything is sent (TypeError for a meta that is not
+a mapping and for `bodies` that are not an iterable, EncodeError for what JSON cannot
+hold, MessageTooLarge for a body over the destination's limit), and `put_many` of more
 messages than one insert chunk returns the full count."""
 
 from __future__ import annotations
 
 import math
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from onestep import EncodeError, MemoryQueue, MySQLConnector, RabbitMQConnector
+from onestep import EncodeError, MemoryQueue, MySQLConnector, PostgresConnector, RabbitMQConnector
 from onestep.kit import MessageTooLarge
+from tests.integration import postgres_support
 from tests.integration.mysql_support import URL, mysql_url, tables
 from tests.integration.rabbitmq_support import AMQP_URL, Rabbit, rabbit_fixture  # noqa: F401
 
@@ -23,9 +25,9 @@ __all__ = ["mysql_url", "tables"]  # fixtures used by name
 
 pytestmark = pytest.mark.integration
 
-QUEUES = ["memory", "rabbitmq", "mysql"]
-#: The body size limit the RabbitMQ queue is given here: MariaDB's default
-#: max_allowed_packet, so that one oversize body is refused by both.
+QUEUES = ["memory", "rabbitmq", "mysql", "postgres"]
+#: The body size limit the RabbitMQ and PostgreSQL queues are given here: MariaDB's
+#: default max_allowed_packet, so that one oversize body is refused by all three.
 LIMIT = 16 * 1024 * 1024
 
 
@@ -58,6 +60,15 @@ def under_test(request: pytest.FixtureRequest) -> Iterator[Queue]:
         rabbit.declare(name)
         yield Queue(kind, amqp.queue(name), lambda: rabbit.count(name))
         amqp.close()
+    elif kind == "postgres":
+        postgres_support.require_server()
+        pg = PostgresConnector(postgres_support.URL, max_message_bytes=LIMIT)
+        name = f"t_contract_{uuid.uuid4().hex[:10]}"
+        pg_table = pg.table_queue(name)
+        pg_table.create_table()
+        yield Queue(kind, pg_table, pg_table.depth)
+        pg.close()
+        postgres_support.query(f"DROP TABLE IF EXISTS {postgres_support.quote(name)}")
     else:
         made: Callable[[str], str] = request.getfixturevalue("tables")
         db = MySQLConnector(URL, connect_timeout_s=5)
@@ -133,8 +144,9 @@ def test_put_many_of_more_than_one_insert_chunk_returns_the_full_count(
     under_test: Queue,
 ) -> None:
     # 1,500 rows: more than one MySQL insert chunk (1,000), more than a bounded
-    # MemoryQueue's room (its producer waits for a consumer for the rest)
-    count = 1500
+    # MemoryQueue's room (its producer waits for a consumer for the rest); 5,001 on
+    # PostgreSQL, whose chunk (one unnest array) is 5,000
+    count = 5001 if under_test.kind == "postgres" else 1500
     if under_test.kind == "memory":
         bounded = MemoryQueue("bounded", maxsize=1000)
         taken: list[Any] = []

@@ -90,6 +90,8 @@ ADAPTER_NAMES = [
     "adapters.redis.RedisStateStore",
     "adapters.mysql.BusinessTable",
     "adapters.mysql.IncrementalSource",
+    "adapters.postgres.BusinessTable",
+    "adapters.postgres.IncrementalSource",
     "adapters.webhook.WebhookSource",
     "adapters.webhook.BearerToken",
     "adapters.webhook.HmacSignature",

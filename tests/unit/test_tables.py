@@ -14,6 +14,7 @@ from onestep.kit import (
     BusinessTableSpec,
     CursorProgress,
     IncrementalSpec,
+    column_index,
     decode_position,
     encode_position,
     is_business_mode,
@@ -179,3 +180,24 @@ def test_a_snapshot_remembers_a_bounded_number_of_finished_rows(monkeypatch):
     assert snapshot["position"] is None
     assert snapshot["finished"] == [[1], [2], [3]]
     assert CursorProgress.restore(None).committed is None
+
+
+def test_column_index_matches_exactly_first_then_ignoring_case():
+    columns = ["id", "Status", "status", "NOTE"]
+    assert column_index(columns, "Status") == 1
+    assert column_index(columns, "status") == 2
+    assert column_index(columns, "note") == 3  # MySQL names are not case-sensitive
+
+
+def test_the_incremental_statements_compare_row_values_after_the_position():
+    from onestep.kit import IncrementalTableSource
+
+    class Quoted(IncrementalTableSource):
+        def quote(self, name: str, what: str) -> str:
+            return '"' + name + '"'
+
+    source = Quoted(None, "events", IncrementalSpec.build(cursor="updated_at", where="kind = '%'"))
+    assert source._sql_after == (
+        'SELECT * FROM "events" WHERE ("updated_at", "id") > (%s, %s) AND (kind = \'%%\') '
+        'ORDER BY "updated_at", "id" LIMIT %s'
+    )

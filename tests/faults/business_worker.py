@@ -1,9 +1,9 @@
-"""A onestep worker process on a MySQL business table (table_queue with where/claim/ack/
-nack), for the fault tests. It logs "ready <pid>" once started and "start <id> <pid>" when
-a handler starts, each with one os.write (which a SIGKILL cannot tear). In `block` mode
-the handler never returns (the worker is SIGKILLed holding its rows); in `work` mode it
-returns at once. It runs until SIGTERM (app.run(): graceful shutdown, exit 0).
-"""
+"""A onestep worker process on a MySQL or PostgreSQL business table (table_queue with
+where/claim/ack/nack; `--connector`), for the fault tests. It logs "ready <pid>" once
+started and "start <id> <pid>" when a handler starts, each with one os.write (which a
+SIGKILL cannot tear). In `block` mode the handler never returns (the worker is
+SIGKILLed holding its rows); in `work` mode it returns at once. It runs until SIGTERM
+(app.run(): graceful shutdown, exit 0)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from onestep import MySQLConnector, OneStepApp
+from onestep import MySQLConnector, OneStepApp, PostgresConnector
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--connector", choices=("mysql", "postgres"), default="mysql")
     parser.add_argument("--url", required=True)
     parser.add_argument("--table", required=True)
     parser.add_argument("--log", required=True)
@@ -31,7 +32,8 @@ def main() -> int:
     parser.add_argument("--mode", choices=("work", "block"), default="work")
     args = parser.parse_args()
 
-    connector = MySQLConnector(args.url, connect_timeout_s=15)
+    make = MySQLConnector if args.connector == "mysql" else PostgresConnector
+    connector = make(args.url, connect_timeout_s=15)
     orders = connector.table_queue(
         args.table,
         where="status = 0",
@@ -43,7 +45,7 @@ def main() -> int:
         batch_size=args.batch_size,
         poll_interval_s=0.05,
     )
-    app = OneStepApp("mysql-business-worker", shutdown_timeout_s=2.0)
+    app = OneStepApp(f"{args.connector}-business-worker", shutdown_timeout_s=2.0)
     log = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     pid = os.getpid()
     never = threading.Event()
