@@ -10,7 +10,7 @@ from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent, TaskEven
 from ._hooks import STOP_SIGNALS
 from ._internals import AppInternals
 from ._loader import TARGET_MODULE_PREFIX, TargetError, load_app
-from ._logging import JsonFormatter, configure_logging
+from ._logging import JsonFormatter, JsonLogFormatter, configure_logging
 from ._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
 from ._task import ExecutorOptions, TaskSpec
 
@@ -24,6 +24,7 @@ __all__ = [
     "ExponentialBackoff",
     "InMemoryMetrics",
     "JsonFormatter",
+    "JsonLogFormatter",
     "MaxAttempts",
     "NoRetry",
     "RetryPolicy",

@@ -141,3 +141,14 @@ def test_webhook_response_checks_its_values() -> None:
         WebhookResponse(body=object())
     assert WebhookResponse(body=None).content == b""
     assert WebhookResponse(body="hi").content_type == "text/plain; charset=utf-8"
+
+
+def test_json_log_formatter_attach() -> None:
+    import logging
+
+    from onestep import JsonFormatter, JsonLogFormatter
+
+    handler = JsonLogFormatter.attach(logging.StreamHandler())
+    assert isinstance(handler.formatter, JsonFormatter)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hi %s", ("there",), None)
+    assert json.loads(handler.format(record))["message"] == "hi there"
