@@ -8,6 +8,7 @@ import json
 import threading
 from typing import Any
 
+import pika  # type: ignore[import-untyped]
 import pytest
 
 from onestep import MaxAttempts, OneStepApp, RabbitMQConnector
@@ -102,3 +103,36 @@ def test_the_default_format_hands_a_body_key_through_untouched(rabbit: Rabbit) -
 def test_wire_format_is_checked() -> None:
     with pytest.raises(ValueError, match="wire_format"):
         RabbitMQConnector(AMQP_URL).queue("q", wire_format="json")
+
+
+def test_upstreams_rabbitmq_example_with_only_the_import_changed(rabbit: Rabbit) -> None:
+    # upstream's example/rabbitmq_queue.py, with its names made unique to this test
+    from onestep.compat import RabbitMQConnector as CompatRabbitMQ
+
+    incoming, processed = rabbit.name("incoming"), rabbit.name("processed")
+    exchange = f"{incoming}.events"
+    app = OneStepApp("rabbitmq-demo")
+    rmq = CompatRabbitMQ(AMQP_URL)
+    queue = rmq.queue(incoming, exchange=exchange, routing_key="jobs.created", prefetch=50)
+    done = rmq.queue(processed, exchange=exchange, routing_key="jobs.done")
+
+    @app.task(source=queue, emit=done, concurrency=8)
+    async def process_job(ctx: Any, item: Any) -> Any:
+        return {"job": item["job"], "status": "done"}
+
+    try:
+        with running(app):
+            # an old worker publishes through the exchange
+            rabbit.channel.basic_publish(
+                exchange,
+                "jobs.created",
+                json.dumps(ENVELOPE).encode(),
+                pika.BasicProperties(content_type="application/json"),
+            )
+            _, body = rabbit.get(processed, TIMEOUT)
+    finally:
+        rabbit.channel.exchange_delete(exchange)
+        rmq.close()
+    envelope = json.loads(body)
+    assert envelope["body"] == {"job": 7, "status": "done"}
+    assert envelope["attempts"] == 0 and isinstance(envelope["meta"], dict)

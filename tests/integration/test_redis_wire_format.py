@@ -110,3 +110,35 @@ def test_the_default_format_hands_a_body_key_through_untouched(
 def test_wire_format_is_checked(redis_connector: RedisConnector) -> None:
     with pytest.raises(ValueError, match="wire_format"):
         redis_connector.stream("s", wire_format="json")
+
+
+def test_compat_stream_reads_what_a_startup_hook_published(keys: Keys) -> None:
+    # upstream's redis_stream.py: a group at "$" and jobs published by a startup hook
+    from onestep.compat import RedisConnector as CompatRedis
+    from tests.integration.redis_support import URL
+
+    jobs = keys.name("jobs")
+    redis = CompatRedis(URL)
+    source = redis.stream(jobs, group="workers", batch_size=10, poll_interval_s=0.2)
+    got: list[Any] = []
+    done = threading.Event()
+    app = OneStepApp("compat-redis")
+
+    @app.on_startup
+    async def publish_jobs(app: OneStepApp) -> None:
+        for i in range(3):
+            await source.publish({"job": i})
+
+    @app.task(source=source)
+    async def handle(ctx: Any, item: Any) -> None:
+        got.append(item["job"])
+        if len(got) == 3:
+            done.set()
+
+    try:
+        with running(app):
+            assert done.wait(TIMEOUT)
+    finally:
+        redis.close()
+    assert sorted(got) == [0, 1, 2]
+    assert source.start_id == "$"
