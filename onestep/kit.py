@@ -9,20 +9,6 @@ from __future__ import annotations
 
 from actors import EncodeError, Failure, HandlerFailed
 
-from ._business_table import BusinessTableSource
-from ._incremental_source import IncrementalTableSource
-from ._tables import (
-    BusinessTableSpec,
-    CursorProgress,
-    IncrementalSpec,
-    check_column,
-    column_index,
-    decode_position,
-    encode_position,
-    is_business_mode,
-    json_value,
-    row_dict,
-)
 from ._values import MAX_DELAY_S, check_delay, check_int, check_number
 from ._wire import (
     WIRE_FORMATS,
@@ -43,6 +29,20 @@ from .core._encoding import (
 from .ops import DEAD_LETTER_ID, DeadLetterClaim, DeadLetterEntry, IdTally, NotBrowsable
 from .ops._serving import BODY_REFUSED, BodyRouter, GuardedServer, guarded_adjustments
 from .processes import inherited_socket
+from .sql import (
+    BusinessTableSource,
+    BusinessTableSpec,
+    CursorProgress,
+    IncrementalSpec,
+    IncrementalTableSource,
+    check_column,
+    column_index,
+    decode_position,
+    encode_position,
+    is_business_mode,
+    json_value,
+    row_dict,
+)
 from .state import StateStore, check_ttl
 
 __all__ = [

@@ -3,8 +3,11 @@ the attempt count in fields of their own), and how an entry waits in the delay s
 called by RedisStream's producers and sink on their threads and its source on its
 actor's thread.
 
-`encode_fields` is the one place a body and meta are checked and encoded, so the rules
-(EncodeError for what is not JSON, TypeError for meta that is not a dict) live here.
+`encode_meta` and `encode_fields` are the one place a body and meta are checked and
+encoded, with the kit's checks and so the errors every queue gives: TypeError for a meta
+that is not a mapping, EncodeError for what JSON cannot hold, MessageTooLarge for a body
+or meta over the server's bulk-string limit (`proto-max-bulk-len`, which would make the
+server drop the connection).
 """
 
 from __future__ import annotations
@@ -14,7 +17,16 @@ import os
 import time
 from typing import Any
 
-from onestep.kit import Delivery, EncodeError, encode_envelope, envelope_of, envelope_with_attempts
+from onestep.kit import (
+    Delivery,
+    EncodeError,
+    check_meta,
+    check_size,
+    encode_envelope,
+    encode_json,
+    envelope_of,
+    envelope_with_attempts,
+)
 
 #: The entry's body: JSON text, or the raw bytes when `type` is `bytes`.
 BODY = b"body"
@@ -25,56 +37,53 @@ BYTES_TYPE = b"bytes"
 META = b"meta"
 #: Executions of the message so far (decimal); absent for 0.
 ATTEMPTS = b"attempts"
+#: What sets the size limit, as MessageTooLarge names it.
+LIMIT_SETTING = "max_message_bytes, Redis's proto-max-bulk-len"
 
 #: The length of a delay-set member's prefix (see `pack_delayed`).
 NONCE_LENGTH = 24
 # the time of the latest member made in this process (the clock may repeat a value)
 _last_ns = 0
 
-# One encoder for every message: json.dumps with keyword arguments builds a new
-# JSONEncoder per call. allow_nan=False: NaN and Infinity are not JSON, and a consumer in
-# another language would fail to parse them.
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
-
-def _why(exc: Exception) -> str:
-    text = str(exc)
-    if isinstance(exc, ValueError) and "Out of range float" in text:
-        return f"{text} (NaN and Infinity are not JSON)"
-    return text
-
-
-def encode_meta(stream: str, meta: Any) -> bytes | None:
-    """The JSON of a message's meta (None for none or empty); TypeError for meta that
-    is not a dict, EncodeError for one that is not JSON."""
-    if meta is None:
-        return None
-    if not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
+def encode_meta(stream: str, meta: Any, limit: int) -> bytes | None:
+    """The JSON of a message's meta (None for none or empty): TypeError for meta that
+    is not a mapping, EncodeError for one that is not JSON, MessageTooLarge for one
+    over `limit` bytes."""
+    meta = check_meta(meta)
     if not meta:
         return None
     try:
-        return _encode_json(meta).encode()
-    except (TypeError, ValueError) as exc:
-        raise EncodeError(
-            f"cannot add to Redis stream {stream!r}: the meta is not JSON: {_why(exc)}"
-        ) from None
+        data = encode_json(meta, "meta").encode()
+    except EncodeError as exc:
+        raise EncodeError(f"cannot add to Redis stream {stream!r}: {exc}") from None
+    if len(data) > limit:
+        check_size("meta", len(data), limit, LIMIT_SETTING, f"Redis stream {stream!r}")
+    return data
 
 
 def encode_fields(
-    stream: str, body: Any, meta: bytes | None, attempts: int = 0
+    stream: str,
+    body: Any,
+    meta: bytes | None,
+    limit: int,
+    attempts: int = 0,
+    what: str = "body",
 ) -> dict[bytes, bytes]:
-    """The fields of the entry of one message (`meta` already encoded by `encode_meta`);
-    EncodeError naming the stream for a body that is neither bytes nor JSON."""
+    """The fields of the entry of one message (`meta` already encoded by `encode_meta`):
+    EncodeError naming the stream and `what` for a body that is neither bytes nor JSON,
+    MessageTooLarge for one over `limit` bytes."""
     if isinstance(body, bytes | bytearray | memoryview):
-        fields = {BODY: bytes(body), TYPE: BYTES_TYPE}
+        data = bytes(body)
+        fields = {BODY: data, TYPE: BYTES_TYPE}
     else:
         try:
-            fields = {BODY: _encode_json(body).encode()}
-        except (TypeError, ValueError) as exc:
-            raise EncodeError(
-                f"cannot add to Redis stream {stream!r}: the body is not JSON: {_why(exc)}"
-            ) from None
+            data = encode_json(body, what).encode()
+        except EncodeError as exc:
+            raise EncodeError(f"cannot add to Redis stream {stream!r}: {exc}") from None
+        fields = {BODY: data}
+    if len(data) > limit:
+        check_size(what, len(data), limit, LIMIT_SETTING, f"Redis stream {stream!r}")
     if meta is not None:
         fields[META] = meta
     if attempts:
@@ -165,12 +174,17 @@ def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Deli
 # JSON envelope {"body", "meta", "attempts"}
 
 
-def encode_upstream(stream: str, body: Any, meta: Any, attempts: int = 0) -> dict[bytes, bytes]:
-    """The one field of an upstream-format entry; EncodeError naming the stream for a body
-    or meta that is not JSON (or a bytes body), TypeError for meta that is not a dict."""
-    if meta is not None and not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
-    return {BODY: encode_envelope(f"cannot add to Redis stream {stream!r}", body, meta, attempts)}
+def encode_upstream(
+    stream: str, body: Any, meta: Any, limit: int, attempts: int = 0, what: str = "body"
+) -> dict[bytes, bytes]:
+    """The one field of an upstream-format entry: TypeError for meta that is not a
+    mapping, EncodeError naming the stream for a body or meta that is not JSON (or a
+    bytes body), MessageTooLarge for an envelope over `limit` bytes."""
+    check_meta(meta)
+    data = encode_envelope(f"cannot add to Redis stream {stream!r}", body, meta, attempts)
+    if len(data) > limit:
+        check_size(what, len(data), limit, LIMIT_SETTING, f"Redis stream {stream!r}")
+    return {BODY: data}
 
 
 def decode_upstream(entry_id: bytes, fields: dict[bytes, bytes], redelivered: int = 0) -> Delivery:

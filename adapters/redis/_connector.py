@@ -14,7 +14,7 @@ import redis.exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from onestep.kit import check_number
+from onestep.kit import check_int, check_number
 
 from ._state import RedisStateStore
 from ._stream import RedisStream
@@ -46,7 +46,16 @@ class RedisConnector:
     most the stream's `poll_interval_s`. `connect_timeout_s` bounds a connection attempt,
     `socket_timeout_s` any one command (a server that stops answering counts as lost
     after it). The password never appears in repr, logs or errors.
+
+    `max_message_bytes` is the largest body (or meta) a stream adds: a larger one is
+    refused before it is sent with MessageTooLarge (an EncodeError: as a sink's result it
+    fails alone), where the server would drop the connection. None (the default) reads
+    the server's `proto-max-bulk-len` (CONFIG GET, once) and falls back to its default,
+    512 MiB, where CONFIG is not allowed (a managed Redis, an ACL user without it).
     """
+
+    #: Redis's default `proto-max-bulk-len`: 512 MiB.
+    DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
     def __init__(
         self,
@@ -55,6 +64,7 @@ class RedisConnector:
         connect_timeout_s: float = 10,
         socket_timeout_s: float = 30,
         name: str | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a non-empty redis:// or rediss:// URL, got {url!r}")
@@ -65,6 +75,11 @@ class RedisConnector:
             "connect_timeout_s", connect_timeout_s, exclusive=True
         )
         self.socket_timeout_s = check_number("socket_timeout_s", socket_timeout_s, exclusive=True)
+        self._max_message_bytes = (
+            None
+            if max_message_bytes is None
+            else check_int("max_message_bytes", max_message_bytes, minimum=1)
+        )
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, got {name!r}")
         try:
@@ -115,6 +130,25 @@ class RedisConnector:
         """Check the server answers (and accepts the credentials); any thread."""
         with self.errors("connect to Redis"):
             self.client.ping()
+
+    def max_message_bytes(self, doing: str = "read the server's proto-max-bulk-len") -> int:
+        """The largest body or meta a stream adds, in bytes: `max_message_bytes` if
+        given, else the server's `proto-max-bulk-len` (read once; its default where
+        CONFIG GET is refused). A ConnectionError says it could not `doing`. Any
+        thread."""
+        limit = self._max_message_bytes
+        if limit is None:
+            limit = self.DEFAULT_MAX_MESSAGE_BYTES
+            with self.errors(doing):
+                try:
+                    found = self.client.config_get("proto-max-bulk-len")
+                except redis.exceptions.ResponseError:
+                    found = {}  # CONFIG is not allowed here (NOPERM, renamed)
+            value = found.get("proto-max-bulk-len") if isinstance(found, dict) else None
+            if value is not None and str(value).isdigit():
+                limit = int(value)
+            self._max_message_bytes = limit
+        return limit
 
     def close(self) -> None:
         """Close the pooled connections (the next command connects again); any thread."""

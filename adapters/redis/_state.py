@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import redis.exceptions
 
 from onestep import StateStore
-from onestep.kit import EncodeError, check_ttl
+from onestep.kit import check_ttl, encode_json
 
 if TYPE_CHECKING:
     from ._connector import RedisConnector
@@ -23,7 +23,6 @@ _MISSING = object()
 # client changed the key between its read and its write.
 _UPDATE_TRIES = 100
 
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 # INCRBY on the JSON of an integer (its decimal text), and the value no longer expires,
 # as after `set`; a value that is not an integer is an error the caller sees.
@@ -65,10 +64,7 @@ class RedisStateStore(StateStore):
 
     @staticmethod
     def _encode(key: str, value: Any) -> str:
-        try:
-            return _encode_json(value)
-        except (TypeError, ValueError) as exc:
-            raise EncodeError(f"state value for {key!r} is not JSON: {exc}") from None
+        return encode_json(value, f"state value for {key!r}")
 
     def get(self, key: str, default: Any = None) -> Any:
         full = self._key(key)

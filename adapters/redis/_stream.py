@@ -1,29 +1,32 @@
 """RedisStream: a Redis stream read through a consumer group, as a Source, a Sink and a
 producer; made by RedisConnector.stream. Its source methods run on its SourceActor's
 thread, `publish`/`publish_batch` on its SinkActor's, `put`/`put_many` and the
-operations tooling (`browse`, `remove`, `depth`) on any thread."""
+operations tooling (`browse`, `remove`, `take`, `depth`) on any thread."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from onestep.kit import (
+    DeadLetterClaim,
     DeadLetterEntry,
     Delivery,
     EncodeError,
     Sink,
     Source,
+    check_bodies,
     check_delay,
     check_int,
     check_number,
     check_wire_format,
 )
 
-from . import _browse
+from . import _browse, _claims
 from ._codec import encode_fields, encode_meta, encode_upstream, pack_delayed
 from ._consumer import Consumer
 from ._scripts import Scripts
@@ -111,6 +114,7 @@ class RedisStream(Source, Sink):
         self.scripts = Scripts(self.client)
         self._consumer = Consumer(self)
         self._source_thread: int | None = None
+        self._adding = f"add to Redis stream {name!r}"
 
     def __repr__(self) -> str:
         return f"RedisStream({self.name!r}, group={self.group!r}, url={self.connector.url!r})"
@@ -221,9 +225,10 @@ class RedisStream(Source, Sink):
         as {index: EncodeError} and fail alone."""
         entries: list[dict[bytes, bytes]] = []
         refused: dict[int, BaseException] | None = None
+        limit = self.connector.max_message_bytes(self._adding)
         for index, (body, meta) in enumerate(items):
             try:
-                entries.append(self._encode(body, meta))
+                entries.append(self._encode(body, meta, limit))
             except (EncodeError, TypeError) as exc:
                 if refused is None:
                     refused = {}
@@ -245,47 +250,54 @@ class RedisStream(Source, Sink):
         """Add one message (JSON, or `bytes` as they are) with `meta`, after `delay_s`
         seconds if given; returns once the server has it. Any thread, with or without a
         running app. `attempts` is the executions the message already had (a
-        dead-letter replay that keeps them sets it). EncodeError for a body or meta that
-        is not JSON, TypeError for meta that is not a dict (nothing is added),
-        ConnectionError when the server cannot be reached."""
+        dead-letter replay that keeps them sets it). Nothing is added on an error:
+        TypeError for meta that is not a mapping, EncodeError for a body or meta that is
+        not JSON, MessageTooLarge (an EncodeError) for one over the connector's
+        `max_message_bytes`; ConnectionError when the server cannot be reached."""
         check_int("attempts", attempts, minimum=0)
         delay = check_delay("delay_s", delay_s)
-        self._add([self._encode(body, meta, attempts)], delay)
+        limit = self.connector.max_message_bytes(self._adding)
+        self._add([self._encode(body, meta, limit, attempts)], delay)
 
     def put_many(
         self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
     ) -> int:
-        """Add every body (each with `meta`), pipelined; returns how many. Every body is
-        encoded before any is sent, so an EncodeError adds none. If it raises otherwise,
-        some of them may have been added."""
+        """Add every body (each with `meta`), pipelined, PUT_CHUNK per round trip;
+        returns how many. Every body is checked and encoded before any is sent, so
+        TypeError (meta not a mapping, `bodies` not an iterable of bodies) and
+        EncodeError (MessageTooLarge included, naming `bodies[i]`) add none. If it
+        raises otherwise, some of them may have been added."""
         delay = check_delay("delay_s", delay_s)
-        if isinstance(bodies, str | bytes | bytearray | memoryview | Mapping) or not isinstance(
-            bodies, Iterable
-        ):
-            raise TypeError(
-                f"bodies must be an iterable of message bodies, got a {type(bodies).__name__} "
-                "(use put() for one body)"
-            )
+        check_bodies(bodies)
+        limit = self.connector.max_message_bytes(self._adding)
         if self.wire_format == "upstream":
-            entries = [encode_upstream(self.name, body, meta) for body in bodies]
+            encode = functools.partial(encode_upstream, self.name, meta=meta, limit=limit)
         else:
-            encoded_meta = encode_meta(self.name, meta)
-            entries = [encode_fields(self.name, body, encoded_meta) for body in bodies]
+            encoded_meta = encode_meta(self.name, meta, limit)
+            encode = functools.partial(encode_fields, self.name, meta=encoded_meta, limit=limit)
+        items = bodies if isinstance(bodies, list) else list(bodies)
+        try:
+            entries = [encode(body=body) for body in items]
+        except EncodeError:
+            # say which body (the common case, every body good, pays nothing for it)
+            for index, body in enumerate(items):
+                encode(body=body, what=f"bodies[{index}]")
+            raise
         if entries:
             self._add(entries, delay)
         return len(entries)
 
-    def _encode(self, body: Any, meta: Any, attempts: int = 0) -> dict[bytes, bytes]:
+    def _encode(self, body: Any, meta: Any, limit: int, attempts: int = 0) -> dict[bytes, bytes]:
         """The fields of one entry in the stream's wire format (see `_codec`)."""
         if self.wire_format == "upstream":
-            return encode_upstream(self.name, body, meta, attempts)
-        return encode_fields(self.name, body, encode_meta(self.name, meta), attempts)
+            return encode_upstream(self.name, body, meta, limit, attempts)
+        return encode_fields(self.name, body, encode_meta(self.name, meta, limit), limit, attempts)
 
     def _add(self, entries: list[dict[bytes, bytes]], delay_s: float) -> None:
         """XADD every entry (or, delayed, put them in the delay set by the server's
         clock), PUT_CHUNK per round trip; runs on the calling thread."""
         client, maxlen = self.client, self.maxlen
-        with self.connector.errors(f"add to Redis stream {self.name!r}"):
+        with self.connector.errors(self._adding):
             if delay_s > 0:
                 delay_ms = max(1, int(delay_s * 1000))
                 for start in range(0, len(entries), PUT_CHUNK):
@@ -313,6 +325,17 @@ class RedisStream(Source, Sink):
         without consuming. The entry's id is its stream id."""
         with self.connector.errors(f"browse Redis stream {self.name!r}"):
             return _browse.browse(self, limit, match)
+
+    def take(
+        self, limit: int, match: Callable[[DeadLetterEntry], bool] | None = None
+    ) -> DeadLetterClaim:
+        """Claim the first `limit` waiting entries that `match` accepts, oldest first
+        (see onestep.kit.DeadLetterClaim): they are pending to a consumer of the group
+        that is the claim's own until it is settled or released, so another claim and
+        the stream's consumers do not get them; a claim whose process dies gives them
+        back after `claim_idle_s` (see adapters/redis/_claims.py)."""
+        with self.connector.errors(f"claim entries of Redis stream {self.name!r}"):
+            return _claims.take(self, limit, match)
 
     def remove(self, ids: Iterable[Hashable]) -> int:
         """Delete the entries with these stream ids (and ack them, if pending); returns

@@ -4,11 +4,12 @@ one task, and `onestep dlq` calls it. Every method runs on the calling thread.
 
 Browsing belongs to the endpoint, so that the tooling uses the same Source and Sink
 objects as a run (DESIGN §7): a sink that keeps dead letters where another process can
-read them implements `browse`, `remove` and `take` (see _dead_letter_store; RabbitMQQueue
-and TableQueue do). Replays and discards take each dead letter under the sink's claim,
-so that two of them at once, or a running app, never handle one twice. A MemoryQueue is
-handled here, through its public methods: it lives in the memory of one process, so
-only code in that process sees its dead letters.
+read them implements `browse`, `remove` and `take` (see _dead_letter_store; the RabbitMQ
+queue, the MySQL and PostgreSQL table queues and the Redis stream do). Replays and
+discards take each dead letter under the sink's claim, so that two of them at once, or a
+running app, never handle one twice. A MemoryQueue is handled here, through its public
+methods: it lives in the memory of one process, so only code in that process sees its
+dead letters.
 """
 
 from __future__ import annotations
@@ -322,8 +323,8 @@ def _browser(sink: Any, name: str) -> Any:
         return MemoryDeadLetters(sink)
     raise NotBrowsable(
         f"dead-letter sink {name!r} ({type(sink).__name__}) cannot list its dead letters: "
-        "it has no browse() and remove(); use a RabbitMQ queue, a MySQL table queue or "
-        "a MemoryQueue (same process only) as dead_letter"
+        "it has no browse() and remove(); use a RabbitMQ queue, a MySQL or PostgreSQL "
+        "table queue, a Redis stream or a MemoryQueue (same process only) as dead_letter"
     )
 
 

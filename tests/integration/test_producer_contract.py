@@ -1,9 +1,9 @@
 """The producer contract every built-in queue keeps (MemoryQueue, RabbitMQ queue, MySQL
-and PostgreSQL table queues), run with the same inputs against each: bad `put` arguments
-raise the same exception types before anything is sent (TypeError for a meta that is not
-a mapping and for `bodies` that are not an iterable, EncodeError for what JSON cannot
-hold, MessageTooLarge for a body over the destination's limit), and `put_many` of more
-messages than one insert chunk returns the full count."""
+table queue, PostgreSQL table queue, Redis stream), run with the same inputs against each:
+bad `put` arguments raise the same exception types before anything is sent (TypeError for
+a meta that is not a mapping and for `bodies` that are not an iterable, EncodeError for
+what JSON cannot hold, MessageTooLarge for a body over the destination's limit), and
+`put_many` of more messages than one insert chunk (or pipeline) returns the full count."""
 
 from __future__ import annotations
 
@@ -15,18 +15,28 @@ from typing import Any
 
 import pytest
 
-from onestep import EncodeError, MemoryQueue, MySQLConnector, PostgresConnector, RabbitMQConnector
+from adapters.redis._stream import PUT_CHUNK
+from onestep import (
+    EncodeError,
+    MemoryQueue,
+    MySQLConnector,
+    PostgresConnector,
+    RabbitMQConnector,
+    RedisConnector,
+)
 from onestep.kit import MessageTooLarge
 from tests.integration import postgres_support
 from tests.integration.mysql_support import URL, mysql_url, tables
 from tests.integration.rabbitmq_support import AMQP_URL, Rabbit, rabbit_fixture  # noqa: F401
+from tests.integration.redis_support import URL as REDIS_URL
+from tests.integration.redis_support import Keys, keys_fixture  # noqa: F401
 
 __all__ = ["mysql_url", "tables"]  # fixtures used by name
 
 pytestmark = pytest.mark.integration
 
-QUEUES = ["memory", "rabbitmq", "mysql", "postgres"]
-#: The body size limit the RabbitMQ and PostgreSQL queues are given here: MariaDB's
+QUEUES = ["memory", "rabbitmq", "mysql", "postgres", "redis"]
+#: The body size limit the RabbitMQ, PostgreSQL and Redis queues are given here: MariaDB's
 #: default max_allowed_packet, so that one oversize body is refused by all three.
 LIMIT = 16 * 1024 * 1024
 
@@ -69,6 +79,12 @@ def under_test(request: pytest.FixtureRequest) -> Iterator[Queue]:
         yield Queue(kind, pg_table, pg_table.depth)
         pg.close()
         postgres_support.query(f"DROP TABLE IF EXISTS {postgres_support.quote(name)}")
+    elif kind == "redis":
+        keys: Keys = request.getfixturevalue("keys")
+        server = RedisConnector(REDIS_URL, connect_timeout_s=5, max_message_bytes=LIMIT)
+        stream = server.stream(keys.name("contract"))
+        yield Queue(kind, stream, stream.depth)
+        server.close()
     else:
         made: Callable[[str], str] = request.getfixturevalue("tables")
         db = MySQLConnector(URL, connect_timeout_s=5)
@@ -145,8 +161,9 @@ def test_put_many_of_more_than_one_insert_chunk_returns_the_full_count(
 ) -> None:
     # 1,500 rows: more than one MySQL insert chunk (1,000), more than a bounded
     # MemoryQueue's room (its producer waits for a consumer for the rest); 5,001 on
-    # PostgreSQL, whose chunk (one unnest array) is 5,000
-    count = 5001 if under_test.kind == "postgres" else 1500
+    # PostgreSQL, whose chunk (one unnest array) is 5,000; on Redis, more than one
+    # pipeline (PUT_CHUNK entries)
+    count = {"postgres": 5001, "redis": PUT_CHUNK + 1}.get(under_test.kind, 1500)
     if under_test.kind == "memory":
         bounded = MemoryQueue("bounded", maxsize=1000)
         taken: list[Any] = []

@@ -103,9 +103,9 @@ def test_put_many_adds_a_thousand_with_their_meta(
 @pytest.mark.parametrize(
     ("body", "meta", "error", "problem"),
     [
-        ({"bad": object()}, None, EncodeError, "the body is not JSON"),
+        ({"bad": object()}, None, EncodeError, "is not valid JSON"),
         (float("nan"), None, EncodeError, "NaN and Infinity are not JSON"),
-        ({"n": 1}, {"bad": {1, 2}}, EncodeError, "the meta is not JSON"),
+        ({"n": 1}, {"bad": {1, 2}}, EncodeError, "meta is not valid JSON"),
         ({"n": 1}, ["not", "a", "dict"], TypeError, "meta must be a dict or None"),
     ],
 )
@@ -176,3 +176,43 @@ def test_a_put_with_a_wrong_password_raises_one_clean_error(keys: Keys, tmp_path
     )
     assert "at 127.0.0.1:6379 db 0 as user 'nobody': AuthenticationError" in completed.stdout
     assert "Sekr3t-pw" not in completed.stdout
+
+
+def test_the_size_limit_is_the_servers_proto_max_bulk_len_unless_configured(
+    keys: Keys, redis_connector: RedisConnector
+) -> None:
+    server_limit = int(keys.client.config_get("proto-max-bulk-len")["proto-max-bulk-len"])
+    assert redis_connector.max_message_bytes() == server_limit
+    assert RedisConnector(URL, max_message_bytes=1000).max_message_bytes() == 1000
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        RedisConnector(URL, max_message_bytes=0)
+
+
+def test_an_oversize_message_is_refused_before_sending_and_fails_alone_as_a_result(
+    keys: Keys,
+) -> None:
+    from onestep.kit import MessageTooLarge
+
+    server = RedisConnector(URL, max_message_bytes=1000)
+    name = keys.name("oversize")
+    stream = server.stream(name)
+    try:
+        with pytest.raises(MessageTooLarge) as caught:
+            stream.put("x" * 2000)
+        assert str(caught.value) == (
+            f"Redis stream {name!r}: body is 2,002 bytes, over the limit of 1,000 bytes "
+            "(max_message_bytes, Redis's proto-max-bulk-len)"
+        )
+        with pytest.raises(MessageTooLarge, match=r"bodies\[1\] is 1,001 bytes"):
+            stream.put_many([b"ok", b"y" * 1001])
+        with pytest.raises(MessageTooLarge, match="meta is"):
+            stream.put(1, {"big": "z" * 1000})
+        assert keys.client.xlen(name) == 0
+        stream.put("fits")  # the next put works
+        # as a sink's results: the oversize one fails alone, the others are added
+        refused = stream.publish_batch([(1, None), ("x" * 2000, None), (3, None)])
+        assert refused is not None and list(refused) == [1]
+        assert isinstance(refused[1], MessageTooLarge)
+        assert [fields[BODY] for _, fields in keys.entries(name)] == [b'"fits"', b"1", b"3"]
+    finally:
+        server.close()

@@ -22,10 +22,14 @@ from adapters.redis._codec import (
     with_attempts,
 )
 from onestep import EncodeError
+from onestep.kit import MessageTooLarge
+
+#: A limit no message here comes near (the connector reads the server's).
+BIG = 1 << 30
 
 
 def round_trip(body: Any, meta: Any = None, attempts: int = 0) -> Any:
-    fields = encode_fields("s", body, encode_meta("s", meta), attempts)
+    fields = encode_fields("s", body, encode_meta("s", meta, BIG), BIG, attempts)
     return decode_entry(b"1-0", fields)
 
 
@@ -40,14 +44,14 @@ def test_bodies_and_meta_round_trip(body: Any) -> None:
 
 
 def test_the_fields_are_small_and_readable_by_other_consumers() -> None:
-    assert encode_fields("s", {"n": 1}, None) == {BODY: b'{"n":1}'}
-    assert encode_fields("s", b"raw", b'{"k":1}', 3) == {
+    assert encode_fields("s", {"n": 1}, None, BIG) == {BODY: b'{"n":1}'}
+    assert encode_fields("s", b"raw", b'{"k":1}', BIG, 3) == {
         BODY: b"raw",
         TYPE: b"bytes",
         META: b'{"k":1}',
         ATTEMPTS: b"3",
     }
-    assert encode_meta("s", {}) is None
+    assert encode_meta("s", {}, BIG) is None
     assert with_attempts({BODY: b"1", ATTEMPTS: b"2"}, 0) == {BODY: b"1"}
     assert with_attempts({BODY: b"1"}, 4) == {BODY: b"1", ATTEMPTS: b"4"}
 
@@ -55,17 +59,34 @@ def test_the_fields_are_small_and_readable_by_other_consumers() -> None:
 @pytest.mark.parametrize(
     ("body", "meta", "error", "text"),
     [
-        (object(), None, EncodeError, "the body is not JSON"),
+        (object(), None, EncodeError, "body is not valid JSON"),
         (float("inf"), None, EncodeError, "NaN and Infinity are not JSON"),
-        (1, {"x": object()}, EncodeError, "the meta is not JSON"),
+        ("a\udc80", None, EncodeError, "lone surrogate"),
+        (1, {"x": object()}, EncodeError, "meta is not valid JSON"),
+        (1, {2: "two"}, EncodeError, "meta keys must be strings"),
         (1, [("k", "v")], TypeError, "meta must be a dict or None, got list"),
     ],
 )
 def test_what_cannot_be_encoded_is_named(body: Any, meta: Any, error: Any, text: str) -> None:
     with pytest.raises(error, match=text) as caught:
-        encode_fields("jobs", body, encode_meta("jobs", meta))
-    if error is EncodeError:
+        encode_fields("jobs", body, encode_meta("jobs", meta, BIG), BIG)
+    if error is EncodeError and "keys" not in text:
         assert "Redis stream 'jobs'" in str(caught.value)
+
+
+def test_a_body_or_meta_over_the_limit_is_refused_naming_sizes_and_setting() -> None:
+    assert encode_fields("jobs", "x" * 8, None, 10) == {BODY: b'"xxxxxxxx"'}  # 10 bytes
+    with pytest.raises(MessageTooLarge) as caught:
+        encode_fields("jobs", "x" * 9, None, 10)
+    assert str(caught.value) == (
+        "Redis stream 'jobs': body is 11 bytes, over the limit of 10 bytes "
+        "(max_message_bytes, Redis's proto-max-bulk-len)"
+    )
+    assert (caught.value.size, caught.value.limit) == (11, 10)
+    with pytest.raises(MessageTooLarge, match="bodies\\[3\\] is 11 bytes"):
+        encode_fields("jobs", b"y" * 11, None, 10, what="bodies[3]")
+    with pytest.raises(MessageTooLarge, match="meta is 12 bytes"):
+        encode_meta("jobs", {"k": "1234"}, 11)
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ import logging
 import time
 from typing import Any
 
+from .._values import check_int, check_number
+from ..core import Delivery, Source, SourceContext
+from ..state import StateStore
 from ._tables import CursorProgress, IncrementalSpec, column_index, json_value, row_dict
-from ._values import check_int, check_number
-from .core import Delivery, Source, SourceContext
-from .state import StateStore
 
 
 class IncrementalTableSource(Source):

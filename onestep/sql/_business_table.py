@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .._values import check_int, check_number
+from ..core import Delivery, Source
 from ._business_sql import BusinessStatements
 from ._tables import BusinessTableSpec, column_index, json_value, row_dict
-from ._values import check_int, check_number
-from .core import Delivery, Source
 
 # How many rows go into one `IN (...)` list.
 _MAX_ROWS_PER_STATEMENT = 1000

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._values import check_delay
+from .._values import check_delay
 
 # The values a claim, ack or nack may write: scalars the drivers send as parameters.
 _SCALARS = (str, int, float, bool, decimal.Decimal, datetime.date, datetime.time, type(None))
