@@ -8,10 +8,12 @@ imports pika or pymysql.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from actors import AppFailed, EncodeError, Failure, StartupError
 
+from ._extras import MissingExtra, missing_extra
 from ._onestep_app import OneStepApp
 from ._version import __version__
 from .core import (
@@ -19,6 +21,7 @@ from .core import (
     ExponentialBackoff,
     InMemoryMetrics,
     JsonFormatter,
+    JsonLogFormatter,
     MaxAttempts,
     NoRetry,
     RetryPolicy,
@@ -28,6 +31,7 @@ from .core import (
     StructuredEventLogger,
     TaskContext,
     TaskEvent,
+    TaskEventKind,
     configure_logging,
 )
 from .executor import ProcessExecutor
@@ -37,11 +41,15 @@ from .state import InMemoryStateStore, SQLiteStateStore, StateStore
 
 # name -> module in adapters/ that defines it; imported on first access (PEP 562).
 _LAZY = {
+    "BearerAuth": "adapters.webhook",
+    "BearerToken": "adapters.webhook",
+    "HmacSignature": "adapters.webhook",
     "MySQLConnector": "adapters.mysql",
     "PostgresConnector": "adapters.postgres",
     "PublishRefused": "adapters.rabbitmq",
     "RabbitMQConnector": "adapters.rabbitmq",
     "RedisConnector": "adapters.redis",
+    "WebhookResponse": "adapters.webhook",
     "WebhookSource": "adapters.webhook",
 }
 
@@ -59,8 +67,10 @@ __all__ = [
     "InMemoryStateStore",
     "IntervalSource",
     "JsonFormatter",
+    "JsonLogFormatter",
     "MaxAttempts",
     "MemoryQueue",
+    "MissingExtra",
     "NoRetry",
     "NotBrowsable",
     "NotReplayable",
@@ -76,9 +86,33 @@ __all__ = [
     "StructuredEventLogger",
     "TaskContext",
     "TaskEvent",
+    "TaskEventKind",
     "__version__",
     "configure_logging",
 ]
+
+
+#: the packages each lazily imported adapter needs (found, not imported, for `__all__`)
+_NEEDS = {
+    "adapters.mysql": ("pymysql",),
+    "adapters.postgres": ("psycopg", "psycopg_pool"),
+    "adapters.rabbitmq": ("pika",),
+    "adapters.redis": ("redis",),
+    "adapters.webhook": ("falcon", "waitress"),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return all(importlib.util.find_spec(package) is not None for package in _NEEDS[module])
+    except (ImportError, ValueError):  # a package blocked or half-imported
+        return False
+
+
+# `from onestep import *` brings the lazy names too (importing their drivers, as `*`
+# asks), but only those whose extra is installed: a missing extra leaves its names out
+# of `*` instead of failing the import; naming one explicitly raises MissingExtra.
+__all__ += sorted(name for name, module in _LAZY.items() if _installed(module))
 
 
 def __getattr__(name: str) -> Any:
@@ -88,11 +122,7 @@ def __getattr__(name: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise ImportError(
-            f"onestep.{name} needs the package {exc.name!r}; install the matching extra, "
-            f"e.g. pip install 'onestep[rabbitmq]', 'onestep[mysql]', 'onestep[postgres]' or "
-            f"'onestep[redis]'"
-        ) from exc
+        raise missing_extra(f"onestep.{name}", exc) from exc
     value = getattr(module, name)
     globals()[name] = value
     return value

@@ -10,6 +10,13 @@ from __future__ import annotations
 from actors import EncodeError, Failure, HandlerFailed
 
 from ._values import MAX_DELAY_S, check_delay, check_int, check_number
+from ._wire import (
+    WIRE_FORMATS,
+    check_wire_format,
+    encode_envelope,
+    envelope_of,
+    envelope_with_attempts,
+)
 from .core import Delivery, Sink, Source, SourceContext
 from .core._encoding import (
     MessageTooLarge,
@@ -42,6 +49,7 @@ __all__ = [
     "BODY_REFUSED",
     "DEAD_LETTER_ID",
     "MAX_DELAY_S",
+    "WIRE_FORMATS",
     "BodyRouter",
     "BusinessTableSource",
     "BusinessTableSpec",
@@ -70,10 +78,14 @@ __all__ = [
     "check_number",
     "check_size",
     "check_ttl",
+    "check_wire_format",
     "column_index",
     "decode_position",
+    "encode_envelope",
     "encode_json",
     "encode_position",
+    "envelope_of",
+    "envelope_with_attempts",
     "guarded_adjustments",
     "inherited_socket",
     "is_business_mode",

@@ -29,7 +29,7 @@ import pika.exceptions
 
 from onestep.kit import DEAD_LETTER_ID, DeadLetterClaim, DeadLetterEntry, IdTally
 
-from ._message import decode_message
+from ._message import decode_message, decode_upstream
 from ._quiet import quiet
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def take(
                 method, properties, body = channel.basic_get(queue.queue_name, auto_ack=False)
                 if method is None:
                     break
-                entry = _entry(properties, body)
+                entry = _entry(queue, properties, body)
                 if match is None or match(entry):
                     claimed.append((method.delivery_tag, entry))
                     if len(claimed) >= limit:
@@ -176,7 +176,7 @@ def _walk(
             method, properties, body = channel.basic_get(queue.queue_name, auto_ack=False)
             if method is None:
                 break
-            if look(channel, method.delivery_tag, _entry(properties, body)):
+            if look(channel, method.delivery_tag, _entry(queue, properties, body)):
                 break
         # Close-Ok comes after the broker handled every ack sent before the Close, so
         # the removed messages are gone when this returns; the rest are given back
@@ -215,11 +215,12 @@ def _message_count(connection: Any, name: str) -> int:
     return int(result.method.message_count)
 
 
-def _entry(properties: Any, body: bytes) -> DeadLetterEntry:
+def _entry(queue: RabbitMQQueue, properties: Any, body: bytes) -> DeadLetterEntry:
     """A message as an entry: decoded as the queue's source decodes it (JSON payload,
     onestep meta from its header); its id is the dead-letter id onestep put in the meta,
     else the AMQP `message_id`, else a digest of its contents (stable across reads)."""
-    delivery = decode_message(None, 0, properties, body)
+    decode = decode_upstream if queue.wire_format == "upstream" else decode_message
+    delivery = decode(None, 0, properties, body)
     meta = delivery.meta
     entry_id = meta.get(DEAD_LETTER_ID) or properties.message_id
     if not entry_id:

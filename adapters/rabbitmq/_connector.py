@@ -36,6 +36,16 @@ def _safe_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed: pika's AMQPConnectionError says nothing in str() and
+    keeps the cause as text in its args (`AMQPConnectorSocketConnectError:
+    ConnectionRefusedError(111, ...)`)."""
+    text = str(exc) or "; ".join(str(arg) for arg in exc.args) or repr(exc)
+    if "ConnectionRefusedError" in text:
+        return "connection refused (ConnectionRefusedError: nothing listens on that port)"
+    return f"{type(exc).__name__}: {text}"
+
+
 class RabbitMQConnector:
     """Where queues live: one broker URL (`amqp://user:password@host:port/vhost`).
 
@@ -122,8 +132,11 @@ class RabbitMQConnector:
         arguments: Mapping[str, Any] | None = None,
         publisher_confirms: bool = True,
         persistent: bool = True,
+        wire_format: str = "onestep",
     ) -> RabbitMQQueue:
-        """A queue that is both a Source and a Sink (declared when it opens)."""
+        """A queue that is both a Source and a Sink (declared when it opens).
+        `wire_format="upstream"` reads and writes upstream onestep's JSON envelope
+        (`{"body", "meta", "attempts"}`), so its workers can share the queue."""
         return RabbitMQQueue(
             self,
             name,
@@ -135,6 +148,7 @@ class RabbitMQConnector:
             arguments=arguments,
             publisher_confirms=publisher_confirms,
             persistent=persistent,
+            wire_format=wire_format,
         )
 
     def connect(self, purpose: str = "onestep") -> Any:
@@ -149,7 +163,7 @@ class RabbitMQConnector:
             with quiet():
                 return pika.BlockingConnection(params)
         except Exception as exc:
-            detail = f"{type(exc).__name__}: {exc}"
+            detail = _reason(exc)
             if self._password:
                 detail = detail.replace(self._password, "***")
             raise ConnectionError(f"cannot connect to RabbitMQ at {self.where}: {detail}") from None

@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pika
 
-from onestep.kit import Delivery, EncodeError, check_meta, check_size, encode_json, utf8_size
+from onestep.kit import (
+    Delivery,
+    EncodeError,
+    check_meta,
+    check_size,
+    encode_envelope,
+    encode_json,
+    envelope_of,
+    utf8_size,
+)
 
 from ._consumer import _Consumer, _Handle
 
@@ -59,6 +68,23 @@ def decode_message(consumer: _Consumer | None, tag: int, properties: Any, body: 
     return Delivery(payload, meta=meta, attempts=attempts, handle=handle, error=error)
 
 
+def decode_upstream(consumer: _Consumer | None, tag: int, properties: Any, body: bytes) -> Delivery:
+    """The Delivery of a message on a `wire_format="upstream"` queue: the envelope's body,
+    meta and attempts; a message that is no envelope (a onestep-format producer's, another
+    client's) is decoded as `decode_message` does. Runs on the source actor's thread."""
+    content_type = properties.content_type or ""
+    if not content_type or content_type == JSON_TYPE or content_type.endswith("+json"):
+        try:
+            found = envelope_of(json.loads(body))
+        except (ValueError, TypeError):
+            found = None
+        if found is not None:
+            payload, meta, attempts = found
+            handle = _Handle(consumer, tag, properties, body)
+            return Delivery(payload, meta=meta, attempts=attempts, handle=handle)
+    return decode_message(consumer, tag, properties, body)
+
+
 class Destination(Protocol):
     """Where `encode_message` publishes: a RabbitMQQueue (or its producer side)."""
 
@@ -67,18 +93,22 @@ class Destination(Protocol):
     persistent: bool
     exchange: str | None
     routing_key: str
+    wire_format: str
 
 
 def encode_message(
-    queue: Destination, body: Any, meta: dict[str, Any] | None
+    queue: Destination, body: Any, meta: dict[str, Any] | None, attempts: int = 0
 ) -> tuple[str, str, bytes, Any]:
     """(exchange, routing_key, body, properties) of a body published to `queue`; runs on
     the publishing thread (the sink actor's, or a producer's). Nothing is sent when it
     raises: EncodeError naming the queue and the problem for a body or meta that is not
     JSON (or a meta that is not a mapping), MessageTooLarge for a body over the
     connector's `max_message_bytes` (the broker's `max_message_size`, which would close
-    the channel) or a meta too large for one frame."""
+    the channel) or a meta too large for one frame. `attempts` (executions so far) goes
+    in a header, or in the envelope of a `wire_format="upstream"` queue."""
     where = f"cannot publish to RabbitMQ queue {queue.name!r}"
+    if queue.wire_format == "upstream":
+        return _encode_upstream(queue, where, body, meta, attempts)
     try:
         if isinstance(body, bytes | bytearray | memoryview):
             data, content_type = bytes(body), BINARY_TYPE
@@ -97,16 +127,37 @@ def encode_message(
         "max_message_bytes, RabbitMQ's max_message_size",
         where,
     )
-    headers = None
+    headers: dict[str, Any] | None = None
     if meta_text is not None:
         # the properties travel in one frame: a larger one makes the broker close the
         # connection (FRAME_ERROR), and the put would fail twice
         size = utf8_size(meta_text)
         check_size("the meta", size, connector.max_meta_bytes, "one AMQP frame", where)
         headers = {META_HEADER: meta_text}
+    if attempts:
+        headers = {**(headers or {}), ATTEMPTS_HEADER: attempts}
     properties = pika.BasicProperties(
         content_type=content_type,
         delivery_mode=2 if queue.persistent else 1,
         headers=headers,
+    )
+    return (queue.exchange or "", queue.routing_key, data, properties)
+
+
+def _encode_upstream(
+    queue: Destination, where: str, body: Any, meta: dict[str, Any] | None, attempts: int
+) -> tuple[str, str, bytes, Any]:
+    """`encode_message` for an upstream-format queue: the envelope is the whole body."""
+    data = encode_envelope(where, body, meta, attempts)
+    connector = queue.connector
+    check_size(
+        "the message",
+        len(data),
+        connector.max_message_bytes,
+        "max_message_bytes, RabbitMQ's max_message_size",
+        where,
+    )
+    properties = pika.BasicProperties(
+        content_type=JSON_TYPE, delivery_mode=2 if queue.persistent else 1
     )
     return (queue.exchange or "", queue.routing_key, data, properties)

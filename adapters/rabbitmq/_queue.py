@@ -22,13 +22,15 @@ from onestep.kit import (
     Source,
     check_delay,
     check_int,
+    check_wire_format,
+    envelope_with_attempts,
 )
 
 from . import _browse
 from ._consumer import _Consumer, _Handle
 from ._delays import DelayQueues
 from ._link import _Link
-from ._message import ATTEMPTS_HEADER, decode_message, encode_message
+from ._message import ATTEMPTS_HEADER, decode_message, decode_upstream, encode_message
 from ._publisher import PublishRefused, _Publisher
 from ._queue_links import ThreadLinks
 from ._queue_producer import Producing
@@ -78,6 +80,7 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
         arguments: Mapping[str, Any] | None = None,
         publisher_confirms: bool = True,
         persistent: bool = True,
+        wire_format: str = "onestep",
     ) -> None:
         if not isinstance(name, str) or not name or len(name.encode()) > 200:
             raise ValueError(f"name must be a non-empty string of at most 200 bytes, got {name!r}")
@@ -117,6 +120,10 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
         self.arguments = dict(arguments or {})
         self.publisher_confirms = publisher_confirms
         self.persistent = persistent
+        #: "onestep" (meta and attempts in headers) or "upstream" (upstream onestep's
+        #: `{"body", "meta", "attempts"}` envelope as the body): see _upstream.
+        self.wire_format = check_wire_format(wire_format)
+        self._decode = decode_upstream if self.wire_format == "upstream" else decode_message
         self._links: weakref.WeakKeyDictionary[threading.Thread, _Link] = (
             weakref.WeakKeyDictionary()
         )
@@ -137,6 +144,7 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
             "exchange": self.exchange,
             "routing_key": self.routing_key,
             "prefetch": self.prefetch,
+            "wire_format": self.wire_format,
         }
 
     def delay_queue_name(self, delay_s: float) -> str:
@@ -166,7 +174,7 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
             return []
         consumer.handed_out += count
         popleft = buffer.popleft
-        decode = decode_message
+        decode = self._decode
         return [decode(consumer, *popleft()) for _ in range(count)]
 
     def _settling(self, delivery: Delivery) -> _Consumer | None:
@@ -203,7 +211,11 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
             for key, value in (properties.headers or {}).items()
             if not key.startswith(_DEATH_HEADERS)
         }
-        headers[ATTEMPTS_HEADER] = delivery.attempts + 1
+        body = handle.body
+        if self.wire_format == "upstream":
+            body = envelope_with_attempts(body, delivery.attempts + 1)
+        else:
+            headers[ATTEMPTS_HEADER] = delivery.attempts + 1
         routing_key = self.queue_name
         if delay_s:
             routing_key = self._delays.route(delay_s, link.connection)
@@ -222,7 +234,7 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
         if link.publisher is None or not link.publisher.is_open:
             link.publisher = _Publisher(link.connection, True)
         try:
-            link.publisher.publish([("", routing_key, handle.body, republished)])
+            link.publisher.publish([("", routing_key, body, republished)])
         except PublishRefused as exc:
             if exc.returned:
                 self._delays.forget()  # someone deleted the delay queue: declare it again

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from onestep.kit import check_bodies, check_delay, check_int, check_meta
 
 from ._delays import DelayQueues
-from ._message import ATTEMPTS_HEADER, encode_message
+from ._message import encode_message
 from ._publisher import PublishRefused
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ class Producing:
     persistent: bool
     exchange: str | None
     routing_key: str
+    wire_format: str
     _declared: bool
     _delays: DelayQueues
     #: declares the queue on a producer connection (ThreadLinks)
@@ -52,8 +53,7 @@ class Producing:
         check_int("attempts", attempts, minimum=0)
         meta = check_meta(meta)
         delay = check_delay("delay_s", delay_s)
-        exchange, routing_key, data, properties = encode_message(self, body, meta)
-        properties.headers = {**(properties.headers or {}), ATTEMPTS_HEADER: attempts}
+        exchange, routing_key, data, properties = encode_message(self, body, meta, attempts)
         self._put_encoded([(exchange, routing_key, data, properties)], delay)
 
     def put_many(

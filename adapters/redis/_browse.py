@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from onestep.kit import DeadLetterEntry
 
-from ._codec import decode_entry
+from ._codec import decode_entry, decode_upstream
 
 if TYPE_CHECKING:
     from ._stream import RedisStream
@@ -76,8 +76,9 @@ def browse(
     found: list[DeadLetterEntry] = []
     if limit == 0:
         return found
+    decode = decode_upstream if stream.wire_format == "upstream" else decode_entry
     for entry_id, fields in _waiting(stream):
-        delivery = decode_entry(entry_id, fields)
+        delivery = decode(entry_id, fields)
         entry = DeadLetterEntry(entry_id.decode(), delivery.payload, delivery.meta)
         if match is None or match(entry):
             found.append(entry)

@@ -22,7 +22,10 @@ from onestep.kit import (
     EncodeError,
     check_meta,
     check_size,
+    encode_envelope,
     encode_json,
+    envelope_of,
+    envelope_with_attempts,
 )
 
 #: The entry's body: JSON text, or the raw bytes when `type` is `bytes`.
@@ -165,6 +168,49 @@ def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Deli
                     pass
         append(decode_entry(entry_id, fields))
     return deliveries
+
+
+# -- upstream onestep's format (wire_format="upstream"): one field, `body`, holding the
+# JSON envelope {"body", "meta", "attempts"}
+
+
+def encode_upstream(
+    stream: str, body: Any, meta: Any, limit: int, attempts: int = 0, what: str = "body"
+) -> dict[bytes, bytes]:
+    """The one field of an upstream-format entry: TypeError for meta that is not a
+    mapping, EncodeError naming the stream for a body or meta that is not JSON (or a
+    bytes body), MessageTooLarge for an envelope over `limit` bytes."""
+    check_meta(meta)
+    data = encode_envelope(f"cannot add to Redis stream {stream!r}", body, meta, attempts)
+    if len(data) > limit:
+        check_size(what, len(data), limit, LIMIT_SETTING, f"Redis stream {stream!r}")
+    return {BODY: data}
+
+
+def decode_upstream(entry_id: bytes, fields: dict[bytes, bytes], redelivered: int = 0) -> Delivery:
+    """The Delivery of an entry of an upstream-format stream: the envelope's body, meta
+    and attempts (plus `redelivered`); an entry that is no envelope (a onestep-format
+    producer's) is decoded as `decode_entry` does."""
+    body = fields.get(BODY)
+    if body is not None and fields.get(TYPE) != BYTES_TYPE and ATTEMPTS not in fields:
+        try:
+            found = envelope_of(json.loads(body))
+        except ValueError:
+            found = None
+        if found is not None:
+            payload, meta, attempts = found
+            handle = (entry_id, fields)
+            return Delivery(payload, meta=meta, attempts=attempts + redelivered, handle=handle)
+    return decode_entry(entry_id, fields, redelivered)
+
+
+def upstream_with_attempts(fields: dict[bytes, bytes], attempts: int) -> dict[bytes, bytes]:
+    """An upstream-format entry's fields recording `attempts` executions in the envelope;
+    an entry that is not one keeps onestep's fields (`with_attempts`)."""
+    body = fields.get(BODY)
+    if body is None or fields.get(TYPE) == BYTES_TYPE or len(fields) != 1:
+        return with_attempts(fields, attempts)
+    return {BODY: envelope_with_attempts(body, attempts)}
 
 
 def pack_delayed(fields: dict[bytes, bytes]) -> bytes:

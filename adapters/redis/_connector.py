@@ -165,8 +165,11 @@ class RedisConnector:
         maxlen: int | None = None,
         claim_idle_s: float = 60.0,
         start_id: str = "0",
+        wire_format: str = "onestep",
     ) -> RedisStream:
-        """A stream that is a Source, a Sink and a producer; see RedisStream."""
+        """A stream that is a Source, a Sink and a producer; see RedisStream.
+        `wire_format="upstream"` reads and writes onestep-redis's entries (one field,
+        `body`, holding the `{"body", "meta", "attempts"}` envelope)."""
         return RedisStream(
             self,
             name,
@@ -177,6 +180,7 @@ class RedisConnector:
             maxlen=maxlen,
             claim_idle_s=claim_idle_s,
             start_id=start_id,
+            wire_format=wire_format,
         )
 
     def state_store(self, prefix: str = "onestep:") -> RedisStateStore:

@@ -14,7 +14,14 @@ import redis.exceptions
 
 from onestep.kit import Delivery
 
-from ._codec import decode_entries, decode_entry, pack_delayed, with_attempts
+from ._codec import (
+    decode_entries,
+    decode_entry,
+    decode_upstream,
+    pack_delayed,
+    upstream_with_attempts,
+    with_attempts,
+)
 from ._scripts import KEEP_CHUNK
 
 if TYPE_CHECKING:
@@ -70,6 +77,8 @@ class Consumer:
         self.wakeup: Callable[[], None] | None = None
         self.call_later: Callable[..., Any] | None = None
         self.wake_pending = False
+        # upstream onestep's envelope (wire_format="upstream") or onestep's fields
+        self._upstream = stream.wire_format == "upstream"
 
     @property
     def buffered(self) -> bool:
@@ -176,6 +185,8 @@ class Consumer:
         held = self.held
         for entry_id, _ in entries:
             held[entry_id] = None
+        if self._upstream:
+            return [decode_upstream(entry_id, fields) for entry_id, fields in entries]
         return decode_entries(entries)
 
     def _after_empty(self, *, blocked: bool) -> None:
@@ -252,7 +263,8 @@ class Consumer:
         for entry_id, fields in claimed:
             held[entry_id] = None
             # handed out n times before this claim: n executions, each an attempt
-            deliveries.append(decode_entry(entry_id, fields, delivered.get(entry_id, 1)))
+            decode = decode_upstream if self._upstream else decode_entry
+            deliveries.append(decode(entry_id, fields, delivered.get(entry_id, 1)))
         return deliveries
 
     # -- keeping entries alive ----------------------------------------------------------
@@ -296,7 +308,8 @@ class Consumer:
         entry_id, fields = delivery.handle
         self.held.pop(entry_id, None)
         delay_ms = int((delay_s or 0.0) * 1000)
-        self._readds.append((delay_ms, with_attempts(fields, attempts)))
+        recount = upstream_with_attempts if self._upstream else with_attempts
+        self._readds.append((delay_ms, recount(fields, attempts)))
         if not self._acks:
             self._acks_since = time.monotonic()
         self._acks.append(entry_id)

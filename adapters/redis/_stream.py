@@ -5,6 +5,7 @@ operations tooling (`browse`, `remove`, `take`, `depth`) on any thread."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -22,10 +23,11 @@ from onestep.kit import (
     check_delay,
     check_int,
     check_number,
+    check_wire_format,
 )
 
 from . import _browse, _claims
-from ._codec import encode_fields, encode_meta, pack_delayed
+from ._codec import encode_fields, encode_meta, encode_upstream, pack_delayed
 from ._consumer import Consumer
 from ._scripts import Scripts
 
@@ -83,6 +85,7 @@ class RedisStream(Source, Sink):
         maxlen: int | None = None,
         claim_idle_s: float = 60.0,
         start_id: str = "0",
+        wire_format: str = "onestep",
     ) -> None:
         for param, value in (("name", name), ("group", group), ("start_id", start_id)):
             if not isinstance(value, str) or not value:
@@ -110,6 +113,9 @@ class RedisStream(Source, Sink):
         self.group = group
         self.consumer = consumer or default_consumer()
         self.start_id = start_id
+        #: "onestep" (fields body, meta, attempts) or "upstream" (upstream onestep's
+        #: `{"body", "meta", "attempts"}` envelope in the one field `body`)
+        self.wire_format = check_wire_format(wire_format)
         #: The sorted set where delayed messages wait (score: due time, server clock).
         self.delay_key = f"{name}:delayed"
         self.scripts = Scripts(self.client)
@@ -129,6 +135,7 @@ class RedisStream(Source, Sink):
             "batch_size": self.batch_size,
             "claim_idle_s": self.claim_idle_s,
             "maxlen": self.maxlen,
+            "wire_format": self.wire_format,
             "server": self.connector.url,
         }
 
@@ -228,8 +235,7 @@ class RedisStream(Source, Sink):
         limit = self.connector.max_message_bytes(self._adding)
         for index, (body, meta) in enumerate(items):
             try:
-                meta_data = encode_meta(self.name, meta, limit)
-                entries.append(encode_fields(self.name, body, meta_data, limit))
+                entries.append(self._encode(body, meta, limit))
             except (EncodeError, TypeError) as exc:
                 if refused is None:
                     refused = {}
@@ -258,9 +264,7 @@ class RedisStream(Source, Sink):
         check_int("attempts", attempts, minimum=0)
         delay = check_delay("delay_s", delay_s)
         limit = self.connector.max_message_bytes(self._adding)
-        meta_data = encode_meta(self.name, meta, limit)
-        fields = encode_fields(self.name, body, meta_data, limit, attempts)
-        self._add([fields], delay)
+        self._add([self._encode(body, meta, limit, attempts)], delay)
 
     def put_many(
         self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
@@ -273,18 +277,28 @@ class RedisStream(Source, Sink):
         delay = check_delay("delay_s", delay_s)
         check_bodies(bodies)
         limit = self.connector.max_message_bytes(self._adding)
-        encoded_meta = encode_meta(self.name, meta, limit)
+        if self.wire_format == "upstream":
+            encode = functools.partial(encode_upstream, self.name, meta=meta, limit=limit)
+        else:
+            encoded_meta = encode_meta(self.name, meta, limit)
+            encode = functools.partial(encode_fields, self.name, meta=encoded_meta, limit=limit)
         items = bodies if isinstance(bodies, list) else list(bodies)
         try:
-            entries = [encode_fields(self.name, body, encoded_meta, limit) for body in items]
+            entries = [encode(body=body) for body in items]
         except EncodeError:
             # say which body (the common case, every body good, pays nothing for it)
             for index, body in enumerate(items):
-                encode_fields(self.name, body, encoded_meta, limit, what=f"bodies[{index}]")
+                encode(body=body, what=f"bodies[{index}]")
             raise
         if entries:
             self._add(entries, delay)
         return len(entries)
+
+    def _encode(self, body: Any, meta: Any, limit: int, attempts: int = 0) -> dict[bytes, bytes]:
+        """The fields of one entry in the stream's wire format (see `_codec`)."""
+        if self.wire_format == "upstream":
+            return encode_upstream(self.name, body, meta, limit, attempts)
+        return encode_fields(self.name, body, encode_meta(self.name, meta, limit), limit, attempts)
 
     def _add(self, entries: list[dict[bytes, bytes]], delay_s: float) -> None:
         """XADD every entry (or, delayed, put them in the delay set by the server's

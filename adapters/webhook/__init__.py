@@ -10,15 +10,21 @@ keep the webhook task small and emit each request to a durable queue (RabbitMQ, 
 from ._auth import BearerToken, HmacSignature
 from ._embedding import WebhookMiddleware, mount, webhook_sources, wsgi_middleware
 from ._resource import WebhookResource
+from ._response import WebhookResponse
 from ._server import SERVER_THREADS
 from ._source import WebhookSource
 
+#: Upstream onestep's name for BearerToken (`BearerAuth(token)`).
+BearerAuth = BearerToken
+
 __all__ = [
     "SERVER_THREADS",
+    "BearerAuth",
     "BearerToken",
     "HmacSignature",
     "WebhookMiddleware",
     "WebhookResource",
+    "WebhookResponse",
     "WebhookSource",
     "mount",
     "webhook_sources",

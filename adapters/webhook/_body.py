@@ -77,8 +77,17 @@ def _loads(body: bytes, max_depth: int) -> Any:
         raise TooDeep("nesting deeper than the JSON parser can follow") from None
 
 
-def _parse_body(content_type: str | None, body: bytes, max_json_depth: int) -> Any:
+#: WebhookSource's `parser` choices: by Content-Type, or one kind for every request
+#: (upstream onestep's names; "raw" keeps the bytes).
+PARSERS = ("auto", "json", "form", "text", "raw")
+
+
+def _parse_body(
+    content_type: str | None, body: bytes, max_json_depth: int, parser: str = "auto"
+) -> Any:
     kind, charset = _body_kind(content_type)
+    if parser != "auto":
+        kind = "bytes" if parser == "raw" else parser
     try:
         if kind == "json":
             return _loads(body, max_json_depth) if body else None

@@ -17,7 +17,7 @@ from onestep import Delivery, MemoryQueue, OneStepApp, SourceContext
 from onestep.kit import BODY_REFUSED, check_delay, check_int
 
 from ._auth import BearerToken, HmacSignature
-from ._body import _parse_body
+from ._body import PARSERS, _parse_body
 from ._errors import (
     _RETRY_AFTER_STOPPED_S,
     _body_unavailable,
@@ -31,6 +31,7 @@ from ._headers import dropped_headers, forwarded_headers
 from ._limits import ServerSettings
 from ._reply import _Reply
 from ._resource import WebhookResource
+from ._response import WebhookResponse
 from ._server import _acquire_server, _release_server, _SharedServer
 
 logger = logging.getLogger("onestep.webhook")
@@ -54,10 +55,13 @@ class WebhookSource(MemoryQueue):
     The server settings (`connection_limit`, `idle_timeout_s`, `read_timeout_s`,
     `server_threads`) belong to that shared server: None takes the value another source
     on it gives, or the default; two different values on one server are an error at open.
-    `forward_headers` names credential headers to keep in `item["headers"]` (by default
-    Authorization, Cookie, Proxy-Authorization and the HMAC signature header are left
-    out). JSON bodies nested deeper than `max_json_depth` are refused (400). A request's
-    meta is `{"webhook_id": ...}` plus its `traceparent` and `tracestate` headers.
+    `response` (a WebhookResponse) replaces the 202 answer of respond="accepted";
+    `parser` ("auto", "json", "form", "text", "raw") parses every body as one kind
+    instead of by Content-Type. `forward_headers` names credential headers to keep in
+    `item["headers"]` (by default Authorization, Cookie, Proxy-Authorization and the HMAC
+    signature header are left out). JSON bodies nested deeper than `max_json_depth` are
+    refused (400). A request's meta is `{"webhook_id": ...}` plus its `traceparent` and
+    `tracestate` headers.
     """
 
     messaging_system = "webhook"
@@ -89,6 +93,8 @@ class WebhookSource(MemoryQueue):
         idle_timeout_s: float | None = None,
         read_timeout_s: float | None = None,
         server_threads: int | None = None,
+        response: WebhookResponse | None = None,
+        parser: str = "auto",
     ) -> None:
         if not isinstance(path, str) or not path.startswith("/"):
             raise ValueError(f"path must be a string starting with '/', got {path!r}")
@@ -107,6 +113,12 @@ class WebhookSource(MemoryQueue):
         check_int("queue_maxsize", queue_maxsize, minimum=1)
         if respond not in _RESPOND_MODES:
             raise ValueError(f"respond must be 'accepted' or 'result', got {respond!r}")
+        if response is not None and not isinstance(response, WebhookResponse):
+            raise ValueError(f"response must be a WebhookResponse or None, got {response!r}")
+        if response is not None and respond != "accepted":
+            raise ValueError("response= is the answer of respond='accepted'; drop one of them")
+        if parser not in PARSERS:
+            raise ValueError(f"parser must be one of {PARSERS}, got {parser!r}")
         reply_timeout = check_delay("reply_timeout_s", reply_timeout_s, exclusive=True)
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, got {name!r}")
@@ -128,6 +140,10 @@ class WebhookSource(MemoryQueue):
         self.respond = respond
         self.reply_timeout_s = reply_timeout
         self.max_json_depth = max_json_depth
+        #: The answer to a queued request (respond="accepted"); None: 202 with its id.
+        self.response = response
+        #: How bodies are parsed: "auto" (by Content-Type) or one kind for all.
+        self.parser = parser
         #: Lower-case header names left out of `item["headers"]`.
         self.dropped_headers = dropped
         #: False once mounted in a host app (`falcon_resource`, `mount`, the middleware):
@@ -242,7 +258,7 @@ class WebhookSource(MemoryQueue):
         if auth is not None and auth.needs_body:
             self._authenticate(auth, req, body)
         try:
-            parsed = _parse_body(req.content_type, body, self.max_json_depth)
+            parsed = _parse_body(req.content_type, body, self.max_json_depth, self.parser)
         except falcon.HTTPBadRequest as error:
             logger.info(
                 "webhook %s: 400 for a body from %s: %s",
@@ -265,6 +281,9 @@ class WebhookSource(MemoryQueue):
         if self.respond == "accepted":
             if not self.offer(payload, meta):
                 raise _queue_full(self)
+            if self.response is not None:
+                _answer(resp, self.response)
+                return
             resp.status = falcon.HTTP_202
             resp.content_type = falcon.MEDIA_JSON
             resp.text = f'{{"accepted": true, "id": "{request_id}"}}'
@@ -368,3 +387,13 @@ def _meta_of(request_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
         if value:
             meta[name] = value
     return meta
+
+
+def _answer(resp: falcon.Response, response: WebhookResponse) -> None:
+    """Send a WebhookResponse (rendered at its construction); a server thread."""
+    resp.status = response.status_code
+    for key, value in response.headers.items():
+        resp.set_header(key, value)
+    if response.content_type is not None:
+        resp.content_type = response.content_type
+    resp.data = response.content

@@ -19,7 +19,15 @@ from ..processes import (
     ProcessesRefused,
     check_processes,
 )
-from ._common import TARGET_HELP, fail, load_target, no_tasks, onestep, processes_option
+from ._common import (
+    TARGET_HELP,
+    fail,
+    load_target,
+    missing_extras,
+    no_tasks,
+    onestep,
+    processes_option,
+)
 
 logger = logging.getLogger("onestep.cli")
 
@@ -73,6 +81,9 @@ def check(target: str, as_json: bool, connect: bool, processes: int) -> None:
         fail(f"Error: {no_tasks(app)}; `onestep run` would refuse it", EXIT_BAD_TARGET)
     if refused is not None:
         fail(f"Error: {refused}", EXIT_BAD_TARGET)
+    missing = missing_extras(app)
+    if missing:
+        fail("\n".join(f"Error: {problem}" for problem in missing), EXIT_BAD_TARGET)
     if checks is not None and not all(item.ok for item in checks):
         failed = sum(not item.ok for item in checks)
         fail(f"Error: {failed} of {len(checks)} endpoint(s) failed to open", EXIT_CRASHED)

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 import click
 
 from .._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED
+from .._extras import MissingExtra
 from .._onestep_app import OneStepApp, load_app
 from .._version import __version__
 from ..core import TargetError
@@ -53,12 +54,42 @@ def load_target(target: str, prefix: str = "") -> OneStepApp:
         fail(f"Error: {prefix}{exc}", EXIT_BAD_TARGET)
 
 
+def missing_extras(app: OneStepApp) -> list[str]:
+    """What `run` would miss: a MissingExtra message for each task whose executor needs
+    an optional dependency that is not installed (`onestep check` reports them)."""
+    problems = []
+    for spec in app.tasks.values():
+        process = getattr(spec, "process", None)
+        if process is None:
+            continue
+        try:
+            process.require(spec.name)
+        except MissingExtra as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def no_tasks(app: OneStepApp) -> str:
     return f"app {app.name!r} has no tasks (register one with @app.task)"
 
 
+def missing_dependency(exc: BaseException | None) -> MissingExtra | None:
+    """The MissingExtra behind `exc` (itself, or in its chain of causes), if any."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, MissingExtra):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def crashed(app: OneStepApp, exc: Exception, prefix: str = "") -> NoReturn:
+    """Exit 1 for a crash; exit 2 when a missing optional dependency is the reason (a
+    configuration error: restarting will not fix it)."""
     logger.debug("app %r crashed", app.name, exc_info=exc)
+    missing = missing_dependency(exc)
+    if missing is not None:
+        fail(f"Error: {prefix}app {app.name!r} cannot start: {missing}", EXIT_BAD_TARGET)
     message = " ".join(str(exc).split())
     fail(
         f"Error: {prefix}app {app.name!r} crashed: {type(exc).__name__}: {message}",

@@ -6,11 +6,11 @@ them (only `actors`, `onestep._values` and `onestep.state`).
 from ._app import AppCore
 from ._context import TaskContext
 from ._delivery import Delivery, Sink, Source, SourceContext
-from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent
+from ._events import InMemoryMetrics, StructuredEventLogger, TaskEvent, TaskEventKind
 from ._hooks import STOP_SIGNALS
 from ._internals import AppInternals
 from ._loader import TARGET_MODULE_PREFIX, TargetError, load_app
-from ._logging import JsonFormatter, configure_logging
+from ._logging import JsonFormatter, JsonLogFormatter, configure_logging
 from ._retry import ExponentialBackoff, MaxAttempts, NoRetry, RetryPolicy
 from ._task import ExecutorOptions, TaskSpec
 
@@ -24,6 +24,7 @@ __all__ = [
     "ExponentialBackoff",
     "InMemoryMetrics",
     "JsonFormatter",
+    "JsonLogFormatter",
     "MaxAttempts",
     "NoRetry",
     "RetryPolicy",
@@ -34,6 +35,7 @@ __all__ = [
     "TargetError",
     "TaskContext",
     "TaskEvent",
+    "TaskEventKind",
     "TaskSpec",
     "configure_logging",
     "load_app",

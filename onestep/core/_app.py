@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import math
 import threading
@@ -124,6 +125,12 @@ class AppCore:
         handler in `concurrency` worker processes instead of threads: CPU-bound work
         uses every core, and `timeout_s` kills a worker that overran.
         """
+        if inspect.isfunction(source) or inspect.ismethod(source):
+            # `@app.task` without parentheses: Python passed the handler as `source`
+            raise TypeError(
+                f"@app.task needs parentheses and a source: write "
+                f"@app.task(source=...) above {source.__name__}(), not @app.task"
+            )
 
         def decorate(fn: F) -> F:
             self._check_not_running("register a task")
@@ -172,11 +179,12 @@ class AppCore:
         return handler
 
     def on_startup(self, hook: F) -> F:
-        """Run `hook(app)` once the sinks are open and before any source fetches."""
+        """Run `hook(app)` (or `hook()`) once the sinks are open and before any source
+        fetches."""
         return self._add_hook(self._startup_hooks, hook)
 
     def on_shutdown(self, hook: F) -> F:
-        """Run `hook(app)` after the sinks are flushed at shutdown."""
+        """Run `hook(app)` (or `hook()`) after the sinks are flushed at shutdown."""
         return self._add_hook(self._shutdown_hooks, hook)
 
     def _add_hook(self, hooks: list[Hook], hook: F) -> F:

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 EVENT_KINDS = (
@@ -24,11 +25,31 @@ EVENT_KINDS = (
 )
 
 
+class TaskEventKind(StrEnum):
+    """What a TaskEvent reports. A string: `event.kind == "succeeded"`, `str(kind)`,
+    JSON and log lines give the plain name; `event.kind.value` works too (upstream's
+    spelling)."""
+
+    FETCHED = "fetched"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    RETRIED = "retried"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+#: Every kind's name, by member (the name `kind` is a TaskEventKind of).
+_KIND_OF = {kind.value: kind for kind in TaskEventKind}
+
+
 @dataclass(frozen=True, slots=True)
 class TaskEvent:
-    """Something that happened to one message in one task."""
+    """Something that happened to one message in one task. `kind` is a TaskEventKind
+    (a str)."""
 
-    kind: str
+    kind: TaskEventKind
     app: str
     task: str
     source: str

@@ -14,7 +14,7 @@ from typing import Any
 
 from actors import ActorSystem, EventRecord
 
-from ._events import TaskEvent
+from ._events import _KIND_OF, TaskEvent
 from ._task import is_async_callable
 
 logger = logging.getLogger("onestep.app")
@@ -26,10 +26,28 @@ def callable_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
+def wants_app(hook: Any) -> bool:
+    """Whether `hook` takes the app as its argument; False for a hook that takes none
+    (`@app.on_startup def f(): ...`, upstream's spelling), True when it cannot tell."""
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(None)
+    except TypeError:
+        try:
+            signature.bind()
+        except TypeError:
+            return True
+        return False
+    return True
+
+
 def call_hook(system: ActorSystem, app: Any, hook: Hook) -> None:
-    """Runs `hook(app)` on the calling thread; an async hook on the event-loop thread,
-    waited for."""
-    result = hook(app)
+    """Runs `hook(app)` (or `hook()` for one that takes no argument) on the calling
+    thread; an async hook on the event-loop thread, waited for."""
+    result = hook(app) if wants_app(hook) else hook()  # type: ignore[call-arg]
     if inspect.isawaitable(result):
         system.loop.wait(result)
 
@@ -76,7 +94,7 @@ class EventDispatch:
             return
         kind, task, source, attempts, emitted_at, duration_s, failure, meta = record
         event = TaskEvent(
-            kind,
+            _KIND_OF.get(kind, kind),  # type: ignore[arg-type]
             self.app_name,
             task,
             source,

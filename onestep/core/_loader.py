@@ -154,7 +154,8 @@ def _as_app(obj: Any, where: str) -> AppCore:
         inspect.signature(obj).bind()
     except TypeError:
         raise TargetError(
-            f"{where} is a {_kind(obj)} that needs arguments; a factory must take none"
+            f"{where} is not a OneStepApp: it is {_show(obj)}, a {_kind(obj)} that needs "
+            "arguments (a factory of a OneStepApp must take none)"
         ) from None
     except ValueError:
         pass  # a builtin without a signature: try calling it
@@ -165,7 +166,9 @@ def _as_app(obj: Any, where: str) -> AppCore:
     except Exception as exc:
         raise TargetError(f"factory {where} raised {_describe(exc)}") from exc
     if not isinstance(app, AppCore):
-        raise TargetError(f"factory {where} returned {_show(app)}, not a OneStepApp")
+        raise TargetError(
+            f"{where} is not a OneStepApp: it is a factory that returned {_show(app)}"
+        )
     return app
 
 
@@ -176,6 +179,8 @@ def _kind(obj: Any) -> str:
 
 
 def _show(obj: Any) -> str:
+    if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj):
+        return f"{obj.__qualname__} (type {type(obj).__name__})"
     return f"{reprlib.repr(obj)} (type {type(obj).__name__})"
 
 

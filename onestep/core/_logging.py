@@ -39,6 +39,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=repr, ensure_ascii=False)
 
 
+class JsonLogFormatter(JsonFormatter):
+    """Upstream onestep's name for JsonFormatter, with its `attach(handler)`."""
+
+    @classmethod
+    def attach(cls, handler: logging.Handler) -> logging.Handler:
+        """Format `handler`'s records as JSON lines; returns the handler."""
+        handler.setFormatter(cls())
+        return handler
+
+
 class WorkerNameFilter(logging.Filter):
     """Puts `worker` (`w1`, ..., or `parent`) on every record a handler emits, so that the
     lines of the processes of `onestep run --processes N` say which one wrote them."""

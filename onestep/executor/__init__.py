@@ -14,6 +14,7 @@ import importlib
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from .._extras import extra_for, missing_extra
 from .._values import check_int
 
 if TYPE_CHECKING:
@@ -67,17 +68,20 @@ class ProcessExecutor:
             f"start_method={self.start_method!r})"
         )
 
+    def require(self, task: str) -> Any:
+        """The module that runs handlers in processes (it imports thespian); MissingExtra
+        naming the `thespian` extra and its install command when thespian is missing.
+        `onestep check` calls it too, so a missing extra is found before `run`."""
+        try:
+            return importlib.import_module("onestep.executor._pool")
+        except ModuleNotFoundError as exc:
+            if extra_for(exc.name) is None:
+                raise
+            raise missing_extra(f"task {task!r}: executor='process'", exc) from exc
+
     def bind(self, spec: TaskSpec) -> ExecutorPort:
         """The running side for one task; imports thespian (called as the task starts)."""
-        try:
-            pool = importlib.import_module("onestep.executor._pool")
-        except ModuleNotFoundError as exc:
-            if exc.name != "thespian" and not str(exc.name).startswith("thespian."):
-                raise
-            raise ImportError(
-                f"task {spec.name!r}: executor='process' needs thespian; "
-                "pip install 'onestep[thespian]'"
-            ) from exc
+        pool = self.require(spec.name)
         executor: ExecutorPort = pool.HandlerPool(spec, self)
         return executor
 

@@ -103,12 +103,15 @@ def _task_row(
     name: str, task: dict[str, Any], described: dict[str, Any], rate: float | None
 ) -> str:
     counts = task["counts"]
-    sinks = ", ".join(_endpoint(sink) for sink in described.get("emit") or []) or "-"
+    # a task whose only sink is its dead-letter queue still shows where messages go
+    sinks = [_endpoint(sink) for sink in described.get("emit") or []]
+    sinks += [f"{_endpoint(sink)} (dead letters)" for sink in described.get("dead_letter") or []]
+    shown = ", ".join(sinks) or "-"
     source = _endpoint(described["source"]) if described.get("source") else "-"
     cells = [
         f'<td class="task">{escape(name)}</td>',
         f"<td>{escape(source)}</td>",
-        f"<td>{escape(sinks)}</td>",
+        f"<td>{escape(shown)}</td>",
         f"<td class=n>{escape(str(described.get('concurrency', '-')))}</td>",
         *(
             f"<td class=n>{int(counts[k])}</td>"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .._values import check_delay, check_int
+from .._values import check_delay, check_int, check_number
 from ..core import Delivery, Sink, Source, _encoding
 from ..core._encoding import check_bodies, check_meta, encode_json, is_flat_json
 from ._memory_store import MemoryStore
@@ -38,10 +38,24 @@ class MemoryQueue(MemoryStore, Source, Sink):
     #: tracing's `messaging.system`
     messaging_system = "memory"
 
-    def __init__(self, name: str, *, maxsize: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        maxsize: int = 0,
+        batch_size: int | None = None,
+        poll_interval_s: float | None = None,
+    ) -> None:
+        """`batch_size` and `poll_interval_s` are upstream onestep's keywords, checked
+        and unused: a put wakes the consumer at once (no polling), and a fetch takes as
+        many messages as the task has room for."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         check_int("maxsize", maxsize, minimum=0)
+        if batch_size is not None:
+            check_int("batch_size", batch_size, minimum=1)
+        if poll_interval_s is not None:
+            check_number("poll_interval_s", poll_interval_s)
         self.name = name
         MemoryStore.__init__(self, maxsize)
 

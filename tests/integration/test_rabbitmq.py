@@ -384,6 +384,7 @@ def test_unreachable_broker_fails_at_startup(rabbit: Rabbit) -> None:
     with pytest.raises(StartupError) as raised:
         app.start()
     assert "127.0.0.1:1" in str(raised.value)
+    assert "connection refused" in str(raised.value)  # not a bare "AMQPConnectionError:"
     assert "pw-xyz" not in str(raised.value)
 
 

@@ -123,6 +123,9 @@ def test_run_log_level_warning_hides_info(invoke):
         ("cli_apps.imports_missing", "No module named 'onestep_missing_dependency_xyz'"),
         ("cli_apps.apps:missing", "its OneStepApp attributes: app, other_app"),
         ("cli_apps.apps:NOT_AN_APP", "is not a OneStepApp: it is 42 (type int)"),
+        ("cli_apps/flask_target.py", "is not a OneStepApp: it is <Flask 'not-onestep'>"),
+        ("cli_apps.apps:transform", "is not a OneStepApp: it is transform (type function)"),
+        ("cli_apps.apps:returns_a_string", "is not a OneStepApp: it is a factory that returned"),
         ("cli_apps/no_such_file.py", "file 'cli_apps/no_such_file.py' not found"),
         ("cli_apps.apps:broken_factory", "raised RuntimeError: settings file is missing"),
         (

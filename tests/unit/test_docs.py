@@ -87,6 +87,7 @@ ADAPTER_NAMES = [
     "adapters.postgres.TableSink",
     "adapters.postgres.PostgresStateStore",
     "adapters.redis.RedisConnector",
+    "adapters.webhook.WebhookResponse",
     "adapters.redis.RedisStream",
     "adapters.redis.RedisStateStore",
     "adapters.mysql.BusinessTable",
@@ -141,7 +142,12 @@ def test_required_pages_exist_and_are_in_the_nav():
 def test_the_api_reference_covers_every_public_name():
     reference = "\n".join(p.read_text() for p in (DOCS / "reference").glob("*.md"))
     documented = set(re.findall(r"^::: (\S+)$", reference, re.MULTILINE))
-    public = {f"onestep.{name}" for name in onestep.__all__ if not name.startswith("_")}
+    # the lazily imported connectors are documented where they live, in adapters/
+    public = {
+        f"onestep.{name}"
+        for name in onestep.__all__
+        if not name.startswith("_") and name not in onestep._LAZY
+    }
     missing = sorted((public | set(ADAPTER_NAMES)) - documented)
     assert not missing, f"not in docs/reference: {missing}"
 

@@ -106,12 +106,23 @@ def test_target_error_is_a_value_error():
         ),
         ("cli_apps:app", ["has no attribute 'app'", "it defines no OneStepApp"]),
         ("cli_apps.apps:NOT_AN_APP", ["is not a OneStepApp", "42 (type int)"]),
-        ("cli_apps.apps:needs_arguments", ["needs arguments", "a factory must take none"]),
+        (
+            "cli_apps.apps:needs_arguments",
+            ["is not a OneStepApp", "a function that needs arguments", "must take none"],
+        ),
+        (
+            "cli_apps/flask_target.py",
+            ["is not a OneStepApp", "(type Flask)", "needs arguments"],
+        ),
+        ("cli_apps.apps:transform", ["is not a OneStepApp", "transform", "needs arguments"]),
         (
             "cli_apps.apps:broken_factory",
             ["factory cli_apps.apps:broken_factory raised", "settings file is missing"],
         ),
-        ("cli_apps.apps:returns_a_string", ["returned 'not an app' (type str)"]),
+        (
+            "cli_apps.apps:returns_a_string",
+            ["is not a OneStepApp", "returned 'not an app' (type str)"],
+        ),
         ("cli_apps.apps:", ["names no attribute"]),
         (":app", ["names no module or file"]),
         ("cli_apps.apps:not-valid", ["is not a Python attribute name"]),

@@ -213,6 +213,21 @@ def test_the_status_page_escapes_names() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+def test_the_status_page_shows_a_task_whose_only_sink_is_its_dead_letter_queue() -> None:
+    app = OneStepApp("dlq-only")
+
+    @app.task(source=MemoryQueue("jobs"), dead_letter=MemoryQueue("jobs.dead"))
+    def task(ctx: Any, item: Any) -> None:
+        return None
+
+    web = falcon.App()
+    add_routes(web, app)
+    page = falcon.testing.TestClient(web).simulate_get("/").text
+    row = page[page.index('<tr data-task="task">') :]
+    row = row[: row.index("</tr>")]
+    assert "MemoryQueue jobs.dead (dead letters)" in row
+
+
 def test_add_routes_under_a_prefix() -> None:
     app, _, _ = fifty_and_one()
     web = falcon.App()
