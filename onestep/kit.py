@@ -20,7 +20,7 @@ from ._tables import (
     json_value,
     row_dict,
 )
-from ._values import MAX_DELAY_S, check_delay, check_int, check_number
+from ._values import MAX_DELAY_S, check_delay, check_int, check_number, check_priority
 from .core import Delivery, Sink, Source, SourceContext
 from .core._encoding import (
     MessageTooLarge,
@@ -63,6 +63,7 @@ __all__ = [
     "check_int",
     "check_meta",
     "check_number",
+    "check_priority",
     "check_size",
     "check_ttl",
     "decode_position",
