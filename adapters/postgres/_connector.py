@@ -117,13 +117,16 @@ class PostgresConnector:
         last_error_column: str | None = "last_error",
         meta_column: str | None = "meta",
         lease_token_column: str | None = "lease_token",
+        priority_column: str | None = "priority",
     ) -> TableQueue:
         """A table of jobs as a Source, a Sink and a producer; see TableQueue.
 
         `notify=False` turns the LISTEN/NOTIFY wake-ups off (no trigger is installed, an
         idle source polls every `poll_interval_s`). `meta_column=None` for an existing
         table without a meta column; `lease_token_column=None` for one without a
-        lease-token column (no fencing)."""
+        lease-token column (no fencing). `priority_column` holds each row's priority
+        (claims go higher first); an existing table without it runs as before and
+        refuses only a put with a priority; `priority_column=None` turns them off."""
         return TableQueue(
             self,
             table,
@@ -144,6 +147,7 @@ class PostgresConnector:
                 last_error=last_error_column,
                 meta=meta_column,
                 lease_token=lease_token_column,
+                priority=priority_column,
             ),
         )
 
