@@ -234,6 +234,7 @@ class RedisStream(Source, Sink):
         meta: dict[str, Any] | None = None,
         *,
         delay_s: float = 0.0,
+        priority: int | None = None,
         attempts: int = 0,
     ) -> None:
         """Add one message (JSON, or `bytes` as they are) with `meta`, after `delay_s`
@@ -241,18 +242,26 @@ class RedisStream(Source, Sink):
         running app. `attempts` is the executions the message already had (a
         dead-letter replay that keeps them sets it). EncodeError for a body or meta that
         is not JSON, TypeError for meta that is not a dict (nothing is added),
-        ConnectionError when the server cannot be reached."""
+        ConnectionError when the server cannot be reached. A `priority` is refused
+        (ValueError): a stream delivers in the order of its entries."""
+        self._refuse_priority(priority)
         check_int("attempts", attempts, minimum=0)
         delay = check_delay("delay_s", delay_s)
         fields = encode_fields(self.name, body, encode_meta(self.name, meta), attempts)
         self._add([fields], delay)
 
     def put_many(
-        self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
+        self,
+        bodies: Iterable[Any],
+        meta: dict[str, Any] | None = None,
+        *,
+        delay_s: float = 0.0,
+        priority: int | None = None,
     ) -> int:
         """Add every body (each with `meta`), pipelined; returns how many. Every body is
         encoded before any is sent, so an EncodeError adds none. If it raises otherwise,
-        some of them may have been added."""
+        some of them may have been added. A `priority` is refused, as by `put`."""
+        self._refuse_priority(priority)
         delay = check_delay("delay_s", delay_s)
         if isinstance(bodies, str | bytes | bytearray | memoryview | Mapping) or not isinstance(
             bodies, Iterable
@@ -266,6 +275,15 @@ class RedisStream(Source, Sink):
         if entries:
             self._add(entries, delay)
         return len(entries)
+
+    def _refuse_priority(self, priority: Any) -> None:
+        if priority is not None:
+            raise ValueError(
+                f"priority={priority!r} given, but Redis stream {self.name!r} cannot honour "
+                "priorities: a stream delivers its entries in the order they were added "
+                "(use a RabbitMQ queue with max_priority, a MySQL or PostgreSQL table "
+                "queue, or a stream per priority)"
+            )
 
     def _add(self, entries: list[dict[bytes, bytes]], delay_s: float) -> None:
         """XADD every entry (or, delayed, put them in the delay set by the server's
