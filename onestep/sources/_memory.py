@@ -164,10 +164,10 @@ class MemoryQueue(MemoryStore, Source, Sink):
         if not self._lock_free:
             return self._fetch_locked(limit)
         # The fast path inline, as in take(): an async puller's fetch(1) per message.
-        if self._delayed:
+        if self._aside:  # a delayed or prioritized message waits
             self._ready_due()
-        if self._prioritized:
-            return self._fetch_locked(limit)
+            if self._prioritized:
+                return self._fetch_locked(limit)
         items = self._items
         if not items:
             batch: list[Delivery] = []
@@ -195,10 +195,12 @@ class MemoryQueue(MemoryStore, Source, Sink):
             # The fast path inline (a direct-mode worker's take(1) per message): three
             # calls and a clock read fewer made take(1) about a quarter faster (timeit,
             # same process: 2.1 -> 1.6 us on the loaded 2-core machine).
-            if self._delayed:
+            if self._aside:  # a delayed or prioritized message waits
                 self._ready_due()
+                if self._prioritized:
+                    return self._take_waiting(limit, _monotonic() + timeout)
             items = self._items
-            if items and not self._prioritized:
+            if items:
                 if limit == 1:
                     try:
                         batch = [items.popleft()]
@@ -228,6 +230,14 @@ class MemoryQueue(MemoryStore, Source, Sink):
             self._append_prioritized(delivery, priority)
             return
         self._append_ready(delivery)
+
+    def _append_prioritized(self, delivery: Delivery, priority: int, front: bool = False) -> None:
+        """Any thread: add a ready prioritized message (a retry or a release)."""
+        with self._lock:
+            self._push_prioritized(delivery, priority, front)
+            wake = self._wake_locked(1)
+        if wake is not None:
+            wake()
 
     def fail(self, delivery: Delivery, error: BaseException | None = None) -> None:
         """Nothing to do: the message is dropped (the runtime has logged why)."""

@@ -43,13 +43,14 @@ class MemoryStore:
 
     Prioritized messages (a priority other than 0, carried in `Delivery.handle`) wait in
     a heap of their own, `_prioritized`, changed under the lock only. A consumer's fast
-    path reads whether that heap is empty (one attribute, as it reads `_delayed`) and,
-    when it is not, takes the lock and merges: positive priorities before the deque
-    (priority 0, every message put without one), negative ones after it. A producer of
-    a prioritized message pushes under the lock and then wakes as `_wake_locked` does;
-    a consumer arms or registers before it looks at the heap again: the same order as
-    for the deque, so no wake-up is lost either. Messages without a priority never
-    touch the heap or the lock.
+    path reads one flag, `_aside` (a delayed or a prioritized message waits), where it
+    read whether a delayed one did: the path of messages without a priority costs what
+    it did. When a prioritized message waits, the consumer takes the lock and merges:
+    positive priorities before the deque (priority 0, every message put without one),
+    negative ones after it. A producer of a prioritized message sets the flag and
+    pushes under the lock, then wakes as `_wake_locked` does; a consumer arms or
+    registers before it looks at the heap again: the same order as for the deque, so no
+    wake-up is lost either.
     """
 
     #: The queue's name, for error messages (set by MemoryQueue).
@@ -68,6 +69,10 @@ class MemoryStore:
         # delivery), changed under the lock; read without it only to see whether it is
         # empty. A released one gets a falling sequence, ahead of its peers.
         self._prioritized: list[Entry] = []
+        # Whether a delayed or prioritized message waits: set under the lock before
+        # either heap grows, cleared under the lock once both are empty; read without
+        # it by the consumers' fast paths (a stale True only costs a look).
+        self._aside = False
         self._front_sequence = itertools.count(-1, -1)
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
@@ -106,6 +111,7 @@ class MemoryStore:
             items.extendleft(reversed(kept))
             if self._prioritized:
                 removed += remove_matching(self._prioritized, predicate)
+                self._aside = bool(self._prioritized or self._delayed)
             wake = self._wake_locked(len(kept)) if kept else None
             if removed and self._producers_waiting:
                 self._not_full.notify(removed)
@@ -171,15 +177,8 @@ class MemoryStore:
     def _push_prioritized(self, delivery: Delivery, priority: int, front: bool = False) -> None:
         """Lock held: add a ready message with a priority other than 0 to its heap."""
         sequence = next(self._front_sequence if front else self._sequence)
+        self._aside = True  # before the push: see the class docstring
         heapq.heappush(self._prioritized, (-priority, sequence, delivery))
-
-    def _append_prioritized(self, delivery: Delivery, priority: int, front: bool = False) -> None:
-        """Any thread: add a ready prioritized message (a retry or a release)."""
-        with self._lock:
-            self._push_prioritized(delivery, priority, front)
-            wake = self._wake_locked(1)
-        if wake is not None:
-            wake()
 
     def _append_ready(self, delivery: Delivery, front: bool = False) -> None:
         """Add a ready message that needs no room; any thread."""
@@ -226,6 +225,7 @@ class MemoryStore:
 
     def _push_delayed(self, delivery: Delivery, due: float) -> None:
         """Lock held: make `delivery` ready at `due` (monotonic time)."""
+        self._aside = True
         heapq.heappush(self._delayed, (due, next(self._sequence), delivery))
         if due < self._next_due:
             self._next_due = due
@@ -247,6 +247,7 @@ class MemoryStore:
             else:
                 self._items.append(delivery)
         self._next_due = delayed[0][0] if delayed else math.inf
+        self._aside = bool(delayed or self._prioritized)
 
     def _ready_due(self) -> None:
         """Any thread, without the lock: move the due delayed messages, if any are."""
@@ -369,7 +370,10 @@ class MemoryStore:
         """Lock held: up to `limit` ready deliveries, highest priority first: positive
         priorities, then the deque (priority 0), then negative ones."""
         if self._prioritized:
-            return pop_merged(self._prioritized, self._items, limit)
+            batch = pop_merged(self._prioritized, self._items, limit)
+            if not self._prioritized:
+                self._aside = bool(self._delayed)
+            return batch
         return self._pop_ready(limit)
 
     def _pop_ready(self, limit: int) -> list[Delivery]:
