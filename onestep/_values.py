@@ -37,6 +37,17 @@ def check_int(param: str, value: Any, *, minimum: int) -> int:
     return value
 
 
+def check_priority(value: Any, *, maximum: int | None = None, why: str = "") -> int:
+    """A message's `priority` (higher first): an int (not a bool), at most `maximum` when
+    the queue bounds it (a RabbitMQ queue: 0..max_priority); ValueError naming `priority`
+    and, with `why`, saying where the bound comes from. Called by every `put` given one."""
+    if type(value) is not int:
+        raise ValueError(f"priority must be an int or None, got {value!r}")
+    if maximum is not None and not 0 <= value <= maximum:
+        raise ValueError(f"priority must be an int from 0 to {maximum}{why}, got {value!r}")
+    return value
+
+
 MAX_DELAY_S = 30 * 86_400.0
 """The longest delay or timeout onestep accepts anywhere (`delay_s`, `timeout_s`, retry
 delays, leases): 30 days. Longer ones are refused where they are given, naming the

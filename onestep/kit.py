@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from actors import EncodeError, Failure, HandlerFailed
 
-from ._values import MAX_DELAY_S, check_delay, check_int, check_number
+from ._values import MAX_DELAY_S, check_delay, check_int, check_number, check_priority
 from ._wire import (
     WIRE_FORMATS,
     check_wire_format,
@@ -76,6 +76,7 @@ __all__ = [
     "check_int",
     "check_meta",
     "check_number",
+    "check_priority",
     "check_size",
     "check_ttl",
     "check_wire_format",

@@ -149,6 +149,7 @@ class MySQLConnector:
         last_error_column: str | None = "last_error",
         meta_column: str | None = "meta",
         lease_token_column: str | None = "lease_token",
+        priority_column: str | None = "priority",
         dead_status: str = "dead",
         key: str = "id",
         where: None = None,
@@ -178,6 +179,7 @@ class MySQLConnector:
         last_error_column: str | None = "last_error",
         meta_column: str | None = "meta",
         lease_token_column: str | None = "lease_token",
+        priority_column: str | None = "priority",
         dead_status: str = "dead",
         key: str = "id",
         where: str,
@@ -206,6 +208,7 @@ class MySQLConnector:
         last_error_column: str | None = "last_error",
         meta_column: str | None = "meta",
         lease_token_column: str | None = "lease_token",
+        priority_column: str | None = "priority",
         dead_status: str = "dead",
         key: str = "id",
         where: str | None = None,
@@ -219,8 +222,11 @@ class MySQLConnector:
         `meta_column=None` for an existing table without a meta column (messages then
         carry no meta); `lease_token_column=None` for one without a lease-token column
         (no fencing: a worker paused past its lease can then settle a row another
-        worker holds). `attempts_column` defaults to `attempts`. A row whose dead letter
-        was stored ends with status `dead_status`.
+        worker holds). `priority_column` holds each row's priority (claims go higher
+        first); an existing table without it runs as before, and refuses only a put
+        with a priority; `priority_column=None` turns priorities off. `attempts_column`
+        defaults to `attempts`. A row whose dead letter was stored ends with status
+        `dead_status`.
 
         **Business-table mode**, when `where`, `claim`, `ack` or `nack` is given: the
         application's own `table`, rows picked by `where` (trusted SQL), marked with the
@@ -264,6 +270,7 @@ class MySQLConnector:
                 last_error=last_error_column,
                 meta=meta_column,
                 lease_token=lease_token_column,
+                priority=priority_column,
             ),
         )
 

@@ -79,10 +79,15 @@ class Leases:
     def _build_statements(self, t: str, c: QueueColumns) -> None:
         meta = f", {c.meta}" if c.meta is not None else ""
         select = f"SELECT {c.id}, {c.payload}, {c.attempts}{meta} FROM {t} "
-        self._sql_claim_pending = (
-            select + f"WHERE {c.status} = 'pending' AND {c.available_at} <= NOW(6) "
-            f"ORDER BY {c.available_at} LIMIT %s FOR UPDATE SKIP LOCKED"
+        due = select + f"WHERE {c.status} = 'pending' AND {c.available_at} <= NOW(6) "
+        self._sql_claim_pending = due + f"ORDER BY {c.available_at} LIMIT %s FOR UPDATE SKIP LOCKED"
+        #: With a priority column (the queue sets `by_priority` once its table is known):
+        #: higher first, then as before; the `onestep_priority` index serves it.
+        self.by_priority = False
+        by_priority = (
+            f"ORDER BY {c.priority} DESC, {c.available_at} LIMIT %s FOR UPDATE SKIP LOCKED"
         )
+        self._sql_claim_by_priority = due + by_priority
         self._sql_claim_expired = (
             select + f"WHERE {c.status} = 'leased' AND {c.leased_until} < NOW(6) "
             f"LIMIT %s FOR UPDATE SKIP LOCKED"
@@ -178,7 +183,10 @@ class Leases:
             count -= len(expired)
         rows: Sequence[Any] = ()
         if count > 0:
-            cursor.execute(self._sql_claim_pending, (count,))
+            if self.by_priority:
+                cursor.execute(self._sql_claim_by_priority, (count,))
+            else:
+                cursor.execute(self._sql_claim_pending, (count,))
             rows = cursor.fetchall()
             if not expired and len(rows) < count and now != self._last_expired_check:
                 self._last_expired_check = now

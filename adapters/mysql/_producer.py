@@ -20,6 +20,7 @@ from onestep.kit import (
     check_bodies,
     check_delay,
     check_meta,
+    check_priority,
     check_size,
     encode_json,
     utf8_size,
@@ -61,6 +62,15 @@ class Producer:
         # only placeholders in VALUES: pymysql's executemany then sends one multi-row
         # INSERT per chunk instead of one statement per row
         self._sql_insert = f"INSERT INTO {t} ({names}) VALUES ({values}%s, %s, %s)"
+        # A put with a priority names the priority column; one without leaves it to its
+        # default (0), so a table without the column takes it (see QueueSchema.PRIORITY).
+        if c.priority is not None:
+            names += f", {c.priority}"
+            self._sql_put_priority = (
+                f"INSERT INTO {t} ({names}) VALUES "
+                f"({values}'pending', %s, NOW(6) + INTERVAL %s MICROSECOND, %s)"
+            )
+            self._sql_insert_priority = f"INSERT INTO {t} ({names}) VALUES ({values}%s, %s, %s, %s)"
 
     # -- encoding (the caller's thread, before anything is written) ----------------------
 
@@ -96,38 +106,59 @@ class Producer:
 
     # -- writing (any thread, on a pooled connection) ---------------------------------------
 
-    def put(self, body: Any, meta: Any, delay_s: Any, attempts: int = 0) -> int:
-        """Insert one message (with `attempts` executions so far); returns its row id
-        once committed."""
+    def put(
+        self, body: Any, meta: Any, delay_s: Any, attempts: int = 0, priority: Any = None
+    ) -> int:
+        """Insert one message (with `attempts` executions so far, and `priority`);
+        returns its row id once committed."""
         delay_us = _delay_us(delay_s)
+        self.check_priority(priority)
         meta_text = self.encode_meta(meta)
         row = self.row(encode_json(body, "body"), meta_text)
         args = (*row, attempts, delay_us)
+        sql = self._sql_put
+        if priority is not None:
+            sql, args = self._sql_put_priority, (*args, priority)
 
         def insert(conn: Any) -> int:
             with conn.cursor() as cursor:
-                cursor.execute(self._sql_put, args)
+                cursor.execute(sql, args)
                 return int(cursor.lastrowid)
 
-        return int(self.run(insert))
+        return int(self.run(insert, needs_priority=priority is not None))
 
-    def put_many(self, bodies: Iterable[Any], meta: Any, delay_s: Any) -> int:
-        """Insert every body (all with `meta`) in one transaction; returns how many."""
+    def put_many(self, bodies: Iterable[Any], meta: Any, delay_s: Any, priority: Any = None) -> int:
+        """Insert every body (all with `meta` and `priority`) in one transaction;
+        returns how many."""
         delay_us = _delay_us(delay_s)
+        self.check_priority(priority)
         check_bodies(bodies)
         meta_text = self.encode_meta(meta)
         rows = [
             self.row(encode_json(body, f"bodies[{index}]"), meta_text, f"bodies[{index}]")
             for index, body in enumerate(bodies)
         ]
-        return self.insert(rows, delay_us)
+        return self.insert(rows, delay_us, priority)
 
-    def insert(self, rows: list[tuple[Any, ...]], delay_us: int = 0) -> int:
+    def check_priority(self, priority: Any) -> None:
+        """ValueError naming `priority` unless it is None or an int this table can hold."""
+        if priority is None:
+            return
+        check_priority(priority)
+        if not -(2**31) <= priority < 2**31:
+            raise ValueError(f"priority must fit the priority column's INT, got {priority!r}")
+        if self.schema.has_priority is False:
+            raise self.schema.priority_refused()
+
+    def insert(self, rows: list[tuple[Any, ...]], delay_us: int = 0, priority: Any = None) -> int:
         """Insert encoded rows (see `row`) in one transaction, due `delay_us` from now
-        by the server's clock; returns how many."""
+        by the server's clock, with `priority` (None: the column's default); returns
+        how many."""
         if not rows:
             return 0
         packet = self.connector.max_allowed_packet()
+        sql = self._sql_insert if priority is None else self._sql_insert_priority
+        extra = () if priority is None else (priority,)
 
         def insert(conn: Any) -> int:
             with conn.cursor() as cursor, transaction(conn):
@@ -137,12 +168,13 @@ class Producer:
                 (due,) = cursor.fetchone()
                 for start in range(0, len(rows), _ROWS_PER_INSERT):
                     chunk = [
-                        (*row, "pending", 0, due) for row in rows[start : start + _ROWS_PER_INSERT]
+                        (*row, "pending", 0, due, *extra)
+                        for row in rows[start : start + _ROWS_PER_INSERT]
                     ]
-                    cursor.executemany(self._sql_insert, chunk)
+                    cursor.executemany(sql, chunk)
             return len(rows)
 
-        return int(self.run(insert))
+        return int(self.run(insert, needs_priority=priority is not None))
 
     def publish_batch(self, items: list[tuple[Any, Any]]) -> dict[int, BaseException] | None:
         """The sink side: insert every item that encodes, in one transaction; returns
@@ -159,10 +191,11 @@ class Producer:
         self.insert(rows)
         return refused or None
 
-    def run(self, operation: Callable[[Any], Any]) -> Any:
+    def run(self, operation: Callable[[Any], Any], needs_priority: bool = False) -> Any:
         """Run `operation(conn)` on a pooled connection. If the table is missing, or
         lacks a column (made by an older onestep), make it ready and run it once more;
-        an existing table the queue may not change gets a clear error instead."""
+        an existing table the queue may not change gets a clear error instead (also
+        one without the priority column for an operation that `needs_priority`)."""
 
         def on(conn: Any) -> Any:
             try:
@@ -171,6 +204,8 @@ class Producer:
                 if error_code(exc) not in (NO_SUCH_TABLE, UNKNOWN_COLUMN):
                     raise
             self.schema.ensure(conn)
+            if needs_priority and not self.schema.has_priority:
+                raise self.schema.priority_refused()
             return operation(conn)
 
         return self.connector.run_pooled(on)

@@ -132,6 +132,7 @@ class TableQueue(Source):
             self._schema.ensure(conn)
 
         self.connector.run_pooled(prepare)
+        self._leases.by_priority = bool(self._schema.has_priority)
         if self._on_source_thread() and self._leases.buffered:
             self._leases.flush(self._connection())
 
@@ -227,6 +228,7 @@ class TableQueue(Source):
         meta: dict[str, Any] | None = None,
         *,
         delay_s: float = 0.0,
+        priority: int | None = None,
         attempts: int = 0,
     ) -> int:
         """Enqueue one JSON body with optional JSON meta, due after `delay_s`; returns the
@@ -236,16 +238,27 @@ class TableQueue(Source):
         Before anything is written: TypeError for a meta that is not a mapping,
         EncodeError for a body or meta that is not valid JSON (objects, NaN, Infinity,
         lone surrogates, nesting too deep), MessageTooLarge (an EncodeError) for a row
-        over the server's `max_allowed_packet`, naming both sizes."""
-        return self._producer.put(body, meta, delay_s, check_int("attempts", attempts, minimum=0))
+        over the server's `max_allowed_packet`, naming both sizes.
+
+        With `priority` (an int; None is 0) the row is claimed before every due row of a
+        lower priority; a retry keeps it (the row's priority column). ValueError when the
+        table has no priority column (one made before priorities, auto_create=False),
+        with the ALTER TABLE that adds it."""
+        attempts = check_int("attempts", attempts, minimum=0)
+        return self._producer.put(body, meta, delay_s, attempts, priority)
 
     def put_many(
-        self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
+        self,
+        bodies: Iterable[Any],
+        meta: dict[str, Any] | None = None,
+        *,
+        delay_s: float = 0.0,
+        priority: int | None = None,
     ) -> int:
-        """Enqueue many bodies (each with `meta`) in one transaction (multi-row INSERTs);
-        returns how many. If one body is refused (as by `put`), the error names it and
-        nothing is written."""
-        return self._producer.put_many(bodies, meta, delay_s)
+        """Enqueue many bodies (each with `meta` and `priority`, as in `put`) in one
+        transaction (multi-row INSERTs); returns how many. If one body is refused (as
+        by `put`), the error names it and nothing is written."""
+        return self._producer.put_many(bodies, meta, delay_s, priority)
 
     async def publish(self, body: Any, meta: dict[str, Any] | None = None) -> int:
         """`put` from async code (the insert runs in a thread); returns the row id."""
@@ -298,5 +311,6 @@ class TableQueue(Source):
             "batch_size": self.batch_size,
             "lease_s": self.lease_s,
             "fenced": self.columns.lease_token is not None,
+            "priorities": bool(self._schema.has_priority),
             "server": self.connector.url,
         }

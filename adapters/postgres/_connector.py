@@ -139,6 +139,7 @@ class PostgresConnector:
         meta_column: str | None = "meta",
         lease_token_column: str | None = "lease_token",
         dead_status: str = "dead",
+        priority_column: str | None = "priority",
         key: str = "id",
         where: None = None,
         claim: None = None,
@@ -169,6 +170,7 @@ class PostgresConnector:
         meta_column: str | None = "meta",
         lease_token_column: str | None = "lease_token",
         dead_status: str = "dead",
+        priority_column: str | None = "priority",
         key: str = "id",
         where: str,
         claim: Mapping[str, Any] | None = None,
@@ -198,6 +200,7 @@ class PostgresConnector:
         meta_column: str | None = "meta",
         lease_token_column: str | None = "lease_token",
         dead_status: str = "dead",
+        priority_column: str | None = "priority",
         key: str = "id",
         where: str | None = None,
         claim: Mapping[str, Any] | None = None,
@@ -211,7 +214,10 @@ class PostgresConnector:
         idle source polls every `poll_interval_s`). `meta_column=None` for an existing
         table without a meta column; `lease_token_column=None` for one without a
         lease-token column (no fencing). `attempts_column` defaults to `attempts`. A row
-        whose dead letter was stored ends with status `dead_status`.
+        whose dead letter was stored ends with status `dead_status`. `priority_column`
+        holds each row's priority (claims go higher first); an existing table without it
+        runs as before and refuses only a put with a priority; `priority_column=None`
+        turns them off.
 
         **Business-table mode**, when `where`, `claim`, `ack` or `nack` is given: the
         application's own `table`, rows picked by `where` (trusted SQL), marked with the
@@ -257,6 +263,7 @@ class PostgresConnector:
                 last_error=last_error_column,
                 meta=meta_column,
                 lease_token=lease_token_column,
+                priority=priority_column,
             ),
         )
 

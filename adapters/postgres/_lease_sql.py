@@ -23,11 +23,15 @@ class LeaseStatements:
             lease += f", {c.lease_token} = %s"
         # one statement claims: the rows locked by the inner SELECT (skipping the ones
         # other workers are claiming) are the ones the UPDATE leases and returns
-        self.claim_pending = (
+        due = (
             f"UPDATE {t} SET {lease} WHERE {c.id} IN (SELECT {c.id} FROM {t} "
-            f"WHERE {c.status} = 'pending' AND {c.available_at} <= now() "
-            f"ORDER BY {c.available_at}, {c.id} LIMIT %s FOR UPDATE SKIP LOCKED)" + returning
+            f"WHERE {c.status} = 'pending' AND {c.available_at} <= now() ORDER BY "
         )
+        order = f"{c.available_at}, {c.id} LIMIT %s FOR UPDATE SKIP LOCKED)"
+        self.claim_pending = due + order + returning
+        # a table with a priority column: higher first (its partial index serves this
+        # order), and the priority returned last, for Leases to sort the batch by
+        self.claim_by_priority = f"{due}{c.priority} DESC, {order}{returning}, {c.priority}"
         # an expired lease was an execution whose worker died: it counts as an attempt
         self.claim_expired = (
             f"UPDATE {t} SET {c.attempts} = {c.attempts} + 1, {lease} WHERE {c.id} IN "

@@ -62,6 +62,9 @@ class Leases:
         self.name = name
         self.table = table
         self.fenced = columns.lease_token is not None
+        #: Claim higher priorities first: set by the queue once its table is known to
+        #: have the priority column.
+        self.by_priority = False
         #: Whether flush_and_claim writes the settlements in the claim's round trip.
         self.pipelined = _PIPELINE
         self._has_meta = columns.meta is not None
@@ -103,7 +106,8 @@ class Leases:
             count -= len(expired)
         rows: Sequence[Any] = ()
         if count > 0:
-            rows = cursor.execute(self._sql.claim_pending, (*lease_args, count)).fetchall()
+            claim = self._sql.claim_by_priority if self.by_priority else self._sql.claim_pending
+            rows = cursor.execute(claim, (*lease_args, count)).fetchall()
             if not expired and len(rows) < count and now != self._last_expired_check:
                 self._last_expired_check = now
                 expired = cursor.execute(
@@ -112,7 +116,9 @@ class Leases:
         if not rows and not expired:
             return []
         if len(rows) > 1:
-            rows = sorted(rows)  # RETURNING keeps no order: by id, near enough FIFO
+            # RETURNING keeps no order: by id, near enough FIFO (within a priority, higher
+            # first, when the last value returned is the priority)
+            rows = sorted(rows, key=_priority_then_id) if self.by_priority else sorted(rows)
         deliveries = [self._delivery(row) for row in rows]
         deliveries.extend(self._delivery(row) for row in expired)
         held = self.held
@@ -346,3 +352,7 @@ class Leases:
             self.table,
             consequence,
         )
+
+
+def _priority_then_id(row: Any) -> tuple[int, int]:
+    return (-row[-1], row[0])

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg.errors
 
-from onestep.kit import EncodeError, check_bodies, check_delay
+from onestep.kit import EncodeError, check_bodies, check_delay, check_priority
 
 from ._codec import encode_message
 from ._queue_schema import QueueSchema
@@ -54,6 +54,18 @@ class Producer:
                 f"INSERT INTO {t} ({names}) SELECT p, 0, {due} FROM unnest(%s::text[]) AS r(p)"
             )
             self._sql_insert = self._sql_insert_shared
+        # A put with a priority names the priority column; one without leaves it to its
+        # default (0), so a table without the column takes it (see QueueSchema.PRIORITY).
+        if c.priority is not None:
+            meta_name, meta_value = (f", {c.meta}", ", %s::jsonb") if self.has_meta else ("", "")
+            names = f"{c.payload}{meta_name}, {c.attempts}, {c.available_at}, {c.priority}"
+            self._sql_put_priority = (
+                f"INSERT INTO {t} ({names}) VALUES (%s{meta_value}, %s, {due}, %s) RETURNING {c.id}"
+            )
+            self._sql_insert_priority = (
+                f"INSERT INTO {t} ({names}) SELECT p{meta_value}, 0, {due}, %s "
+                "FROM unnest(%s::text[]) AS r(p)"
+            )
 
     def _encode(self, body: Any, meta: Any, what: str = "body") -> tuple[str, str | None]:
         return encode_message(
@@ -66,24 +78,42 @@ class Producer:
 
     # -- writing (any thread, on a pooled connection) ---------------------------------------
 
-    def put(self, body: Any, meta: Any, delay_s: Any, attempts: int = 0) -> int:
-        """Insert one message (with `attempts` executions so far); returns its row id
-        once committed."""
+    def put(
+        self, body: Any, meta: Any, delay_s: Any, attempts: int = 0, priority: Any = None
+    ) -> int:
+        """Insert one message (with `attempts` executions so far, and `priority`);
+        returns its row id once committed."""
         delay = check_delay("delay_s", delay_s)
+        self.check_priority(priority)
         payload, meta_text = self._encode(body, meta)
-        args = (
+        args: tuple[Any, ...] = (
             (payload, meta_text, attempts, delay) if self.has_meta else (payload, attempts, delay)
         )
+        sql = self._sql_put
+        if priority is not None:
+            sql, args = self._sql_put_priority, (*args, priority)
 
         def insert(conn: Any) -> int:
-            row = conn.execute(self._sql_put, args).fetchone()
+            row = conn.execute(sql, args).fetchone()
             return int(row[0])
 
-        return int(self.run(insert))
+        return int(self.run(insert, needs_priority=priority is not None))
 
-    def put_many(self, bodies: Iterable[Any], meta: Any, delay_s: Any) -> int:
-        """Insert every body (all with `meta`) in one transaction; returns how many."""
+    def check_priority(self, priority: Any) -> None:
+        """ValueError naming `priority` unless it is None or an int this table can hold."""
+        if priority is None:
+            return
+        check_priority(priority)
+        if not -(2**31) <= priority < 2**31:
+            raise ValueError(f"priority must fit the priority column's integer, got {priority!r}")
+        if self.schema.has_priority is False:
+            raise self.schema.priority_refused()
+
+    def put_many(self, bodies: Iterable[Any], meta: Any, delay_s: Any, priority: Any = None) -> int:
+        """Insert every body (all with `meta` and `priority`) in one transaction;
+        returns how many."""
         delay = check_delay("delay_s", delay_s)
+        self.check_priority(priority)
         check_bodies(bodies)
         _, meta_text = self._encode(None, meta)
         payloads = [
@@ -91,19 +121,22 @@ class Producer:
         ]
         if not payloads:
             return 0
-        leading = (meta_text, delay) if self.has_meta else (delay,)
+        leading: tuple[Any, ...] = (meta_text, delay) if self.has_meta else (delay,)
+        sql = self._sql_insert_shared
+        if priority is not None:
+            sql, leading = self._sql_insert_priority, (*leading, priority)
 
         def insert(conn: Any) -> int:
             if len(payloads) <= _ROWS_PER_INSERT:  # one statement: atomic on its own
-                conn.execute(self._sql_insert_shared, (*leading, payloads))
+                conn.execute(sql, (*leading, payloads))
                 return len(payloads)
             with conn.transaction():
                 for start in range(0, len(payloads), _ROWS_PER_INSERT):
                     chunk = payloads[start : start + _ROWS_PER_INSERT]
-                    conn.execute(self._sql_insert_shared, (*leading, chunk))
+                    conn.execute(sql, (*leading, chunk))
             return len(payloads)
 
-        return int(self.run(insert))
+        return int(self.run(insert, needs_priority=priority is not None))
 
     def publish_batch(self, items: list[tuple[Any, Any]]) -> dict[int, BaseException] | None:
         """The sink side: insert every item that encodes, in one statement; returns the
@@ -129,10 +162,11 @@ class Producer:
             self.run(insert)
         return refused or None
 
-    def run(self, operation: Callable[[Any], Any]) -> Any:
+    def run(self, operation: Callable[[Any], Any], needs_priority: bool = False) -> Any:
         """Run `operation(conn)` on a pooled connection. If the table is missing, or
         lacks a column (made by an older onestep), make it ready and run it once more;
-        an existing table the queue may not change gets a clear error instead."""
+        an existing table the queue may not change gets a clear error instead (also
+        one without the priority column for an operation that `needs_priority`)."""
 
         def on(conn: Any) -> Any:
             try:
@@ -140,6 +174,8 @@ class Producer:
             except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
                 pass
             self.schema.ensure(conn)
+            if needs_priority and not self.schema.has_priority:
+                raise self.schema.priority_refused()
             return operation(conn)
 
         return self.connector.run_pooled(on)

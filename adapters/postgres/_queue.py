@@ -156,6 +156,7 @@ class TableQueue(Source):
         lost connection the supervisor reopens with its backoff (no actor sleeps here),
         and the reopen writes the settlements buffered while the connection was down."""
         self.connector.run_pooled(self._schema.ensure)
+        self._leases.by_priority = bool(self._schema.has_priority)
         if self._on_source_thread() and self._leases.buffered:
             self._leases.flush(self._connection())
 
@@ -281,6 +282,7 @@ class TableQueue(Source):
         meta: dict[str, Any] | None = None,
         *,
         delay_s: float = 0.0,
+        priority: int | None = None,
         attempts: int = 0,
     ) -> int:
         """Enqueue one JSON body with optional JSON meta, due after `delay_s`; returns the
@@ -288,15 +290,25 @@ class TableQueue(Source):
         table on first use (auto_create). `attempts` is the executions the message
         already had (a dead-letter replay that keeps them sets it). EncodeError, before
         anything is written, for a body or meta that is not valid JSON; TypeError for
-        meta that is not a dict."""
-        return self._producer.put(body, meta, delay_s, check_int("attempts", attempts, minimum=0))
+        meta that is not a dict. With `priority` (an int; None is 0) the row is claimed
+        before every due row of a lower priority, retries included; ValueError when the
+        table has no priority column (auto_create=False), with the statements that add
+        it."""
+        attempts = check_int("attempts", attempts, minimum=0)
+        return self._producer.put(body, meta, delay_s, attempts, priority)
 
     def put_many(
-        self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
+        self,
+        bodies: Iterable[Any],
+        meta: dict[str, Any] | None = None,
+        *,
+        delay_s: float = 0.0,
+        priority: int | None = None,
     ) -> int:
-        """Enqueue many bodies (each with `meta`) in one transaction; returns how many.
-        If one body is not valid JSON, EncodeError names it and nothing is written."""
-        return self._producer.put_many(bodies, meta, delay_s)
+        """Enqueue many bodies (each with `meta` and `priority`, as in `put`) in one
+        transaction; returns how many. If one body is not valid JSON, EncodeError names
+        it and nothing is written."""
+        return self._producer.put_many(bodies, meta, delay_s, priority)
 
     async def publish(self, body: Any, meta: dict[str, Any] | None = None) -> int:
         """`put` from async code (the insert runs in a thread); returns the row id."""
@@ -349,6 +361,7 @@ class TableQueue(Source):
             "batch_size": self.batch_size,
             "lease_s": self.lease_s,
             "fenced": self.columns.lease_token is not None,
+            "priorities": bool(self._schema.has_priority),
             "notify": self.notify,
             "dead_status": self.dead_status,
             "channel": self.channel,

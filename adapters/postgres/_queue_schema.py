@@ -38,7 +38,8 @@ class QueueColumns:
     """The column names a TableQueue uses, already validated and quoted.
 
     `names` maps each option (`status_column`, ...) to the raw column name; `meta` and
-    `lease_token` are None when the table has no such column (no meta, no fencing)."""
+    `lease_token` are None when the table has no such column (no meta, no fencing), and
+    `priority` when priorities are off (`priority_column=None`)."""
 
     __slots__ = (
         "attempts",
@@ -50,6 +51,7 @@ class QueueColumns:
         "meta",
         "names",
         "payload",
+        "priority",
         "status",
     )
 
@@ -65,6 +67,7 @@ class QueueColumns:
         last_error: str | None,
         meta: str | None = "meta",
         lease_token: str | None = "lease_token",
+        priority: str | None = "priority",
     ) -> None:
         given = {
             "id_column": id,
@@ -78,6 +81,7 @@ class QueueColumns:
             "last_error_column": last_error,
             "meta_column": meta,
             "lease_token_column": lease_token,
+            "priority_column": priority,
         }
         given.update({option: name for option, name in optional.items() if name is not None})
         quoted = {option: quote_ident(value, option) for option, value in given.items()}
@@ -93,6 +97,7 @@ class QueueColumns:
         self.last_error = quoted.get("last_error_column")
         self.meta = quoted.get("meta_column")
         self.lease_token = quoted.get("lease_token_column")
+        self.priority = quoted.get("priority_column")
 
 
 # The columns a newer onestep may add to a managed table: option -> column type.
@@ -100,7 +105,13 @@ _ADDED_COLUMNS = {
     "meta_column": "jsonb NULL",
     "lease_token_column": "text NULL",
     "last_error_column": "text NULL",
+    # a constant default: no table rewrite (PostgreSQL 11+)
+    "priority_column": "integer NOT NULL DEFAULT 0",
 }
+
+#: The one column a queue can do without even when it is named: a table that lacks it
+#: (auto_create=False) runs as before, and only a put with a priority is refused.
+PRIORITY = "priority_column"
 
 # The type of every column of the managed table, for the ALTER TABLE an error suggests.
 _COLUMN_TYPES = {
@@ -121,6 +132,7 @@ _OPT_OUT = {
         "settle a row another worker holds)"
     ),
     "last_error_column": "last_error_column=None",
+    PRIORITY: "priority_column=None (or leave it missing: only a put with a priority needs it)",
 }
 
 
@@ -144,6 +156,8 @@ class QueueSchema:
         self.channel = channel_for(table)
         #: Whether the last ensure() found the NOTIFY trigger on the table.
         self.has_trigger = False
+        #: Whether the table has the priority column, once ensure() looked (None before).
+        self.has_priority: bool | None = None if columns.priority is not None else False
 
     def create_table_sql(self) -> str:
         """The statements that make the managed table (with these column names): the
@@ -157,6 +171,8 @@ class QueueSchema:
             optional += f"    {c.lease_token} text NULL,\n"
         if c.last_error is not None:
             optional += f"    {c.last_error} text NULL,\n"
+        if c.priority is not None:
+            optional += f"    {c.priority} integer NOT NULL DEFAULT 0,\n"
         index = quote_ident(self.table[:48] + "_onestep_claim", "index")
         lease_index = quote_ident(self.table[:48] + "_onestep_lease", "index")
         sql = (
@@ -175,9 +191,20 @@ class QueueSchema:
             f"CREATE INDEX IF NOT EXISTS {lease_index} ON {t} ({c.leased_until}) "
             f"WHERE {c.status} = 'leased';\n"
         )
+        if c.priority is not None:
+            sql += self.priority_index_sql() + ";\n"
         if self.notify:
             sql += self.trigger_sql()
         return unquoted(sql)
+
+    def priority_index_sql(self) -> str:
+        """The index that claims by priority go by: priority DESC, then the claim order."""
+        c, t = self.columns, self.quoted_table
+        index = quote_ident(self.table[:45] + "_onestep_priority", "index")
+        return (
+            f"CREATE INDEX IF NOT EXISTS {index} ON {t} ({c.priority} DESC, {c.available_at}, "
+            f"{c.id}) WHERE {c.status} = 'pending'"
+        )
 
     def trigger_sql(self) -> str:
         """The NOTIFY function (shared by every managed table) and this table's trigger."""
@@ -210,8 +237,10 @@ class QueueSchema:
                 "auto_create=True"
             )
         missing = self._missing(existing)
-        if missing:
+        if [option for option in missing if option != PRIORITY]:
             raise ValueError(self._missing_message(missing))
+        if self.columns.priority is not None:
+            self.has_priority = PRIORITY not in missing
         if self.notify and not self.has_trigger:
             logger.warning(
                 "table %r has no NOTIFY trigger (auto_create=False): idle sources find new "
@@ -222,10 +251,8 @@ class QueueSchema:
     def _create(self, conn: Any, added: list[str]) -> None:
         with conn.transaction(), conn.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            # no arguments: psycopg sends these as they are (a `%` stays single)
-            for statement in self.create_table_sql().split(";\n"):
-                if statement.strip():
-                    cursor.execute(statement)
+            # the columns first (the table exists when some are missing): the priority
+            # index among the statements below needs its column
             for option in added:
                 quoted = quote_ident(self.columns.names[option], option)
                 cursor.execute(
@@ -241,6 +268,10 @@ class QueueSchema:
                     _ADDED_COLUMNS[option],
                     option,
                 )
+            # no arguments: psycopg sends these as they are (a `%` stays single)
+            for statement in self.create_table_sql().split(";\n"):
+                if statement.strip():
+                    cursor.execute(statement)
 
     def _existing_columns(self, conn: Any) -> set[str] | None:
         """The column names of the table, or None if it does not exist."""
@@ -265,6 +296,22 @@ class QueueSchema:
     def _missing(self, existing: set[str]) -> list[str]:
         return [option for option, name in self.columns.names.items() if name not in existing]
 
+    def priority_refused(self) -> ValueError:
+        """The error of a put with a priority into a table without a priority column."""
+        if self.columns.priority is None:
+            return ValueError(
+                f"priority given, but table queue {self.table!r} has priorities off "
+                "(priority_column=None)"
+            )
+        column = unquoted(quote_ident(self.columns.names[PRIORITY]))
+        return ValueError(
+            f"priority given, but table {self.table!r} (auto_create={self.auto_create}) "
+            f"lacks column {column} (priority_column); add it with:\n    ALTER TABLE "
+            f"{unquoted(self.quoted_table)} ADD COLUMN {column} {_COLUMN_TYPES[PRIORITY]};\n"
+            f"    {unquoted(self.priority_index_sql())};\n(a put without a priority needs "
+            "no such column)"
+        )
+
     def _missing_message(self, missing: list[str]) -> str:
         names = self.columns.names
         listed = ", ".join(f'"{names[option]}" ({option})' for option in missing)
@@ -274,6 +321,8 @@ class QueueSchema:
             for option in missing
         )
         parts.append(f"add them with: ALTER TABLE {unquoted(self.quoted_table)} {additions}")
+        if PRIORITY in missing:
+            parts.append(f"and then: {unquoted(self.priority_index_sql())}")
         parts.append(
             "if the table names them differently, pass "
             + ", ".join(f"{option}='<its column>'" for option in missing)

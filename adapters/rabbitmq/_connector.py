@@ -133,10 +133,14 @@ class RabbitMQConnector:
         publisher_confirms: bool = True,
         persistent: bool = True,
         wire_format: str = "onestep",
+        max_priority: int | None = None,
     ) -> RabbitMQQueue:
         """A queue that is both a Source and a Sink (declared when it opens).
         `wire_format="upstream"` reads and writes upstream onestep's JSON envelope
-        (`{"body", "meta", "attempts"}`), so its workers can share the queue."""
+        (`{"body", "meta", "attempts"}`), so its workers can share the queue. With
+        `max_priority` (1 to 255; RabbitMQ advises 10 at most) it is declared with
+        `x-max-priority` and `put(..., priority=0..max_priority)` delivers higher
+        priorities first."""
         return RabbitMQQueue(
             self,
             name,
@@ -149,6 +153,7 @@ class RabbitMQConnector:
             publisher_confirms=publisher_confirms,
             persistent=persistent,
             wire_format=wire_format,
+            max_priority=max_priority,
         )
 
     def connect(self, purpose: str = "onestep") -> Any:

@@ -47,6 +47,26 @@ IDLE_WAIT_S = 0.005
 #: Headers the broker adds when it dead-letters a message (from a delay queue back to the
 #: work queue); a retry drops them, so the republished message starts clean.
 _DEATH_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+#: The queue argument that makes RabbitMQ honour message priorities (0 to its value).
+MAX_PRIORITY_ARGUMENT = "x-max-priority"
+
+
+def _max_priority(max_priority: Any, arguments: dict[str, Any]) -> int | None:
+    """The queue's max_priority: the parameter, or an `x-max-priority` in `arguments`
+    (they must agree); ValueError naming `max_priority` unless an int from 1 to 255."""
+    given = arguments.get(MAX_PRIORITY_ARGUMENT)
+    if max_priority is None:
+        max_priority = given
+    elif given is not None and given != max_priority:
+        raise ValueError(
+            f"max_priority={max_priority!r} disagrees with arguments"
+            f"[{MAX_PRIORITY_ARGUMENT!r}]={given!r}: give one of them"
+        )
+    if max_priority is None:
+        return None
+    if type(max_priority) is not int or not 1 <= max_priority <= 255:
+        raise ValueError(f"max_priority must be an int from 1 to 255 or None, got {max_priority!r}")
+    return max_priority
 
 
 class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
@@ -81,6 +101,7 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
         publisher_confirms: bool = True,
         persistent: bool = True,
         wire_format: str = "onestep",
+        max_priority: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name or len(name.encode()) > 200:
             raise ValueError(f"name must be a non-empty string of at most 200 bytes, got {name!r}")
@@ -118,6 +139,9 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
         self.durable = durable
         self.prefetch = prefetch
         self.arguments = dict(arguments or {})
+        self.max_priority = _max_priority(max_priority, self.arguments)
+        if self.max_priority is not None:
+            self.arguments[MAX_PRIORITY_ARGUMENT] = self.max_priority
         self.publisher_confirms = publisher_confirms
         self.persistent = persistent
         #: "onestep" (meta and attempts in headers) or "upstream" (upstream onestep's
@@ -145,6 +169,7 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
             "routing_key": self.routing_key,
             "prefetch": self.prefetch,
             "wire_format": self.wire_format,
+            "max_priority": self.max_priority,
         }
 
     def delay_queue_name(self, delay_s: float) -> str:
@@ -230,6 +255,9 @@ class RabbitMQQueue(ThreadLinks, Producing, Source, Sink):
             timestamp=properties.timestamp,
             type=properties.type,
             app_id=properties.app_id,
+            # a retry keeps its priority; a delay queue dead-letters the message back
+            # with its properties, so a delayed retry keeps it too
+            priority=properties.priority,
         )
         if link.publisher is None or not link.publisher.is_open:
             link.publisher = _Publisher(link.connection, True)

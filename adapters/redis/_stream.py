@@ -252,6 +252,7 @@ class RedisStream(Source, Sink):
         meta: dict[str, Any] | None = None,
         *,
         delay_s: float = 0.0,
+        priority: int | None = None,
         attempts: int = 0,
     ) -> None:
         """Add one message (JSON, or `bytes` as they are) with `meta`, after `delay_s`
@@ -260,20 +261,30 @@ class RedisStream(Source, Sink):
         dead-letter replay that keeps them sets it). Nothing is added on an error:
         TypeError for meta that is not a mapping, EncodeError for a body or meta that is
         not JSON, MessageTooLarge (an EncodeError) for one over the connector's
-        `max_message_bytes`; ConnectionError when the server cannot be reached."""
+        `max_message_bytes`; ConnectionError when the server cannot be reached. A
+        `priority` is refused (ValueError): a stream delivers in the order of its
+        entries."""
+        self._refuse_priority(priority)
         check_int("attempts", attempts, minimum=0)
         delay = check_delay("delay_s", delay_s)
         limit = self.connector.max_message_bytes(self._adding)
         self._add([self._encode(body, meta, limit, attempts)], delay)
 
     def put_many(
-        self, bodies: Iterable[Any], meta: dict[str, Any] | None = None, *, delay_s: float = 0.0
+        self,
+        bodies: Iterable[Any],
+        meta: dict[str, Any] | None = None,
+        *,
+        delay_s: float = 0.0,
+        priority: int | None = None,
     ) -> int:
         """Add every body (each with `meta`), pipelined, PUT_CHUNK per round trip;
         returns how many. Every body is checked and encoded before any is sent, so
         TypeError (meta not a mapping, `bodies` not an iterable of bodies) and
         EncodeError (MessageTooLarge included, naming `bodies[i]`) add none. If it
-        raises otherwise, some of them may have been added."""
+        raises otherwise, some of them may have been added. A `priority` is refused, as
+        by `put`."""
+        self._refuse_priority(priority)
         delay = check_delay("delay_s", delay_s)
         check_bodies(bodies)
         limit = self.connector.max_message_bytes(self._adding)
@@ -299,6 +310,15 @@ class RedisStream(Source, Sink):
         if self.wire_format == "upstream":
             return encode_upstream(self.name, body, meta, limit, attempts)
         return encode_fields(self.name, body, encode_meta(self.name, meta, limit), limit, attempts)
+
+    def _refuse_priority(self, priority: Any) -> None:
+        if priority is not None:
+            raise ValueError(
+                f"priority={priority!r} given, but Redis stream {self.name!r} cannot honour "
+                "priorities: a stream delivers its entries in the order they were added "
+                "(use a RabbitMQ queue with max_priority, a MySQL or PostgreSQL table "
+                "queue, or a stream per priority)"
+            )
 
     def _add(self, entries: list[dict[bytes, bytes]], delay_s: float) -> None:
         """XADD every entry (or, delayed, put them in the delay set by the server's

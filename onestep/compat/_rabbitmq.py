@@ -68,6 +68,7 @@ class RabbitMQConnector(_RabbitMQConnector):
         publisher_confirms: bool = True,
         persistent: bool = True,
         wire_format: str = "upstream",
+        max_priority: int | None = None,
     ) -> UpstreamQueue:
         """A queue with upstream's keywords. `batch_size` and `poll_interval_s` are
         accepted and unused (the broker pushes up to `prefetch` messages to the
@@ -107,6 +108,7 @@ class RabbitMQConnector(_RabbitMQConnector):
             publisher_confirms=publisher_confirms,
             persistent=persistent,
             wire_format=wire_format,
+            max_priority=max_priority,
         )
 
     def close(self) -> Closed:  # type: ignore[override]

@@ -28,6 +28,10 @@ ACKED = {
 }
 #: The bodies put with one put_many.
 MANY = ("many-0", "many-1", "many-2")
+#: The message put with priority=1 after the others (check_queue(priorities=True)).
+URGENT = "urgent"
+#: The messages ready before the urgent one was put, which it must overtake.
+_OVERTAKEN = ("once-1", "once-2", *MANY, "retry", "retry-later", "fail", "carry")
 #: How early a delayed message may come, for backends that round a due time (RabbitMQ
 #: to the millisecond).
 DELAY_TOLERANCE_S = 0.02
@@ -67,6 +71,7 @@ class Verdicts:
             "ack-not-redelivered-new-handle": lambda: self.not_again(2, ACKED),
             "fail-not-redelivered": lambda: self.not_again(1, ["fail"]),
             "fail-not-redelivered-new-handle": lambda: self.not_again(2, ["fail"]),
+            "priority": self.priority_first,
         }
 
     def delivered(self, label: str, run: int | None = 1) -> Execution | str:
@@ -97,6 +102,21 @@ class Verdicts:
             times = len(self.recorder.of(label))
             if times != 1:
                 return f"{label!r} was delivered {times} times, expected once"
+        return None
+
+    def priority_first(self) -> str | None:
+        """The urgent message ran before every message put ahead of it without one."""
+        urgent = self.delivered(URGENT)
+        if isinstance(urgent, str):
+            return urgent
+        before = [
+            (seen[0].at, label)
+            for label in _OVERTAKEN
+            if (seen := self.recorder.of(label, 1)) and seen[0].at < urgent.at
+        ]
+        if before:
+            ran = ", ".join(label for _, label in sorted(before))
+            return f"the message put with priority=1 ran after {ran}, put before it without one"
         return None
 
     def put_many_count(self) -> str | None:

@@ -16,7 +16,7 @@ from onestep.kit import check_delay
 
 from . import source_depth
 from ._conformance_run import GIVE_UP, HOLD, Action, AppRun, Recorder
-from ._conformance_verdicts import ACKED, MANY, Verdicts, redelivered
+from ._conformance_verdicts import ACKED, MANY, URGENT, Verdicts, redelivered
 
 CHECKS = (
     "depth",
@@ -34,6 +34,9 @@ CHECKS = (
 )
 """The name of every check, in the order `check_queue` reports them."""
 
+PRIORITY_CHECK = "priority"
+"""The check `check_queue(..., priorities=True)` adds, reported after the others."""
+
 MIN_DELAY_S = 1.0
 """The shortest delay the suite puts and retries with, in seconds; longer for a queue
 that polls slowly (four `poll_interval_s`), so that a delay it ignores shows."""
@@ -43,7 +46,9 @@ MIN_GRACE_S = 0.2
 (longer for a queue that polls slowly: two `poll_interval_s`)."""
 
 
-def check_queue(make_queue: Callable[[], Any], *, timeout_s: float = 30) -> list[str]:
+def check_queue(
+    make_queue: Callable[[], Any], *, timeout_s: float = 30, priorities: bool = False
+) -> list[str]:
     """Run every conformance check on a queue; return the names of those that passed.
 
     `make_queue()` must return a new handle on one and the same backend queue each time
@@ -78,7 +83,10 @@ def check_queue(make_queue: Callable[[], Any], *, timeout_s: float = 30) -> list
       nor to the second handle;
     - `fail-not-redelivered` / `-new-handle`: a message failed at its source (`fail`, the
       policy gave up with no dead-letter sink) is never delivered again, nor to the
-      second handle.
+      second handle;
+    - `priority`, only with `priorities=True` (for a queue whose `put` takes a
+      `priority`): a message put with `priority=1` after the first nine, before the
+      first app starts, is the first one that app runs.
 
     The delays are `max(1 s, 4 * poll_interval_s)` (see `delay_for`), and a delayed
     message may come at most 20 ms early (backends round due times); a redelivery that
@@ -98,6 +106,8 @@ def check_queue(make_queue: Callable[[], Any], *, timeout_s: float = 30) -> list
     if not callable(make_queue):
         raise TypeError(f"make_queue must be callable, got {type(make_queue).__name__}")
     suite = _Suite(make_queue, timeout)
+    if not priorities:
+        suite.skipped.add(PRIORITY_CHECK)
     suite.run()
     return suite.verdict()
 
@@ -146,11 +156,13 @@ class _Suite:
     def meta(self, label: str) -> dict[str, str]:
         return {"conformance-meta": label, "run": self.run_id}
 
-    def put(self, queue: Any, label: str, delay_s: float = 0.0) -> None:
+    def put(self, queue: Any, label: str, delay_s: float = 0.0, priority: int = 0) -> None:
         """Put one message; a put that raises is noted against its label."""
         self.put_at[label] = time.monotonic()
         try:
-            if delay_s:
+            if priority:
+                queue.put(self.body(label), self.meta(label), priority=priority)
+            elif delay_s:
                 queue.put(self.body(label), self.meta(label), delay_s=delay_s)
             else:
                 queue.put(self.body(label), self.meta(label))
@@ -178,6 +190,8 @@ class _Suite:
         self.expect_depth(first, 9, "after 9 messages were put")
         self.put(first, "delayed", self.delay_s)
         self.expect_depth(first, 10, f"after one more was put with delay_s={self.delay_s:g}")
+        if PRIORITY_CHECK not in self.skipped:
+            self.put(first, URGENT, priority=1)
         self.run_first(first)
         second = self.make_queue()
         self.run_second(second)
@@ -204,6 +218,8 @@ class _Suite:
         leave one message running at shutdown (released) and one waiting for its retry."""
         needed = {label: n for label, n in ACKED.items() if label != "marker-1"}
         needed.update(fail=1, carry=1)
+        if PRIORITY_CHECK not in self.skipped:
+            needed[URGENT] = 1
         app = AppRun(1, queue, self.recorder, self.script, shutdown_timeout_s=1.0)
         app.start()
         try:
@@ -279,7 +295,7 @@ class _Suite:
         """The checks that passed; AssertionError naming those that failed."""
         checks = Verdicts(self).by_check()
         passed = []
-        for name in CHECKS:
+        for name in (*CHECKS, PRIORITY_CHECK):
             if name in self.skipped:
                 continue
             try:

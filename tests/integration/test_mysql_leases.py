@@ -336,9 +336,10 @@ def test_a_managed_table_from_the_first_release_gets_the_new_columns(
     with caplog.at_level(logging.WARNING, logger="onestep.mysql"):
         row_id = queue.put({"new": True}, {"trace": "t-1"})  # adds them on first use
     added = [r.getMessage() for r in caplog.records if "added column" in r.getMessage()]
-    assert len(added) == 2 and "`meta`" in added[0] and "`lease_token`" in added[1]
+    assert len(added) == 3 and "`meta`" in added[0] and "`lease_token`" in added[1]
+    assert "`priority`" in added[2]
     columns = {row[0] for row in query(f"SHOW COLUMNS FROM {quote(jobs)}")}
-    assert {"meta", "lease_token"} <= columns
+    assert {"meta", "lease_token", "priority"} <= columns
     got: list[Any] = []
     app = OneStepApp("upgraded")
     done = threading.Event()

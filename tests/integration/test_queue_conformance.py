@@ -26,7 +26,7 @@ from redis_support import Keys
 from redis_support import require_server as require_redis
 
 from onestep import MySQLConnector, PostgresConnector, RabbitMQConnector, RedisConnector
-from onestep.testing.conformance import CHECKS, check_queue, delay_for
+from onestep.testing.conformance import CHECKS, PRIORITY_CHECK, check_queue, delay_for
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +110,33 @@ def make_queue(request: pytest.FixtureRequest) -> Iterator[MakeQueue]:
 @pytest.mark.timeout(600)
 def test_the_queue_passes_every_conformance_check(make_queue: MakeQueue) -> None:
     assert check_queue(make_queue) == list(CHECKS)
+
+
+@contextlib.contextmanager
+def rabbitmq_priority_queue() -> Iterator[MakeQueue]:
+    """`RabbitMQConnector(url).queue(name, max_priority=3)`, deleted after."""
+    require_broker()
+    rabbit = Rabbit()
+    connector = RabbitMQConnector(AMQP_URL)
+    name = rabbit.name("conformance-priority")
+    rabbit.delayed(name, delay_for(connector.queue(name)))
+    try:
+        yield lambda: connector.queue(name, max_priority=3)
+    finally:
+        connector.close()
+        rabbit.close()
+
+
+#: The queues that honour priorities: they pass the opt-in `priority` check too.
+PRIORITY_QUEUES = {
+    "rabbitmq-max-priority": rabbitmq_priority_queue,
+    "mysql-table": mysql_table_queue,
+    "postgres-table": postgres_table_queue,
+}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", sorted(PRIORITY_QUEUES))
+def test_a_queue_with_priorities_passes_the_priority_check(kind: str) -> None:
+    with PRIORITY_QUEUES[kind]() as make_queue:
+        assert check_queue(make_queue, priorities=True) == [*CHECKS, PRIORITY_CHECK]

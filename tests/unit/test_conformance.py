@@ -15,7 +15,7 @@ import pytest
 import onestep.testing
 from onestep import MemoryQueue
 from onestep.kit import Delivery, Sink, Source, check_delay
-from onestep.testing.conformance import CHECKS, check_queue
+from onestep.testing.conformance import CHECKS, PRIORITY_CHECK, check_queue
 
 #: Generous for a loaded machine: a passing step waits only as long as it needs.
 TIMEOUT_S = 8.0
@@ -165,3 +165,20 @@ def test_bad_arguments_are_refused_naming_them():
 def test_onestep_testing_keeps_its_names():
     for name in ("run_until_idle", "source_depth", "OUTCOMES"):
         assert callable(getattr(onestep.testing, name)) or name == "OUTCOMES"
+
+
+class PriorityBlindQueue(MemoryQueue):
+    """Takes a priority and ignores it: the opt-in `priority` check must catch it."""
+
+    def put(self, body, meta=None, *, delay_s=0.0, priority=None, timeout=None):
+        super().put(body, meta, delay_s=delay_s, timeout=timeout)
+
+
+def test_the_priority_check_runs_only_when_asked_and_catches_a_queue_that_ignores_them():
+    queue = MemoryQueue("conformance-priority")
+    passed = check_queue(lambda: queue, timeout_s=TIMEOUT_S, priorities=True)
+    assert passed == [*CHECKS, PRIORITY_CHECK]
+    blind = PriorityBlindQueue("blind")
+    assert check_queue(lambda: blind, timeout_s=TIMEOUT_S) == list(CHECKS)
+    with pytest.raises(AssertionError, match="priority: the message put with priority=1 ran "):
+        check_queue(lambda: blind, timeout_s=TIMEOUT_S, priorities=True)

@@ -542,6 +542,8 @@ def produce(q: MemoryQueue, producer: int, count: int, tally: Tally) -> None:
                 assert q.offer((producer, i))
             elif way < 0.55:
                 q.put((producer, i), delay_s=rng.uniform(0.0, 0.002), timeout=30)
+            elif way < 0.65:
+                q.put((producer, i), priority=rng.choice([-1, 2]), timeout=30)
             else:
                 q.put((producer, i), {"p": producer}, timeout=30)
             i += 1
@@ -734,7 +736,11 @@ def test_a_consumer_going_to_sleep_never_misses_the_next_message(mode, consumer,
 # the other runs; then it is resumed. Only points where the stopped side does not hold
 # the queue's lock are tried when the other side may need that lock.
 
-MEMORY = {"onestep.sources._memory", "onestep.sources._memory_store"}
+MEMORY = {
+    "onestep.sources._memory",
+    "onestep.sources._memory_store",
+    "onestep.sources._memory_priority",
+}
 CONDITION_WAIT = {threading.Condition.wait.__code__}
 
 
@@ -758,6 +764,11 @@ PRODUCE_ONE = {
     "offer_delivery": lambda q: q.offer_delivery(Delivery("m")),
     "release": lambda q: q.release(Delivery("m")),
     "retry": lambda q: q.retry(Delivery("m")),
+    # prioritized messages take the heap under the lock (tests/unit/test_memory_priority.py)
+    "put-priority": lambda q: q.put("m", priority=3),
+    "put_many-priority": lambda q: q.put_many(["m"], priority=-2),
+    "retry-priority": lambda q: q.retry(Delivery("m", handle=4)),
+    "release-priority": lambda q: q.release(Delivery("m", handle=4)),
 }
 
 
@@ -865,15 +876,20 @@ CONSUMER_PAIRS = [
 ]
 
 
+@pytest.mark.parametrize("prioritized", [False, True], ids=["plain", "prioritized"])
 @pytest.mark.parametrize(("stepped_take", "other_take"), CONSUMER_PAIRS)
 @pytest.mark.parametrize("mode", LOCK_MODES)
-def test_two_consumers_interleaved_anywhere_take_each_message_once(mode, stepped_take, other_take):
-    # the locked fallback's fetch takes the lock as well: stop outside it there
+def test_two_consumers_interleaved_anywhere_take_each_message_once(
+    mode, stepped_take, other_take, prioritized
+):
+    # the locked fallback's fetch takes the lock as well, and so does any fetch while a
+    # prioritized message waits: stop outside it there
     holds_lock = stepped_take in ("drain", "remove_if") and mode == "lock-free"
+    holds_lock = holds_lock and not prioritized
 
     def run(k: int) -> bool:
         q = memory_queue(mode)
-        q.put("a")
+        q.put("a", priority=1 if prioritized else None)
         q.put("b")
         may_stop = (lambda: True) if holds_lock else unlocked(q)
         stepped = Stepper(lambda: TAKE_TWO[stepped_take](q), k, MEMORY, may_stop).start()
@@ -888,7 +904,9 @@ def test_two_consumers_interleaved_anywhere_take_each_message_once(mode, stepped
     assert each_stop(run) > 3
 
 
-@pytest.mark.parametrize("produce", ["put", "offer", "release", "put_many"])
+@pytest.mark.parametrize(
+    "produce", ["put", "offer", "release", "put_many", "put-priority", "release-priority"]
+)
 @pytest.mark.parametrize("meddle_with", ["remove_if", "drain"])
 @pytest.mark.parametrize("mode", LOCK_MODES)
 def test_a_producer_meets_remove_if_or_drain_stopped_anywhere_and_nothing_is_lost(
@@ -903,7 +921,9 @@ def test_a_producer_meets_remove_if_or_drain_stopped_anywhere_and_nothing_is_los
             operation = q.drain
         # An unbounded queue's lock-free producer needs no lock while nobody waits: stop
         # remove_if or drain anywhere, under the lock too (not so in the locked fallback).
-        may_stop = unlocked(q) if mode == "locked" else (lambda: True)
+        # A prioritized message is added under the lock: not so for those.
+        needs_lock = mode == "locked" or produce.endswith("-priority")
+        may_stop = unlocked(q) if needs_lock else (lambda: True)
         stepped = Stepper(operation, k, MEMORY, may_stop).start()
         other = Other(lambda: PRODUCE_ONE[produce](q)).start()
         assert other.join() and other.error is None, other.error
@@ -912,7 +932,8 @@ def test_a_producer_meets_remove_if_or_drain_stopped_anywhere_and_nothing_is_los
         left = q.drain()
         assert sorted([*taken, *left]) == ["m", "old"], f"stop point {k}: {taken} + {left}"
         if meddle_with == "remove_if":
-            assert left[0] == "old" or produce == "release"  # release puts back at the front
+            # release puts back at the front; a positive priority goes ahead
+            assert left[0] == "old" or produce in ("release", "put-priority", "release-priority")
         return stepped.stopped
 
     assert each_stop(run) > 3
