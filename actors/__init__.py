@@ -4,10 +4,12 @@ It imports only pykka and the standard library; `onestep` drives it through the
 protocols in `actors._ports`.
 """
 
+from ._admission import AdmissionRefused
 from ._atomic import GIL_ATOMIC
 from ._failure import EncodeError, HandlerFailed, RemoteFailure, failure_from, timeout_failure
 from ._loop import EventLoopThread
 from ._ports import (
+    AdmissionPort,
     EventRecord,
     ExecutorPort,
     Failure,
@@ -26,6 +28,8 @@ __all__ = [
     "DURATION_BUCKETS",
     "GIL_ATOMIC",
     "ActorSystem",
+    "AdmissionPort",
+    "AdmissionRefused",
     "AppFailed",
     "EncodeError",
     "EventLoopThread",

@@ -168,6 +168,26 @@ class ExecutorPort(Protocol):
         ...
 
 
+class AdmissionPort(Protocol):
+    """Flow control in front of a task's handler: a task that has one exposes it as
+    `gate` (a task without one has no `gate`, or None, and pays nothing for it). See
+    actors/_admission.py for who calls what on which thread."""
+
+    def admit(self, delivery: Any) -> float:
+        """0.0: run the delivery now; above 0: ask again after that many seconds (the
+        engine parks it on the timer, holding no worker thread); below 0: a duplicate, to
+        be acked without running (event `skipped`). May raise AdmissionRefused to fail
+        the delivery with a failure kind of its own (`key`); any other error fails it
+        with kind `error`. Runs on a direct-mode worker thread or the TaskActor's."""
+        ...
+
+    def settled(self, delivery: Any, action: str, error: BaseException | None) -> None:
+        """The delivery ended (`ack`, `retry`, `fail`, or `release` at shutdown): free what
+        its admission holds. Any thread; called at least once per settled delivery,
+        possibly twice (a settle racing a shutdown release), so it must be idempotent."""
+        ...
+
+
 EventRecord = tuple[str, str, str, int, float, float | None, Failure | None, dict[str, Any]]
 """(kind, task, source, attempts, emitted_at, duration_s, failure, meta)."""
 

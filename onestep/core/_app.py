@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from actors import ActorSystem, AppFailed, EventRecord, RestartPolicy, RuntimeStats
 
 from .._values import check_delay, check_int, check_number
+from ..flow import RateLimit, read_flow_options
 from ..state import InMemoryStateStore, StateStore
 from ._delivery import SourceContext
 from ._events import TaskEvent
@@ -111,6 +112,11 @@ class AppCore:
         timeout_s: float | None = None,
         concurrency: int = 1,
         executor: str | ExecutorOptions = "thread",
+        rate_limit: str | RateLimit | None = None,
+        concurrency_key: Callable[[Any], Any] | None = None,
+        max_per_key: int = 1,
+        dedup_key: Callable[[Any], Any] | None = None,
+        dedup_ttl_s: float | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated `def f(ctx, item)` or `async def f(ctx, item)`.
 
@@ -120,7 +126,10 @@ class AppCore:
         `executor="process"` (or `ProcessExecutor(...)` for its options) runs a sync
         handler in `concurrency` worker processes instead of threads: CPU-bound work
         uses every core, and `timeout_s` kills a worker that overran.
+        `rate_limit`, `concurrency_key`/`max_per_key`, `dedup_key`/`dedup_ttl_s`: flow
+        control in the app's state store (docs/flow-control.md).
         """
+        flow = read_flow_options(rate_limit, concurrency_key, max_per_key, dedup_key, dedup_ttl_s)
 
         def decorate(fn: F) -> F:
             self._check_not_running("register a task")
@@ -136,6 +145,7 @@ class AppCore:
                 concurrency=concurrency,
                 executor=executor,
                 read_executor=self._executor_options,
+                flow=flow,
             )
             if spec.name in self._tasks:
                 raise ValueError(f"name {spec.name!r} is already a task of app {self.name!r}")

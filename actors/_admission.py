@@ -1,0 +1,219 @@
+"""Admission: the seam through which flow control (rate limits, per-key slots, dedup keys)
+stands in front of a task's handler, without the engine knowing what the limits are.
+
+A task whose `gate` (an AdmissionPort) is not None gets an Admission: its direct-mode
+workers ask it inline, the TaskActor asks it for the deliveries the SourceActor fetched,
+and a delivery told to wait is parked on the timer and asked again later by the TaskActor,
+so a waiting message holds no worker thread and no actor ever sleeps. A task without a
+gate never reaches this module: its hot path is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ._base import RELEASE, tell_quietly
+from ._failure import failure_from
+
+if TYPE_CHECKING:
+    from ._runtime import TaskRuntime
+
+logger = logging.getLogger("onestep.actors.task")
+
+# How often an idle gated direct-mode worker looks at the stop flag, and how long it
+# waits for its source while deliveries of its task are parked (so that one admitted
+# after waiting is picked up soon).
+_IDLE_CHECK_S = 0.1
+_PARKED_CHECK_S = 0.01
+
+
+class AdmissionRefused(Exception):
+    """Raised by `AdmissionPort.admit` for a delivery that must fail at once with the
+    failure kind `kind` (`key`: the task's key function raised), built from `error`."""
+
+    def __init__(self, kind: str, error: BaseException) -> None:
+        super().__init__(f"{kind}: {type(error).__name__}: {error}")
+        self.kind = kind
+        self.error = error
+
+
+class Readmit:
+    """Tells the TaskActor to ask the gate again about a parked delivery."""
+
+    __slots__ = ("delivery",)
+
+    def __init__(self, delivery: Any) -> None:
+        self.delivery = delivery
+
+
+class AdmitBatch:
+    """Tells the TaskActor to ask the gate about deliveries the SourceActor fetched."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: list[Any]) -> None:
+        self.batch = batch
+
+
+class Admission:
+    """The deliveries of one gated task that wait for the gate, and their re-admission.
+
+    `admit` runs where a delivery first meets the gate (a direct-mode worker, or the
+    TaskActor); `readmit` on the TaskActor's thread; `release_parked` on the thread
+    stopping the app. Parked deliveries keep their ledger entry (a credit), so at most
+    `concurrency` of them wait in direct mode, and the ledger's bound holds on the actor
+    path.
+    """
+
+    def __init__(self, runtime: TaskRuntime, gate: Any) -> None:
+        self.runtime = runtime
+        self.gate = gate
+        self._lock = threading.Lock()
+        self._parked: dict[int, Any] = {}
+        self._closed = False
+        # direct mode: deliveries admitted after waiting, for the workers to run
+        self.ready: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.max_parked = runtime.task.concurrency
+
+    def parked(self) -> int:
+        return len(self._parked)
+
+    def admit(self, delivery: Any) -> bool:
+        """Ask the gate; True when the caller may run the delivery now. Otherwise it was
+        skipped (acked, event `skipped`), failed (the gate refused it) or parked."""
+        runtime = self.runtime
+        try:
+            wait_s = self.gate.admit(delivery)
+        except AdmissionRefused as exc:
+            runtime.failed(delivery, failure_from(exc.error, exc.kind), None)
+            return False
+        except Exception as exc:  # a store that cannot be reached: the retry policy applies
+            runtime.failed(delivery, failure_from(exc), None)
+            return False
+        if wait_s == 0.0:
+            return True
+        if wait_s < 0:
+            runtime.skipped(delivery)
+            return False
+        self._park(delivery, wait_s)
+        return False
+
+    def _park(self, delivery: Any, wait_s: float) -> None:
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._parked[id(delivery)] = delivery
+        if closed:
+            self._give_back(delivery)
+            return
+        runtime = self.runtime
+        runtime.timer.call_later(wait_s, tell_quietly, runtime.actor_ref, Readmit(delivery))
+
+    def readmit(self, delivery: Any) -> None:
+        """A parked delivery's wait is over: ask again and hand it on if admitted. Runs on
+        the TaskActor's thread."""
+        with self._lock:
+            if self._parked.pop(id(delivery), None) is None:
+                return  # released at shutdown meanwhile
+        if self.admit(delivery):
+            self.hand_on([delivery])
+
+    def admit_batch(self, batch: list[Any]) -> None:
+        """Deliveries the SourceActor fetched: hand on those admitted. Runs on the
+        TaskActor's thread."""
+        ready = [delivery for delivery in batch if self.admit(delivery)]
+        if ready:
+            self.hand_on(ready)
+
+    def hand_on(self, ready: list[Any]) -> None:
+        runtime = self.runtime
+        if runtime.direct:
+            for delivery in ready:
+                self.ready.put(delivery)
+        elif runtime.task.is_async:
+            if runtime.runner is not None:
+                runtime.loop.call_soon(runtime.runner.start_batch, ready)
+        else:
+            for delivery in ready:
+                runtime.work.put(delivery)
+
+    def release_parked(self) -> int:
+        """Shutdown: give every waiting delivery back to its source now (attempts
+        unchanged, reported `cancelled`), so that stopping never waits for a token or a
+        slot. Runs on the thread stopping the app; idempotent."""
+        with self._lock:
+            self._closed = True
+            waiting = list(self._parked.values())
+            self._parked.clear()
+        while True:
+            try:
+                waiting.append(self.ready.get_nowait())
+            except queue.Empty:
+                break
+        for delivery in waiting:
+            self._give_back(delivery)
+        return len(waiting)
+
+    def _give_back(self, delivery: Any) -> None:
+        runtime = self.runtime
+        runtime.settle(delivery, RELEASE)
+        runtime.cancelled(delivery)
+
+
+def run_gated_direct(worker: Any) -> None:
+    """The loop of a direct-mode worker whose task has a gate; runs on the worker's
+    thread. It runs deliveries admitted after waiting first, takes a new one from the
+    source only while fewer than `concurrency` wait, and never sleeps on a limit."""
+    runtime = worker.runtime
+    ledger = runtime.ledger
+    admission: Admission = runtime.admission
+    ready = admission.ready
+    take = runtime.source.take
+    timed = runtime.task.timeout_s is not None and runtime.task.executor is None
+    announce = runtime.announces
+    settled = threading.Event()
+    while not runtime.source_open.wait(_IDLE_CHECK_S):
+        if ledger.stopping:
+            return
+    while not ledger.stopping:
+        try:
+            delivery = ready.get_nowait()
+        except queue.Empty:
+            delivery = _take_new(worker, admission, take, announce)
+            if delivery is None:
+                continue
+        if timed:
+            worker._run_timed(delivery)
+            if worker.abandoned:
+                return
+        else:
+            worker._run_untimed(delivery)
+        ledger.wait_settled(delivery, settled)
+
+
+def _take_new(worker: Any, admission: Admission, take: Any, announce: bool) -> Any:
+    """A new delivery from the source that the gate admitted, or None (nothing came, or
+    it was skipped, refused or parked, or too many wait: then wait for one admitted)."""
+    runtime = worker.runtime
+    parked = admission.parked()
+    if parked >= admission.max_parked:
+        try:
+            return admission.ready.get(timeout=_IDLE_CHECK_S)
+        except queue.Empty:
+            return None
+    try:
+        batch = take(1, _PARKED_CHECK_S if parked else _IDLE_CHECK_S)
+    except Exception:
+        logger.exception("task %r: take() on its source failed", runtime.task.name)
+        return None
+    if not batch:
+        return None
+    delivery = batch[0]
+    if not runtime.ledger.add(delivery):
+        return None
+    if (announce or delivery.error is not None) and not runtime.fetched(batch):
+        return None
+    return delivery if admission.admit(delivery) else None
