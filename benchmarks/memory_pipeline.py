@@ -56,10 +56,27 @@ DEFAULT_MESSAGES = 100_000
 
 METRICS_SUFFIX = "+metrics"
 
+#: `--flow`: each case again with one flow-control option that never binds (issue 21):
+#: a rate limit far above the rate, a per-key limit over 1,000 distinct keys, a dedup key
+#: that differs for every message; all on the default in-memory state store.
+FLOW_SUFFIXES: dict[str, dict[str, Any]] = {
+    "+rate": {"rate_limit": "1000000/s"},
+    "+keys": {"concurrency_key": lambda item: item % 1000, "max_per_key": 1},
+    "+dedup": {"dedup_key": lambda item: item},
+}
+
+
+def split_case(case: str) -> tuple[str, str]:
+    """'sync-c1+rate' -> ('sync-c1', '+rate')."""
+    for suffix in (METRICS_SUFFIX, *FLOW_SUFFIXES):
+        if case.endswith(suffix):
+            return case.removesuffix(suffix), suffix
+    return case, ""
+
 
 def parse_case(case: str) -> tuple[bool, int]:
     """'async-c8' -> (True, 8); 'sync-c1+metrics' -> (False, 1)."""
-    kind, _, concurrency = case.removesuffix(METRICS_SUFFIX).partition("-c")
+    kind, _, concurrency = split_case(case)[0].partition("-c")
     if kind not in ("sync", "async") or not concurrency.isdigit() or int(concurrency) < 1:
         raise ValueError(f"bad case {case!r}: expected sync-cN or async-cN")
     return kind == "async", int(concurrency)
@@ -93,15 +110,16 @@ def measure_onestep(case: str, messages: int, wait_s: float) -> dict[str, Any]:
     rss_preloaded = peak_rss_mb()
 
     app = OneStepApp("bench", shutdown_timeout_s=5.0)
+    flow = FLOW_SUFFIXES.get(split_case(case)[1], {})
     if is_async:
 
-        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop")
+        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop", **flow)
         async def noop_async(ctx: Any, item: Any) -> Any:
             return item
 
     else:
 
-        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop")
+        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop", **flow)
         def noop(ctx: Any, item: Any) -> Any:
             return item
 
@@ -199,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also run each case with metrics on (app.serve_http, as `onestep run --http` "
         "does) and print its rate against the same case without them",
     )
+    parser.add_argument(
+        "--flow",
+        action="store_true",
+        help="also run each case with a rate limit, a per-key limit and a dedup key that "
+        "never bind, and print each rate against the same case without them",
+    )
     args = parse_common_args(parser, argv, CASES, check_case=parse_case)
 
     if args.child:
@@ -210,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     child_args = ["--messages", str(args.messages), "--timeout", str(args.timeout)]
     # a child gets a little longer than its own wait, to start and to stop
     timeout_s = args.timeout + 60.0
-    if args.metrics:
-        results = run_with_metrics(args.cases, args.repeat, child_args, timeout_s, args.median)
+    if args.metrics or args.flow:
+        suffixes = [METRICS_SUFFIX] if args.metrics else list(FLOW_SUFFIXES)
+        results = run_with_variants(
+            args.cases, suffixes, args.repeat, child_args, timeout_s, args.median
+        )
     else:
         results = run_cases(
             os.path.abspath(__file__),
@@ -228,63 +255,74 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary} of {args.repeat}, Python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)"
     )
     print_results(results, as_json=args.json, title=title, messages=args.messages)
-    if args.metrics:
-        print_metrics_cost(results, as_json=args.json)
+    if args.metrics or args.flow:
+        print_variant_cost(results, as_json=args.json, what="metrics" if args.metrics else "flow")
     return 0
 
 
-def run_with_metrics(
-    cases: list[str], repeat: int, child_args: list[str], timeout_s: float, median: bool
+def run_with_variants(
+    cases: list[str],
+    suffixes: list[str],
+    repeat: int,
+    child_args: list[str],
+    timeout_s: float,
+    median: bool,
 ) -> list[CaseResult]:
-    """Each case without and with metrics, and the baseline, one child after the other
-    in every repeat, so that drift on the machine hits the three alike."""
+    """Each case without and with each variant (metrics, or each flow option), and the
+    baseline, one child after the other in every repeat, so that drift on the machine
+    hits them alike."""
     script = os.path.abspath(__file__)
     results = []
     for case in cases:
         plain = CaseResult(case, Trial(median=median), Trial(median=median))
-        metered = CaseResult(case + METRICS_SUFFIX, Trial(median=median), plain.baseline)
+        variants = [
+            CaseResult(case + suffix, Trial(median=median), plain.baseline) for suffix in suffixes
+        ]
         for _ in range(max(1, repeat)):
             plain.onestep.add(run_child(script, "onestep", case, child_args, timeout_s))
-            metered.onestep.add(
-                run_child(script, "onestep", case + METRICS_SUFFIX, child_args, timeout_s)
-            )
+            for variant in variants:
+                variant.onestep.add(
+                    run_child(script, "onestep", variant.case, child_args, timeout_s)
+                )
             plain.baseline.add(run_child(script, "baseline", "raw-1-thread", child_args, timeout_s))
-        results += [plain, metered]
+        results += [plain, *variants]
     return results
 
 
-def print_metrics_cost(results: list[Any], *, as_json: bool) -> None:
-    """Each case's rate with metrics on against its rate without, from the same run."""
+def print_variant_cost(results: list[Any], *, as_json: bool, what: str) -> None:
+    """Each variant's rate against the same case's rate without it, from the same run."""
     rates = {result.case: result.onestep.rate for result in results}
     rows = []
     for case, rate in rates.items():
-        if case.endswith(METRICS_SUFFIX):
-            plain = rates.get(case.removesuffix(METRICS_SUFFIX))
+        base, suffix = split_case(case)
+        if suffix:
+            plain = rates.get(base)
             ratio = rate / plain if rate and plain else None
-            rows.append((case.removesuffix(METRICS_SUFFIX), plain, rate, ratio))
+            rows.append((base, suffix, plain, rate, ratio))
     if as_json:
-        for case, plain, rate, ratio in rows:
+        for base, suffix, plain, rate, ratio in rows:
             print(
                 json.dumps(
                     {
-                        "case": case,
-                        "rate_without_metrics": plain,
-                        "rate_with_metrics": rate,
-                        "metrics_ratio": None if ratio is None else round(ratio, 3),
+                        "case": base,
+                        "variant": suffix.lstrip("+"),
+                        "rate_without": plain,
+                        "rate_with": rate,
+                        f"{what}_ratio": None if ratio is None else round(ratio, 3),
                     }
                 )
             )
         return
     print()
-    print("metrics cost (rate with metrics on / rate without, same run)")
-    print(f"{'case':<10} {'without msg/s':>14} {'with msg/s':>14} {'ratio':>7}")
-    for case, plain, rate, ratio in rows:
+    print(f"{what} cost (rate with the option / rate without, same run)")
+    print(f"{'case':<10} {'option':<9} {'without msg/s':>14} {'with msg/s':>14} {'ratio':>7}")
+    for base, suffix, plain, rate, ratio in rows:
 
         def fmt(value: float | None) -> str:
             return "-" if value is None else f"{value:,.0f}"
 
         shown = "-" if ratio is None else f"{ratio:.3f}"
-        print(f"{case:<10} {fmt(plain):>14} {fmt(rate):>14} {shown:>7}")
+        print(f"{base:<10} {suffix:<9} {fmt(plain):>14} {fmt(rate):>14} {shown:>7}")
 
 
 if __name__ == "__main__":

@@ -34,19 +34,23 @@ DEFAULT_SLOT_LEASE_S = 600.0
 _LEASE_MARGIN_S = 30.0
 
 
-class _Held:
-    """What one admitted (or waiting) message holds."""
+class _Waiting:
+    """What a message that waits (for a slot or a token) holds so far."""
 
     __slots__ = ("dedup", "key_wait", "parked_at", "reason", "slot", "slot_key", "token")
 
-    def __init__(self) -> None:
-        self.dedup: str | None = None
-        self.slot_key: str | None = None
-        self.slot: int | None = None
+    def __init__(self, dedup: str | None, slot_key: str | None, slot: int | None) -> None:
+        self.dedup = dedup
+        self.slot_key = slot_key
+        self.slot = slot
         self.token = False
         self.parked_at = 0.0
         self.reason = ""
         self.key_wait = _KEY_WAIT_FIRST_S
+
+
+#: What a running message holds: (dedup key, slot key, slot number).
+_Held = tuple[str | None, str | None, int | None]
 
 
 class Gate:
@@ -64,6 +68,7 @@ class Gate:
         self.options = options
         self.shared = not isinstance(store, InMemoryStateStore)
         self._held: dict[int, _Held] = {}
+        self._waiting: dict[int, _Waiting] = {}
         self._stats_lock = threading.Lock()
         self._waited = {"rate": 0.0, "key": 0.0}
         self._waits = {"rate": 0, "key": 0}
@@ -92,95 +97,94 @@ class Gate:
             self.dedup = (
                 StoreDedup(store, prefix + "dedup:", ttl) if self.shared else LocalDedup(ttl)
             )
-        # the common rate-limit-only case needs no record per admitted message
-        self._keeps = self.slots is not None or self.dedup is not None
 
     # -- the engine's calls ------------------------------------------------------------
 
     def admit(self, delivery: Any) -> float:
         """0.0 to run, seconds to wait, or SKIP for a duplicate."""
-        ident = id(delivery)
-        held = self._held.get(ident)
-        if held is None:
-            if not self._keeps:
-                wait_s = self.bucket.take()  # type: ignore[union-attr]
-                if wait_s == 0.0:
-                    return 0.0
-                held = self._held[ident] = _Held()
-                return self._park(held, "rate", wait_s)
-            held = _Held()
-            if self.dedup is not None:
-                key = _key_of(self._dedup_key, delivery, "dedup_key")
-                if key is not None:
-                    # a retry runs although its key is held: by its own first attempt
-                    if not self.dedup.claim(key) and delivery.attempts == 0:
-                        return SKIP
-                    held.dedup = key
-            self._held[ident] = held
-            if self.slots is not None:
-                try:
-                    held.slot_key = _key_of(self._slot_key, delivery, "concurrency_key")
-                except AdmissionRefused:
-                    self._drop(ident, held, keep_dedup=False)
-                    raise
-        elif held.parked_at:
-            self._count_wait(held)
-        if held.slot_key is not None and held.slot is None:
+        if self._waiting:
+            waiting = self._waiting.pop(id(delivery), None)
+            if waiting is not None:
+                return self._admit_again(delivery, waiting)
+        dedup = None
+        if self.dedup is not None:
+            dedup = _key_of(self._dedup_key, delivery, "dedup_key")
+            # a retry runs although its key is held: by its own first attempt
+            if dedup is not None and not self.dedup.claim(dedup) and delivery.attempts == 0:
+                return SKIP
+        slot_key = slot = None
+        if self.slots is not None:
             try:
-                slot = self.slots.acquire(held.slot_key)  # type: ignore[union-attr]
+                slot_key = _key_of(self._slot_key, delivery, "concurrency_key")
+                if slot_key is not None:
+                    slot = self.slots.acquire(slot_key)
             except BaseException:
-                self._drop(ident, held, keep_dedup=False)
+                self._release(dedup, None, None, keep_dedup=False)
                 raise
-            if slot is None:
-                wait_s = held.key_wait
-                held.key_wait = min(2 * wait_s, _KEY_WAIT_MAX_S)
-                return self._park(held, "key", wait_s)
-            held.slot = slot
-        if self.bucket is not None and not held.token:
+            if slot_key is not None and slot is None:
+                return self._wait(delivery, _Waiting(dedup, slot_key, None), "key")
+        if self.bucket is not None:
             wait_s = self.bucket.take()
             if wait_s > 0.0:
-                return self._park(held, "rate", wait_s)
-            held.token = True
-        if not self._keeps:
-            del self._held[ident]
+                return self._wait(delivery, _Waiting(dedup, slot_key, slot), "rate", wait_s)
+        if dedup is not None or slot is not None:
+            self._held[id(delivery)] = (dedup, slot_key, slot)
         return 0.0
+
+    def _admit_again(self, delivery: Any, waiting: _Waiting) -> float:
+        """A message that waited asks again (on the task actor's thread)."""
+        waited = time.monotonic() - waiting.parked_at
+        with self._stats_lock:
+            self._waited[waiting.reason] += waited
+            self._waits[waiting.reason] += 1
+        if waiting.slot_key is not None and waiting.slot is None:
+            try:
+                waiting.slot = self.slots.acquire(waiting.slot_key)  # type: ignore[union-attr]
+            except BaseException:
+                self._release(waiting.dedup, None, None, keep_dedup=False)
+                raise
+            if waiting.slot is None:
+                wait_s = waiting.key_wait
+                waiting.key_wait = min(2 * wait_s, _KEY_WAIT_MAX_S)
+                return self._wait(delivery, waiting, "key", wait_s)
+        if self.bucket is not None and not waiting.token:
+            wait_s = self.bucket.take()
+            if wait_s > 0.0:
+                return self._wait(delivery, waiting, "rate", wait_s)
+            waiting.token = True
+        if waiting.dedup is not None or waiting.slot is not None:
+            self._held[id(delivery)] = (waiting.dedup, waiting.slot_key, waiting.slot)
+        return 0.0
+
+    def _wait(
+        self, delivery: Any, waiting: _Waiting, reason: str, wait_s: float | None = None
+    ) -> float:
+        waiting.parked_at = time.monotonic()
+        waiting.reason = reason
+        self._waiting[id(delivery)] = waiting
+        return waiting.key_wait if wait_s is None else wait_s
 
     def settled(self, delivery: Any, action: str, error: BaseException | None) -> None:
         """Free the message's slot; its dedup key too unless it succeeded or will be
         retried (a failure for good, or a release at shutdown, lets a resend run)."""
-        if not self._held:
-            return
-        held = self._held.pop(id(delivery), None)
-        if held is None:
-            return
-        keep = action == "retry" or (action == "ack" and error is None)
-        self._release(held, keep_dedup=keep)
+        if self._held:
+            held = self._held.pop(id(delivery), None)
+            if held is not None:
+                keep = action == "retry" or (action == "ack" and error is None)
+                self._release(*held, keep_dedup=keep)
+                return
+        if self._waiting:  # released at shutdown while it waited
+            waiting = self._waiting.pop(id(delivery), None)
+            if waiting is not None:
+                self._release(waiting.dedup, waiting.slot_key, waiting.slot, keep_dedup=False)
 
-    # -- helpers -----------------------------------------------------------------------
-
-    def _park(self, held: _Held, reason: str, wait_s: float) -> float:
-        held.parked_at = time.monotonic()
-        held.reason = reason
-        return wait_s
-
-    def _count_wait(self, held: _Held) -> None:
-        waited = time.monotonic() - held.parked_at
-        held.parked_at = 0.0
-        with self._stats_lock:
-            self._waited[held.reason] += waited
-            self._waits[held.reason] += 1
-
-    def _drop(self, ident: int, held: _Held, *, keep_dedup: bool) -> None:
-        self._held.pop(ident, None)
-        self._release(held, keep_dedup=keep_dedup)
-
-    def _release(self, held: _Held, *, keep_dedup: bool) -> None:
-        if held.slot is not None and held.slot_key is not None and self.slots is not None:
-            self.slots.release(held.slot_key, held.slot)
-            held.slot = None
-        if held.dedup is not None and not keep_dedup and self.dedup is not None:
-            self.dedup.release(held.dedup)
-            held.dedup = None
+    def _release(
+        self, dedup: str | None, slot_key: str | None, slot: int | None, *, keep_dedup: bool
+    ) -> None:
+        if slot is not None and slot_key is not None and self.slots is not None:
+            self.slots.release(slot_key, slot)
+        if dedup is not None and not keep_dedup and self.dedup is not None:
+            self.dedup.release(dedup)
 
     # -- what it shows -----------------------------------------------------------------
 
@@ -191,7 +195,7 @@ class Gate:
                 reason: {"waited_s": self._waited[reason], "waits": self._waits[reason]}
                 for reason in ("rate", "key")
             }
-        out["waiting"] = sum(1 for held in list(self._held.values()) if held.parked_at)
+        out["waiting"] = len(self._waiting)
         return out
 
     def describe(self) -> dict[str, Any]:

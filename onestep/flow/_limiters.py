@@ -11,6 +11,7 @@ import hashlib
 import math
 import threading
 import time
+from typing import Any
 
 from ..state import StateStore
 
@@ -30,86 +31,95 @@ def key_part(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class LocalBucket:
-    """A token bucket in this process: `take()` is 0.0 for a token, else the seconds
-    until the next one."""
+class _Bucket:
+    """A token bucket as the gate sees it: `take()` is 0.0 for a token, else the seconds
+    until the next one. Each thread keeps a stash of tokens it took in one batch (the
+    tokens of `_BATCH_S`, at least one), so that the usual take is one thread-local
+    read and write: with one lock per take, eight workers convoyed on it
+    (benchmarks/memory_pipeline.py --flow, sync-c8 +rate: 0.39 of the same case without
+    the limit with the lock, see benchmarks/README.md for the ratio with the stash)."""
 
     shared = False
 
     def __init__(self, rate_per_s: float, burst: float) -> None:
         self.rate = rate_per_s
         self.burst = burst
+        self.batch = max(1, min(int(burst), math.floor(rate_per_s * _BATCH_S)))
+        self._stash = threading.local()
+
+    def take(self) -> float:
+        stash = self._stash
+        left = getattr(stash, "left", 0)
+        if left > 0:
+            stash.left = left - 1
+            return 0.0
+        taken, wait_s = self.grab(self.batch)
+        if taken <= 0:
+            return max(wait_s, 0.001)
+        stash.left = taken - 1
+        return 0.0
+
+    def grab(self, count: int) -> tuple[int, float]:
+        raise NotImplementedError
+
+
+class LocalBucket(_Bucket):
+    """A token bucket in this process."""
+
+    def __init__(self, rate_per_s: float, burst: float) -> None:
+        super().__init__(rate_per_s, burst)
         self._tokens = burst
         self._at = time.monotonic()
         self._lock = threading.Lock()
 
-    def take(self) -> float:
+    def grab(self, count: int) -> tuple[int, float]:
         with self._lock:
-            tokens = self._tokens
-            if tokens < 1.0:
-                now = time.monotonic()
-                tokens = min(self.burst, tokens + (now - self._at) * self.rate)
-                self._at = now
-                if tokens < 1.0:
-                    self._tokens = tokens
-                    return (1.0 - tokens) / self.rate
-            self._tokens = tokens - 1.0
-            return 0.0
+            now = time.monotonic()
+            tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            taken = min(count, int(tokens))
+            self._tokens = tokens - taken
+            return taken, 0.0 if taken else (1.0 - self._tokens) / self.rate
 
 
-class StoreBucket:
-    """A token bucket in a shared store (`StateStore.take_tokens`), taken in batches of
-    `_BATCH_S` worth of tokens that this process then hands out locally."""
+class StoreBucket(_Bucket):
+    """A token bucket in a shared store (`StateStore.take_tokens`)."""
 
     shared = True
 
     def __init__(self, store: StateStore, key: str, rate_per_s: float, burst: float) -> None:
+        super().__init__(rate_per_s, burst)
         self.store = store
         self.key = key
-        self.rate = rate_per_s
-        self.burst = burst
-        self.batch = max(1, min(int(burst), math.floor(rate_per_s * _BATCH_S)))
-        self._local = 0
-        self._lock = threading.Lock()
 
-    def take(self) -> float:
-        with self._lock:
-            if self._local > 0:
-                self._local -= 1
-                return 0.0
-            taken, wait_s = self.store.take_tokens(self.key, self.batch, self.rate, self.burst)
-            if taken <= 0:
-                return max(wait_s, 0.001)
-            self._local = taken - 1
-            return 0.0
+    def grab(self, count: int) -> tuple[int, float]:
+        return self.store.take_tokens(self.key, count, self.rate, self.burst)
 
 
 class LocalSlots:
-    """Per-key slots in this process: at most `limit` holders of one key."""
+    """Per-key slots in this process: slot i of a key is an entry of one dict, taken
+    with `setdefault` and given back with `pop` (each one atomic step), so no lock is
+    taken per message."""
 
     shared = False
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._held: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._held: dict[Any, object] = {}
 
     def acquire(self, key: str) -> int | None:
         """A slot number for `key`, or None while all of its slots are taken."""
-        with self._lock:
-            held = self._held.get(key, 0)
-            if held >= self.limit:
-                return None
-            self._held[key] = held + 1
-            return held
+        mark = object()
+        held = self._held
+        if self.limit == 1:
+            return 0 if held.setdefault(key, mark) is mark else None
+        for slot in range(self.limit):
+            if held.setdefault((key, slot), mark) is mark:
+                return slot
+        return None
 
     def release(self, key: str, slot: int) -> None:
-        with self._lock:
-            held = self._held.get(key, 0) - 1
-            if held > 0:
-                self._held[key] = held
-            else:
-                self._held.pop(key, None)
+        self._held.pop(key if self.limit == 1 else (key, slot), None)
 
 
 class StoreSlots:
@@ -125,10 +135,23 @@ class StoreSlots:
         self.prefix = prefix
         self.limit = limit
         self.lease_s = lease_s
-        self._mine = LocalSlots(limit)
+        self._mine: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _count(self, key: str, change: int) -> bool:
+        with self._lock:
+            held = self._mine.get(key, 0)
+            if change > 0 and held >= self.limit:
+                return False
+            held += change
+            if held > 0:
+                self._mine[key] = held
+            else:
+                self._mine.pop(key, None)
+            return True
 
     def acquire(self, key: str) -> int | None:
-        if self._mine.acquire(key) is None:
+        if not self._count(key, 1):
             return None
         base = self.prefix + key_part(key) + ":"
         try:
@@ -136,18 +159,19 @@ class StoreSlots:
                 if self.store.claim(base + str(slot), self.lease_s):
                     return slot
         except BaseException:
-            self._mine.release(key, 0)
+            self._count(key, -1)
             raise
-        self._mine.release(key, 0)
+        self._count(key, -1)
         return None
 
     def release(self, key: str, slot: int) -> None:
-        self._mine.release(key, slot)
+        self._count(key, -1)
         self.store.delete(self.prefix + key_part(key) + ":" + str(slot))
 
 
 class LocalDedup:
-    """Dedup keys in this process, each kept `ttl_s` seconds after it was first seen."""
+    """Dedup keys in this process, each kept `ttl_s` seconds after it was first seen: a
+    new key is one `setdefault`; only an expired one takes the lock."""
 
     shared = False
 
@@ -163,20 +187,29 @@ class LocalDedup:
     def claim(self, key: str) -> bool:
         """True for the first message with `key` within the TTL."""
         now = time.monotonic()
-        with self._lock:
-            expires = self._expires.get(key)
-            if expires is not None and expires > now:
-                return False
-            self._expires[key] = now + self.ttl_s
+        expires = now + self.ttl_s
+        found = self._expires.setdefault(key, expires)
+        if found is expires:
             if now - self._last_purge >= self.PURGE_EVERY_S:
-                self._last_purge = now
-                for stale in [k for k, t in self._expires.items() if t <= now]:
-                    del self._expires[stale]
+                self._purge(now)
+            return True
+        if found > now:
+            return False
+        with self._lock:  # expired: one of the racing claimers takes it over
+            if self._expires.get(key, 0.0) > now:
+                return False
+            self._expires[key] = expires
             return True
 
-    def release(self, key: str) -> None:
+    def _purge(self, now: float) -> None:
         with self._lock:
-            self._expires.pop(key, None)
+            self._last_purge = now
+            for key, expires in list(self._expires.items()):
+                if expires <= now:
+                    self._expires.pop(key, None)
+
+    def release(self, key: str) -> None:
+        self._expires.pop(key, None)
 
 
 class StoreDedup:
