@@ -28,6 +28,7 @@ from .._onestep_app import OneStepApp, load_app
 from .._version import __version__
 from ..core import TargetError
 from ..core._logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from ..flow import format_limits
 from ..ops import (
     GRAPH_FORMATS,
     AppMonitor,
@@ -541,6 +542,8 @@ def _task_lines(task: dict[str, Any]) -> list[str]:
         ("timeout", "none" if timeout is None else f"{timeout}s"),
         ("concurrency", str(task.get("concurrency"))),
     ]
+    if task.get("limits"):
+        fields.append(("limits", format_limits(task["limits"])))
     width = max(len(label) for label, _ in fields)
     return [
         f"task {task.get('name')!r} ({kind})",

@@ -8,6 +8,7 @@ from ._options import (
     DEFAULT_DEDUP_TTL_S,
     FlowOptions,
     RateLimit,
+    format_limits,
     parse_rate_limit,
     read_flow_options,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "FlowOptions",
     "Gate",
     "RateLimit",
+    "format_limits",
     "parse_rate_limit",
     "read_flow_options",
 ]

@@ -124,5 +124,22 @@ def read_flow_options(
     return FlowOptions(rate, concurrency_key, max_per_key, dedup_key, ttl)
 
 
+def format_limits(limits: dict[str, Any]) -> str:
+    """A task's `describe()["limits"]` as one line of `onestep check`."""
+    parts = []
+    if "rate_limit" in limits:
+        parts.append(f"rate {limits['rate_limit']}")
+    if "concurrency_key" in limits:
+        parts.append(f"at most {limits['max_per_key']} per key {limits['concurrency_key']}")
+    if "dedup_key" in limits:
+        parts.append(f"dedup key {limits['dedup_key']} for {limits['dedup_ttl_s']:g}s")
+    scope = limits.get("scope")
+    if scope == "per process":
+        parts.append("per process (in-memory state store: each process has its own)")
+    elif scope:
+        parts.append("shared by every process using the state store")
+    return "; ".join(parts)
+
+
 def _name(fn: Any) -> str:
     return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
