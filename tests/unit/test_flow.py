@@ -253,3 +253,45 @@ def test_check_output_names_the_limits_and_their_scope() -> None:
     assert limits["rate_limit"] == "20/s"
     assert limits["max_per_key"] == 2
     assert limits["scope"] == "per process"
+
+
+# -- what operators see ----------------------------------------------------------------
+
+
+def test_metrics_and_status_page_show_waits_and_skips() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from onestep.cli import format_graph
+    from onestep.ops._collector import OnestepCollector
+    from onestep.ops._metrics import AppMonitor
+    from onestep.ops._status_page import render_status_page
+
+    app = OneStepApp("seen")
+    inbox = MemoryQueue("in")
+    handled: list[int] = []
+
+    @app.task(source=inbox, concurrency=2, rate_limit="10/s", dedup_key=lambda body: body)
+    def handle(ctx: Any, body: int) -> None:
+        handled.append(body)
+
+    monitor = AppMonitor(app)
+    for i in (*range(15), 0, 1):  # 15 distinct keys, 2 duplicates
+        inbox.put(i)
+    with _Run(app):
+        _wait_for(lambda: monitor.snapshot()["tasks"]["handle"]["counts"]["skipped"] == 2)
+        _wait_for(lambda: len(handled) == 15)
+        snapshot = monitor.snapshot()
+    task = snapshot["tasks"]["handle"]
+    assert task["waited"]["rate"] > 0.0  # 5 messages past the burst of 10 waited
+    assert task["waited"]["key"] == 0.0
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OnestepCollector(monitor))
+    text = generate_latest(registry).decode()
+    assert 'onestep_flow_wait_seconds_total{app="seen",limit="rate",task="handle"}' in text
+    assert 'onestep_messages_total{app="seen",outcome="skipped",task="handle"} 2.0' in text
+    page = render_status_page(snapshot, app.describe(), {})
+    assert '<table id="limits">' in page
+    assert "rate 10/s" in page
+    check = format_graph(app.describe())
+    assert "limits       rate 10/s; dedup key" in check
+    assert "per process" in check
