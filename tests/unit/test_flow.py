@@ -14,6 +14,7 @@ import pytest
 
 from onestep import InMemoryMetrics, MaxAttempts, MemoryQueue, OneStepApp, RateLimit, TaskEvent
 from onestep.flow import parse_rate_limit
+from tests.helpers import ListSource
 
 
 def _wait_for(condition: Any, timeout_s: float = 20.0) -> None:
@@ -121,9 +122,12 @@ def test_shutdown_does_not_wait_for_tokens() -> None:
 # -- per-key slots ---------------------------------------------------------------------
 
 
-def test_max_per_key_one_never_overlaps_within_a_key() -> None:
+@pytest.mark.parametrize("source_kind", ["memory", "actor"])
+def test_max_per_key_one_never_overlaps_within_a_key(source_kind: str) -> None:
+    """MemoryQueue (direct mode: the workers ask the gate) and a source that goes
+    through the SourceActor (the task actor asks the gate)."""
     app = OneStepApp("keys")
-    inbox = MemoryQueue("in")
+    inbox: Any = MemoryQueue("in") if source_kind == "memory" else ListSource("in")
     lock = threading.Lock()
     running: dict[str, int] = {}
     overlap: list[str] = []
@@ -295,3 +299,28 @@ def test_metrics_and_status_page_show_waits_and_skips() -> None:
     check = format_graph(app.describe())
     assert "limits       rate 10/s; dedup key" in check
     assert "per process" in check
+
+
+def test_shutdown_releases_messages_waiting_for_a_busy_key() -> None:
+    app = OneStepApp("keys-stop", shutdown_timeout_s=20.0)
+    inbox = MemoryQueue("in")
+    running = threading.Event()
+    release = threading.Event()
+
+    @app.task(source=inbox, concurrency=4, concurrency_key=lambda body: "same")
+    def handle(ctx: Any, body: int) -> None:
+        running.set()
+        release.wait(10.0)
+
+    for i in range(5):
+        inbox.put(i)
+    app.start()
+    assert running.wait(10.0)
+    stopper = threading.Thread(target=app.stop)
+    started = time.monotonic()
+    stopper.start()
+    _wait_for(lambda: inbox.qsize() == 4)  # the four waiting ones went back at once
+    assert time.monotonic() - started < 5.0
+    release.set()
+    stopper.join(20.0)
+    assert inbox.qsize() == 4
