@@ -84,22 +84,32 @@ class Admission:
     def admit(self, delivery: Any) -> bool:
         """Ask the gate; True when the caller may run the delivery now. Otherwise it was
         skipped (acked, event `skipped`), failed (the gate refused it) or parked."""
-        runtime = self.runtime
         try:
             wait_s = self.gate.admit(delivery)
-        except AdmissionRefused as exc:
-            runtime.failed(delivery, failure_from(exc.error, exc.kind), None)
-            return False
-        except Exception as exc:  # a store that cannot be reached: the retry policy applies
-            runtime.failed(delivery, failure_from(exc), None)
+        except Exception as exc:
+            self.refused(delivery, exc)
             return False
         if wait_s == 0.0:
             return True
+        self.not_now(delivery, wait_s)
+        return False
+
+    def refused(self, delivery: Any, exc: Exception) -> None:
+        """The gate raised: fail the delivery (kind from AdmissionRefused, else `error`:
+        a store that cannot be reached, and the retry policy applies)."""
+        if isinstance(exc, AdmissionRefused):
+            failure = failure_from(exc.error, exc.kind)
+        else:
+            failure = failure_from(exc)
+        self.runtime.failed(delivery, failure, None)
+
+    def not_now(self, delivery: Any, wait_s: float) -> None:
+        """The gate said skip (below 0) or wait (above 0)."""
+        runtime = self.runtime
         if wait_s < 0:
             runtime.skipped(delivery)
-            return False
+            return
         self._park(delivery, wait_s)
-        return False
 
     def _park(self, delivery: Any, wait_s: float) -> None:
         with self._lock:
@@ -173,7 +183,7 @@ def run_gated_direct(worker: Any) -> None:
     admission: Admission = runtime.admission
     ready = admission.ready
     parked = admission._parked
-    admit = admission.admit
+    gate_admit = admission.gate.admit
     take = runtime.source.take
     timed = runtime.task.timeout_s is not None and runtime.task.executor is None
     announce = runtime.announces
@@ -199,7 +209,13 @@ def run_gated_direct(worker: Any) -> None:
                 return
             if (announce or delivery.error is not None) and not runtime.fetched(batch):
                 continue
-            if not admit(delivery):
+            try:  # Admission.admit, inlined: one call less a message
+                wait_s = gate_admit(delivery)
+            except Exception as exc:
+                admission.refused(delivery, exc)
+                continue
+            if wait_s != 0.0:
+                admission.not_now(delivery, wait_s)
                 continue
         if timed:
             worker._run_timed(delivery)

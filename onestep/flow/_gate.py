@@ -108,16 +108,27 @@ class Gate:
                 return self._admit_again(delivery, waiting)
         dedup = None
         if self.dedup is not None:
-            dedup = _key_of(self._dedup_key, delivery, "dedup_key")
-            # a retry runs although its key is held: by its own first attempt
-            if dedup is not None and not self.dedup.claim(dedup) and delivery.attempts == 0:
-                return SKIP
+            try:
+                dedup = self._dedup_key(delivery.payload)
+            except Exception as exc:
+                raise AdmissionRefused("key", exc) from exc
+            if dedup is not None:
+                if type(dedup) is not str:
+                    dedup = str(dedup)
+                # a retry runs although its key is held: by its own first attempt
+                if not self.dedup.claim(dedup) and delivery.attempts == 0:
+                    return SKIP
         slot_key = slot = None
         if self.slots is not None:
             try:
-                slot_key = _key_of(self._slot_key, delivery, "concurrency_key")
+                try:
+                    slot_key = self._slot_key(delivery.payload)
+                except Exception as exc:
+                    raise AdmissionRefused("key", exc) from exc
                 if slot_key is not None:
-                    slot = self.slots.acquire(slot_key)
+                    if type(slot_key) is not str:
+                        slot_key = str(slot_key)
+                    slot = self.slots.acquire(slot_key, delivery)
             except BaseException:
                 self._release(dedup, None, None, keep_dedup=False)
                 raise
@@ -127,7 +138,9 @@ class Gate:
             wait_s = self.bucket.take()
             if wait_s > 0.0:
                 return self._wait(delivery, _Waiting(dedup, slot_key, slot), "rate", wait_s)
-        if dedup is not None or slot is not None:
+        if slot is not None:
+            # a dedup key alone needs no record: only a failure gives it back, and the
+            # key is computed again then (the usual success costs nothing more)
             self._held[id(delivery)] = (dedup, slot_key, slot)
         return 0.0
 
@@ -139,7 +152,7 @@ class Gate:
             self._waits[waiting.reason] += 1
         if waiting.slot_key is not None and waiting.slot is None:
             try:
-                waiting.slot = self.slots.acquire(waiting.slot_key)  # type: ignore[union-attr]
+                waiting.slot = self.slots.acquire(waiting.slot_key, delivery)  # type: ignore[union-attr]
             except BaseException:
                 self._release(waiting.dedup, None, None, keep_dedup=False)
                 raise
@@ -152,7 +165,7 @@ class Gate:
             if wait_s > 0.0:
                 return self._wait(delivery, waiting, "rate", wait_s)
             waiting.token = True
-        if waiting.dedup is not None or waiting.slot is not None:
+        if waiting.slot is not None:
             self._held[id(delivery)] = (waiting.dedup, waiting.slot_key, waiting.slot)
         return 0.0
 
@@ -167,16 +180,32 @@ class Gate:
     def settled(self, delivery: Any, action: str, error: BaseException | None) -> None:
         """Free the message's slot; its dedup key too unless it succeeded or will be
         retried (a failure for good, or a release at shutdown, lets a resend run)."""
+        keep = (action == "ack" and error is None) or action == "retry"
         if self._held:
             held = self._held.pop(id(delivery), None)
             if held is not None:
-                keep = action == "retry" or (action == "ack" and error is None)
-                self._release(*held, keep_dedup=keep)
+                dedup, slot_key, slot = held
+                if slot is not None:
+                    self.slots.release(slot_key, slot)  # type: ignore[union-attr,arg-type]
+                if dedup is not None and not keep:
+                    self.dedup.release(dedup)  # type: ignore[union-attr]
                 return
+        if not keep and self.dedup is not None and id(delivery) not in self._waiting:
+            self._release_dedup_of(delivery)
         if self._waiting:  # released at shutdown while it waited
             waiting = self._waiting.pop(id(delivery), None)
             if waiting is not None:
                 self._release(waiting.dedup, waiting.slot_key, waiting.slot, keep_dedup=False)
+
+    def _release_dedup_of(self, delivery: Any) -> None:
+        """A message admitted with a dedup key alone failed for good (or was released):
+        give its key back, computed again from its body."""
+        try:
+            key = self._dedup_key(delivery.payload)
+        except Exception:
+            return  # it never got a key: the key function failed at admission
+        if key is not None:
+            self.dedup.release(key if type(key) is str else str(key))  # type: ignore[union-attr]
 
     def _release(
         self, dedup: str | None, slot_key: str | None, slot: int | None, *, keep_dedup: bool
@@ -202,15 +231,3 @@ class Gate:
         info = self.options.describe()
         info["scope"] = "shared" if self.shared else "per process"
         return info
-
-
-def _key_of(fn: Any, delivery: Any, param: str) -> str | None:
-    """The key `fn(body)` as a string (None: the message has no key); AdmissionRefused
-    with kind `key` if `fn` raised."""
-    try:
-        key = fn(delivery.payload)
-    except Exception as exc:
-        raise AdmissionRefused("key", exc) from exc
-    if key is None:
-        return None
-    return key if type(key) is str else str(key)

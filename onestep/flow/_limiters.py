@@ -107,9 +107,10 @@ class LocalSlots:
         self.limit = limit
         self._held: dict[Any, object] = {}
 
-    def acquire(self, key: str) -> int | None:
-        """A slot number for `key`, or None while all of its slots are taken."""
-        mark = object()
+    def acquire(self, key: str, holder: object) -> int | None:
+        """A slot number for `key` for `holder` (the delivery: a mark no other holder
+        shares), or None while all of its slots are taken."""
+        mark = holder
         held = self._held
         if self.limit == 1:
             return 0 if held.setdefault(key, mark) is mark else None
@@ -150,7 +151,7 @@ class StoreSlots:
                 self._mine.pop(key, None)
             return True
 
-    def acquire(self, key: str) -> int | None:
+    def acquire(self, key: str, holder: object = None) -> int | None:
         if not self._count(key, 1):
             return None
         base = self.prefix + key_part(key) + ":"
