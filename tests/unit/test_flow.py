@@ -324,3 +324,22 @@ def test_shutdown_releases_messages_waiting_for_a_busy_key() -> None:
     release.set()
     stopper.join(20.0)
     assert inbox.qsize() == 4
+
+
+@pytest.mark.parametrize("source_kind", ["memory", "actor"])
+def test_a_message_that_fails_frees_its_key_slot(source_kind: str) -> None:
+    app = OneStepApp("keys-fail")
+    inbox: Any = MemoryQueue("in") if source_kind == "memory" else ListSource("in")
+    ran: list[str] = []
+
+    @app.task(source=inbox, concurrency=2, concurrency_key=lambda body: body["customer"])
+    def handle(ctx: Any, body: dict[str, str]) -> None:
+        ran.append(body["n"])
+        if body["n"] == "first":
+            raise RuntimeError("the first one fails")
+
+    inbox.put({"customer": "a", "n": "first"})
+    inbox.put({"customer": "a", "n": "second"})
+    with _Run(app):
+        _wait_for(lambda: len(ran) == 2, timeout_s=10.0)
+    assert ran == ["first", "second"]
