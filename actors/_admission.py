@@ -140,12 +140,12 @@ class Admission:
 
     def hand_on(self, ready: list[Any]) -> None:
         runtime = self.runtime
-        if runtime.direct:
-            for delivery in ready:
-                self.ready.put(delivery)
-        elif runtime.task.is_async:
+        if runtime.task.is_async:
             if runtime.runner is not None:
                 runtime.loop.call_soon(runtime.runner.start_batch, ready)
+        elif runtime.direct:
+            for delivery in ready:
+                self.ready.put(delivery)
         else:
             for delivery in ready:
                 runtime.work.put(delivery)
@@ -252,3 +252,39 @@ def _next_after_wait(worker: Any, admission: Admission) -> Any:
     if (runtime.announces or delivery.error is not None) and not runtime.fetched(batch):
         return None
     return delivery if admission.admit(delivery) else None
+
+
+async def pull_gated(runner: Any) -> None:
+    """`AsyncRunner._pull` for a task with a gate that never blocks (an in-memory state
+    store): the gate is asked on the event-loop thread, inline; a delivery told to wait
+    is parked on the timer, and runs as a task of its own once admitted. Runs on the
+    event-loop thread."""
+    runtime = runner.runtime
+    ledger = runtime.ledger
+    fetch = runtime.source.fetch
+    announce = runtime.announces
+    admission: Admission = runtime.admission
+    gate_admit = admission.gate.admit
+    run = runner._run
+    while not ledger.stopping:
+        if ledger.free() <= 0:
+            await runner._park()
+            continue
+        batch = fetch(1)
+        if not batch:
+            await runner._park()
+            continue
+        delivery = batch[0]
+        if not ledger.add(delivery):  # stop() came while we fetched it: given back
+            return
+        if (announce or delivery.error is not None) and not runtime.fetched(batch):
+            continue
+        try:
+            wait_s = gate_admit(delivery)
+        except Exception as exc:
+            admission.refused(delivery, exc)
+            continue
+        if wait_s != 0.0:
+            admission.not_now(delivery, wait_s)
+            continue
+        await run(delivery)

@@ -171,7 +171,9 @@ class ExecutorPort(Protocol):
 class AdmissionPort(Protocol):
     """Flow control in front of a task's handler: a task that has one exposes it as
     `gate` (a task without one has no `gate`, or None, and pays nothing for it). See
-    actors/_admission.py for who calls what on which thread."""
+    actors/_admission.py for who calls what on which thread. `blocking` (default True)
+    False promises that `admit` never blocks: an async task then asks it on the
+    event-loop thread, in direct mode."""
 
     def admit(self, delivery: Any) -> float:
         """0.0: run the delivery now; above 0: ask again after that many seconds (the

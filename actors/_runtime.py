@@ -43,12 +43,12 @@ class MessageFailed:
         self.duration_s = duration_s
 
 
-def _supports_direct_mode(source: Any, is_async: bool, gated: bool = False) -> bool:
+def _supports_direct_mode(source: Any, is_async: bool, gate: Any = None) -> bool:
     if source is None or not getattr(source, "thread_safe", False):
         return False
     if is_async:
-        if gated:
-            return False  # a gate may block on its store: never on the event-loop thread
+        if gate is not None and getattr(gate, "blocking", True):
+            return False  # a gate that may block on its store: never on the loop thread
         return callable(getattr(source, "subscribe", None))
     return callable(getattr(source, "take", None))
 
@@ -112,7 +112,7 @@ class TaskRuntime:
         # Flow control (onestep's rate limits, per-key slots, dedup keys): None for a
         # task without any, which then never reaches actors/_admission.py.
         gate = getattr(task, "gate", None)
-        self.direct = _supports_direct_mode(source, task.is_async, gate is not None)
+        self.direct = _supports_direct_mode(source, task.is_async, gate)
         # In direct mode a worker or puller whose add() comes after stop() has its
         # delivery given back by the ledger (thread-safe sources only, hence direct).
         self.ledger = new_ledger(task.concurrency, source.release if self.direct else None)

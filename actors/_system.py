@@ -324,11 +324,6 @@ class ActorSystem:
                 runtime.ledger.stop()
                 runtime.ledger.drained.set()
         for runtime in self.runtimes:
-            if runtime.admission is not None:
-                # a message waiting for a token or a key's slot goes back to its source
-                # now: shutdown never waits for flow control
-                runtime.admission.release_parked()
-        for runtime in self.runtimes:
             if runtime.source_ref is None:
                 continue
             if forever:

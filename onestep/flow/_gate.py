@@ -67,6 +67,8 @@ class Gate:
     ) -> None:
         self.options = options
         self.shared = not isinstance(store, InMemoryStateStore)
+        # in-process limiters never block: an async task may ask on the loop thread
+        self.blocking = self.shared
         self._held: dict[int, _Held] = {}
         self._waiting: dict[int, _Waiting] = {}
         self._stats_lock = threading.Lock()

@@ -190,7 +190,8 @@ def test_key_function_that_raises_fails_with_kind_key_without_retry() -> None:
 # -- dedup keys ------------------------------------------------------------------------
 
 
-def test_fifty_distinct_keys_in_a_hundred_messages_run_fifty_times() -> None:
+@pytest.mark.parametrize("is_async", [False, True])
+def test_fifty_distinct_keys_in_a_hundred_messages_run_fifty_times(is_async: bool) -> None:
     app = OneStepApp("dedup")
     inbox = MemoryQueue("in")
     metrics = InMemoryMetrics()
@@ -203,9 +204,18 @@ def test_fifty_distinct_keys_in_a_hundred_messages_run_fifty_times() -> None:
         if event.kind == "skipped":
             skipped.append(event)
 
-    @app.task(source=inbox, concurrency=4, dedup_key=lambda body: body["id"], dedup_ttl_s=60)
-    def handle(ctx: Any, body: dict[str, int]) -> None:
-        calls.append(body["id"])
+    options: dict[str, Any] = {"dedup_key": lambda body: body["id"], "dedup_ttl_s": 60}
+    if is_async:
+
+        @app.task(source=inbox, concurrency=4, name="handle", **options)
+        async def handle_async(ctx: Any, body: dict[str, int]) -> None:
+            calls.append(body["id"])
+
+    else:
+
+        @app.task(source=inbox, concurrency=4, **options)
+        def handle(ctx: Any, body: dict[str, int]) -> None:
+            calls.append(body["id"])
 
     for i in range(100):
         inbox.put({"id": i % 50})
@@ -343,3 +353,35 @@ def test_a_message_that_fails_frees_its_key_slot(source_kind: str) -> None:
     with _Run(app):
         _wait_for(lambda: len(ran) == 2, timeout_s=10.0)
     assert ran == ["first", "second"]
+
+
+def test_async_handlers_keep_one_per_key_too() -> None:
+    """An async task on the in-memory store asks its gate on the event-loop thread."""
+    import asyncio
+
+    app = OneStepApp("keys-async")
+    inbox = MemoryQueue("in")
+    running: dict[str, int] = {}
+    overlap: list[str] = []
+    peak = [0]
+    done: list[int] = []
+
+    @app.task(source=inbox, concurrency=8, concurrency_key=lambda body: body["customer"])
+    async def handle(ctx: Any, body: dict[str, Any]) -> None:
+        key = body["customer"]
+        running[key] = running.get(key, 0) + 1  # one loop thread: no lock needed
+        if running[key] > 1:
+            overlap.append(key)
+        peak[0] = max(peak[0], sum(running.values()))
+        await asyncio.sleep(0.02)  # the work itself
+        running[key] -= 1
+        done.append(body["n"])
+
+    for i in range(24):
+        inbox.put({"customer": f"c{i % 3}", "n": i})
+    with _Run(app):
+        assert app.internals.system is not None
+        assert app.internals.system.runtimes[0].direct
+        _wait_for(lambda: len(done) == 24)
+    assert overlap == []
+    assert peak[0] >= 2
