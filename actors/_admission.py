@@ -28,6 +28,8 @@ logger = logging.getLogger("onestep.actors.task")
 # after waiting is picked up soon).
 _IDLE_CHECK_S = 0.1
 _PARKED_CHECK_S = 0.01
+#: Direct mode: at least this many deliveries of a task may wait for its gate.
+MIN_PARKED = 64
 
 
 class AdmissionRefused(Exception):
@@ -76,7 +78,17 @@ class Admission:
         self._closed = False
         # direct mode: deliveries admitted after waiting, for the workers to run
         self.ready: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.max_parked = runtime.task.concurrency
+        # direct mode: how many may wait beside the running ones before the workers stop
+        # taking new ones (a holder of a busy key may be a thread the GIL has not run for
+        # 5-35 ms while the others went through thousands of messages)
+        self.max_parked = max(MIN_PARKED, 4 * runtime.task.concurrency)
+        if hasattr(gate, "wake"):
+            gate.wake = self.wake
+
+    def wake(self, delivery: Any) -> None:
+        """The gate asks to be asked again now about a parked delivery (a slot it waits
+        for was freed); any thread."""
+        tell_quietly(self.runtime.actor_ref, Readmit(delivery))
 
     def parked(self) -> int:
         return len(self._parked)
@@ -168,6 +180,7 @@ class Admission:
         return len(waiting)
 
     def _give_back(self, delivery: Any) -> None:
+        self.gate.settled(delivery, RELEASE, None)  # it waited: the gate has a record
         runtime = self.runtime
         runtime.settle(delivery, RELEASE)
         runtime.cancelled(delivery)

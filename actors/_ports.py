@@ -173,7 +173,10 @@ class AdmissionPort(Protocol):
     `gate` (a task without one has no `gate`, or None, and pays nothing for it). See
     actors/_admission.py for who calls what on which thread. `blocking` (default True)
     False promises that `admit` never blocks: an async task then asks it on the
-    event-loop thread, in direct mode."""
+    event-loop thread, in direct mode. `needs_settle` (default True) False says that
+    `settled` has nothing to do for an admitted delivery: the engine then skips it. If it
+    has an attribute `wake`, the engine sets it to a callable the gate may call from any
+    thread with a delivery it told to wait, to be asked again about it at once."""
 
     def admit(self, delivery: Any) -> float:
         """0.0: run the delivery now; above 0: ask again after that many seconds (the

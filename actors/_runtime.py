@@ -129,6 +129,10 @@ class TaskRuntime:
         self.work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.runner: AsyncRunner | None = None
         self.gate = gate
+        # the gate's `settled`, or None when it holds nothing a settle gives back
+        self.gate_settled = (
+            gate.settled if gate is not None and getattr(gate, "needs_settle", True) else None
+        )
         self.admission: Admission | None = None
         if gate is not None:
             self.admission = Admission(self, gate)
@@ -173,8 +177,8 @@ class TaskRuntime:
                 put(delivery)
 
     def cancelled(self, delivery: Any) -> None:
-        if self.gate is not None:
-            self.gate.settled(delivery, RELEASE, None)
+        if self.gate_settled is not None:
+            self.gate_settled(delivery, RELEASE, None)
         if self.events is not None:
             self.events.emit("cancelled", delivery)
 
@@ -188,9 +192,9 @@ class TaskRuntime:
         error: BaseException | None = None,
     ) -> None:
         """Settle on the SourceActor, or right here for a direct-mode source."""
-        if self.gate is not None:
+        if self.gate_settled is not None:
             # frees the delivery's per-key slot, and its dedup key if it failed for good
-            self.gate.settled(delivery, action, error)
+            self.gate_settled(delivery, action, error)
         if not self.direct:
             self.source_ref.tell(Settle(delivery, action, delay_s, error))
             return
