@@ -328,9 +328,9 @@ class Gate:
     def _release(
         self, dedup: str | None, slot_key: str | None, slot: int | None, *, keep_dedup: bool
     ) -> None:
-        if slot is not None and slot_key is not None and self.slots is not None:
-            if not (self._key_waiters and self._hand_over(slot_key, slot)):
-                self.slots.release(slot_key, slot)
+        handed = slot is not None and bool(self._key_waiters) and self._hand_over(slot_key, slot)
+        if slot is not None and slot_key is not None and self.slots is not None and not handed:
+            self.slots.release(slot_key, slot)
         if dedup is not None and not keep_dedup and self.dedup is not None:
             self.dedup.release(dedup)
 
