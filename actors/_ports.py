@@ -174,7 +174,8 @@ class AdmissionPort(Protocol):
     actors/_admission.py for who calls what on which thread. `blocking` (default True)
     False promises that `admit` never blocks: an async task then asks it on the
     event-loop thread, in direct mode. `needs_settle` (default True) False says that
-    `settled` has nothing to do for an admitted delivery: the engine then skips it. If it
+    `settled` has nothing to do for an admitted delivery: the engine then skips it;
+    `settles_acks` (default True) False, that it has nothing to do for a plain ack. If it
     has an attribute `wake`, the engine sets it to a callable the gate may call from any
     thread with a delivery it told to wait, to be asked again about it at once."""
 

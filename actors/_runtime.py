@@ -133,6 +133,7 @@ class TaskRuntime:
         self.gate_settled = (
             gate.settled if gate is not None and getattr(gate, "needs_settle", True) else None
         )
+        self.gate_acks = getattr(gate, "settles_acks", True)
         self.admission: Admission | None = None
         if gate is not None:
             self.admission = Admission(self, gate)
@@ -192,7 +193,9 @@ class TaskRuntime:
         error: BaseException | None = None,
     ) -> None:
         """Settle on the SourceActor, or right here for a direct-mode source."""
-        if self.gate_settled is not None:
+        if self.gate_settled is not None and (
+            self.gate_acks or action is not ACK or error is not None
+        ):
             # frees the delivery's per-key slot, and its dedup key if it failed for good
             self.gate_settled(delivery, action, error)
         if not self.direct:

@@ -115,6 +115,8 @@ class Gate:
         # The engine calls settled() only while this is True (a rate limit alone holds
         # nothing a settle gives back).
         self.needs_settle = self.slots is not None or self.dedup is not None
+        # False: the engine calls settled() only for what is not a plain ack
+        self.settles_acks = True
         self._pick_fast_path()
 
     def _pick_fast_path(self) -> None:
@@ -129,9 +131,11 @@ class Gate:
         elif alone == [False, True, False] and self.options.max_per_key == 1:
             self._slot_held = self.slots._held  # type: ignore[union-attr]
             self.admit = self._admit_key_local  # type: ignore[method-assign]
+            self.settled = self._settled_key_local  # type: ignore[method-assign]
         elif alone == [False, False, True]:
             self._claim = self.dedup.claim  # type: ignore[union-attr]
             self.admit = self._admit_dedup_local  # type: ignore[method-assign]
+            self.settles_acks = False  # only a failure gives a dedup key back
 
     # -- the engine's calls ------------------------------------------------------------
 
@@ -169,6 +173,20 @@ class Gate:
             self._held[id(delivery)] = (None, key, 0)
             return 0.0
         return self._wait(delivery, _Waiting(None, key, None), "key")
+
+    def _settled_key_local(self, delivery: Any, action: str, error: BaseException | None) -> None:
+        """`settled` for `max_per_key=1` alone in the process: free (or hand over) the
+        slot."""
+        held = self._held.pop(id(delivery), None)
+        if held is not None:
+            key = held[1]
+            if not (self._key_waiters and self._hand_over(key, 0)):
+                self._slot_held.pop(key, None)
+            return
+        if self._waiting:  # released at shutdown while it waited
+            waiting = self._take_waiting(delivery)
+            if waiting is not None:
+                self._release(None, waiting.slot_key, waiting.slot, keep_dedup=False)
 
     def _admit_dedup_local(self, delivery: Any) -> float:
         """`admit` for a dedup key alone in the process (it never waits)."""
