@@ -64,10 +64,10 @@ class Admission:
     """The deliveries of one gated task that wait for the gate, and their re-admission.
 
     `admit` runs where a delivery first meets the gate (a direct-mode worker, or the
-    TaskActor); `readmit` on the TaskActor's thread; `release_parked` on the thread
-    stopping the app. Parked deliveries keep their ledger entry (a credit), so at most
-    `concurrency` of them wait in direct mode, and the ledger's bound holds on the actor
-    path.
+    TaskActor, or the event-loop thread for an async task whose gate never blocks);
+    `readmit` on the TaskActor's thread; `release_parked` on the SourceActor's thread as
+    it stops fetching. Parked deliveries keep their ledger entry (a credit): on the actor
+    path the ledger's bound holds; in direct mode at most `max_parked` wait.
     """
 
     def __init__(self, runtime: TaskRuntime, gate: Any) -> None:
@@ -165,7 +165,7 @@ class Admission:
     def release_parked(self) -> int:
         """Shutdown: give every waiting delivery back to its source now (attempts
         unchanged, reported `cancelled`), so that stopping never waits for a token or a
-        slot. Runs on the thread stopping the app; idempotent."""
+        slot. Runs on the SourceActor's thread (StopFetching); idempotent."""
         with self._lock:
             self._closed = True
             waiting = list(self._parked.values())
