@@ -97,7 +97,7 @@ class StateStore(ABC):
 
 def _bucket_state(state: Any, burst: float, now: float) -> tuple[float, float]:
     """A bucket's `[tokens, at]` as kept by `take_tokens`, or a full new one."""
-    if isinstance(state, list) and len(state) == 2:
+    if isinstance(state, list) and len(state) >= 2:  # a store may keep more after them
         try:
             return float(state[0]), float(state[1])
         except (TypeError, ValueError):
