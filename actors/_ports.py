@@ -16,7 +16,8 @@ from typing import Any, Protocol
 class Failure:
     """Why a message failed: `kind` is `error` (the handler raised), `timeout`, `decode`
     (the source could not decode the message), `encode` (a sink could not encode the
-    result) or `crashed` (the worker process running the handler died)."""
+    result), `crashed` (the worker process running the handler died) or `key` (a task's key
+    function raised: `concurrency_key`, `dedup_key`)."""
 
     kind: str
     exception_type: str
