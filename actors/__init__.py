@@ -4,11 +4,13 @@ It imports only pykka and the standard library; `onestep` drives it through the
 protocols in `actors._ports`.
 """
 
+from ._admission import AdmissionRefused
 from ._atomic import GIL_ATOMIC
 from ._failure import EncodeError, HandlerFailed, RemoteFailure, failure_from, timeout_failure
 from ._failure_log import FAILURES, FailureLog
 from ._loop import EventLoopThread
 from ._ports import (
+    AdmissionPort,
     EventRecord,
     ExecutorPort,
     Failure,
@@ -28,6 +30,8 @@ __all__ = [
     "FAILURES",
     "GIL_ATOMIC",
     "ActorSystem",
+    "AdmissionPort",
+    "AdmissionRefused",
     "AppFailed",
     "EncodeError",
     "EventLoopThread",

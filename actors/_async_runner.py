@@ -12,6 +12,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._admission import pull_gated
 from ._base import tell_quietly
 from ._failure import failure_from, timeout_failure
 from ._runtime import subscribe_source
@@ -62,7 +63,8 @@ class AsyncRunner:
         start, and when the TaskActor restarts after a puller died)."""
         runtime = self.runtime
         while len(self._pullers) < runtime.task.concurrency and not runtime.ledger.stopping:
-            puller = self._track(self._pull())
+            gated = runtime.admission is not None  # flow control: actors/_admission.py
+            puller = self._track(pull_gated(self) if gated else self._pull())
             self._pullers.add(puller)
             puller.add_done_callback(self._puller_done)
 

@@ -17,8 +17,9 @@ class EncodeError(ValueError):
     never retried: the same result would not encode the next time either."""
 
 
-#: Failure kinds the supervisor never retries: the same bytes or result fail again.
-NOT_RETRIED = frozenset({"decode", "encode"})
+#: Failure kinds the supervisor never retries: the same bytes or result fail again, and
+#: a task's key function (`key`) gives the same error for the same message.
+NOT_RETRIED = frozenset({"decode", "encode", "key"})
 
 
 class RemoteFailure(Exception):

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 class Failure:
     """Why a message failed: `kind` is `error` (the handler raised), `timeout`, `decode`
     (the source could not decode the message), `encode` (a sink could not encode the
-    result) or `crashed` (the worker process running the handler died)."""
+    result), `crashed` (the worker process running the handler died) or `key` (a task's key
+    function raised: `concurrency_key`, `dedup_key`)."""
 
     kind: str
     exception_type: str
@@ -169,6 +170,32 @@ class ExecutorPort(Protocol):
         """Stop every worker and leave no process behind; runs on the task actor's thread
         after the worker threads were released. Idempotent, and bounded: it never waits
         on a worker that is crashing or stuck."""
+        ...
+
+
+class AdmissionPort(Protocol):
+    """Flow control in front of a task's handler: a task that has one exposes it as
+    `gate` (a task without one has no `gate`, or None, and pays nothing for it). See
+    actors/_admission.py for who calls what on which thread. `blocking` (default True)
+    False promises that `admit` never blocks: an async task then asks it on the
+    event-loop thread, in direct mode. `needs_settle` (default True) False says that
+    `settled` has nothing to do for an admitted delivery: the engine then skips it;
+    `settles_acks` (default True) False, that it has nothing to do for a plain ack. If it
+    has an attribute `wake`, the engine sets it to a callable the gate may call from any
+    thread with a delivery it told to wait, to be asked again about it at once."""
+
+    def admit(self, delivery: Any) -> float:
+        """0.0: run the delivery now; above 0: ask again after that many seconds (the
+        engine parks it on the timer, holding no worker thread); below 0: a duplicate, to
+        be acked without running (event `skipped`). May raise AdmissionRefused to fail
+        the delivery with a failure kind of its own (`key`); any other error fails it
+        with kind `error`. Runs on a direct-mode worker thread or the TaskActor's."""
+        ...
+
+    def settled(self, delivery: Any, action: str, error: BaseException | None) -> None:
+        """The delivery ended (`ack`, `retry`, `fail`, or `release` at shutdown): free what
+        its admission holds. Any thread; called at least once per settled delivery,
+        possibly twice (a settle racing a shutdown release), so it must be idempotent."""
         ...
 
 

@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._base import ACK, FAIL, RETRY, Settle
+from ._admission import Admission, AdmitBatch
+from ._base import ACK, FAIL, RELEASE, RETRY, Settle
 from ._events import EventEmitter
 from ._failure import failure_from
 from ._ledger import new_ledger
@@ -42,10 +43,12 @@ class MessageFailed:
         self.duration_s = duration_s
 
 
-def _supports_direct_mode(source: Any, is_async: bool) -> bool:
+def _supports_direct_mode(source: Any, is_async: bool, gate: Any = None) -> bool:
     if source is None or not getattr(source, "thread_safe", False):
         return False
     if is_async:
+        if gate is not None and getattr(gate, "blocking", True):
+            return False  # a gate that may block on its store: never on the loop thread
         return callable(getattr(source, "subscribe", None))
     return callable(getattr(source, "take", None))
 
@@ -111,7 +114,10 @@ class TaskRuntime:
         # then no `fetched` or `started` is emitted, which nothing would read
         # (memory_pipeline --metrics, sync-c1 with/without metrics: 0.48 -> 0.85).
         self.announces = events is not None and not getattr(events, "counts_only", False)
-        self.direct = _supports_direct_mode(source, task.is_async)
+        # Flow control (onestep's rate limits, per-key slots, dedup keys): None for a
+        # task without any, which then never reaches actors/_admission.py.
+        gate = getattr(task, "gate", None)
+        self.direct = _supports_direct_mode(source, task.is_async, gate)
         # In direct mode a worker or puller whose add() comes after stop() has its
         # delivery given back by the ledger (thread-safe sources only, hence direct).
         self.ledger = new_ledger(task.concurrency, source.release if self.direct else None)
@@ -127,6 +133,15 @@ class TaskRuntime:
         self.cutoff = False
         self.work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.runner: AsyncRunner | None = None
+        self.gate = gate
+        # the gate's `settled`, or None when it holds nothing a settle gives back
+        self.gate_settled = (
+            gate.settled if gate is not None and getattr(gate, "needs_settle", True) else None
+        )
+        self.gate_acks = getattr(gate, "settles_acks", True)
+        self.admission: Admission | None = None
+        if gate is not None:
+            self.admission = Admission(self, gate)
 
     # -- called by the SourceActor (or a direct-mode worker) after a fetch ----------------
 
@@ -155,6 +170,10 @@ class TaskRuntime:
 
     def dispatch(self, ready: list[Any]) -> None:
         """Hand deliveries to the handler side; runs on the SourceActor's thread."""
+        if self.admission is not None:
+            if ready:
+                self.actor_ref.tell(AdmitBatch(ready))  # the gate may block on its store
+            return
         if self.task.is_async:
             if ready and self.runner is not None:
                 self.loop.call_soon(self.runner.start_batch, ready)
@@ -164,6 +183,8 @@ class TaskRuntime:
                 put(delivery)
 
     def cancelled(self, delivery: Any) -> None:
+        if self.gate_settled is not None:
+            self.gate_settled(delivery, RELEASE, None)
         if self.events is not None:
             self.events.emit("cancelled", delivery)
 
@@ -177,6 +198,11 @@ class TaskRuntime:
         error: BaseException | None = None,
     ) -> None:
         """Settle on the SourceActor, or right here for a direct-mode source."""
+        if self.gate_settled is not None and (
+            self.gate_acks or action is not ACK or error is not None
+        ):
+            # frees the delivery's per-key slot, and its dedup key if it failed for good
+            self.gate_settled(delivery, action, error)
         if not self.direct:
             self.source_ref.tell(Settle(delivery, action, delay_s, error))
             return
@@ -203,6 +229,12 @@ class TaskRuntime:
             logger.exception("task %r: %s on its source failed", self.task.name, action)
 
     # -- called where a handler finished: a worker thread or the event-loop thread --------
+
+    def skipped(self, delivery: Any) -> None:
+        """The gate found a duplicate: ack it without running, event `skipped`."""
+        self.settle(delivery, ACK)
+        if self.events is not None:
+            self.events.emit("skipped", delivery)
 
     def started(self, delivery: Any) -> None:
         if self.announces:

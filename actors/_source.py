@@ -296,6 +296,10 @@ class SourceActor(EngineActor):
     def _on_stop_fetching(self, _: StopFetching) -> None:
         self._fetching = False
         self._ledger.stop()
+        if self._runtime.admission is not None:
+            # messages waiting for flow control (a token, a key's slot) go back to the
+            # source now: shutdown never waits for them
+            self._runtime.admission.release_parked()
 
     def _on_release_all(self, _: ReleaseAll) -> int:
         """Give every unsettled delivery back to the source, attempts unchanged."""

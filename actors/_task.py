@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from ._admission import AdmitBatch, Readmit
 from ._async_runner import AsyncRunner
 from ._base import RESTART, EngineActor, Request, tell_quietly
 from ._failure import timeout_failure
@@ -51,6 +52,10 @@ class TaskActor(EngineActor):
         self._handlers[WorkerDied] = self._on_worker_died
         self._handlers[StopTask] = self._on_stop
         self._handlers[RESTART] = self._on_restart
+        admission = runtime.admission
+        if admission is not None:  # flow control: the gate is asked here, off the hot path
+            self._handlers[AdmitBatch] = lambda message: admission.admit_batch(message.batch)
+            self._handlers[Readmit] = lambda message: admission.readmit(message.delivery)
         if task.is_async:
             runtime.runner = AsyncRunner(runtime)
 

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._admission import run_gated_direct
 from ._base import tell_quietly
 from ._failure import failure_from
 
@@ -65,7 +66,10 @@ class Worker:
     def _run(self) -> None:
         """The worker loop; runs on this worker's thread."""
         if self.runtime.direct:
-            self._run_direct()
+            if self.runtime.admission is not None:
+                run_gated_direct(self)  # flow control: actors/_admission.py
+            else:
+                self._run_direct()
             return
         runtime = self.runtime
         work = runtime.work

@@ -8,6 +8,7 @@ Run from the repository root:
     python benchmarks/memory_pipeline.py --json          # one JSON object per case
     python benchmarks/memory_pipeline.py --case sync-c1 --messages 20000
     python benchmarks/memory_pipeline.py --tracing       # + OneStepApp(tracing=True)
+    python benchmarks/memory_pipeline.py --flow          # + flow-control options
 
 Cases: `sync-c1`, `sync-c8`, `async-c1`, `async-c8` (a `def` or `async def` handler that
 returns its item, with concurrency 1 or 8). Beside every case the same run measures a raw
@@ -28,7 +29,8 @@ between the workers shows as one or more per message.
 With `--tracing` each case also runs with `OneStepApp(tracing=True)`, the OpenTelemetry
 SDK's TracerProvider and a BatchSpanProcessor whose exporter drops the spans (a span per
 message is made, ended and handed to the processor), and prints its rate against the same
-case without tracing, from the same run.
+case without tracing, from the same run. With `--flow`, each case
+again with each flow-control option that never binds, against the case without it.
 
 It never asserts anything: it only reports (DESIGN.md section 6). See benchmarks/README.md.
 """
@@ -61,14 +63,31 @@ DEFAULT_MESSAGES = 100_000
 
 
 METRICS_SUFFIX = "+metrics"
+
+#: `--flow`: each case again with one flow-control option that never binds (issue 21):
+#: a rate limit far above the rate, a per-key limit over 1,000 distinct keys, a dedup key
+#: that differs for every message; all on the default in-memory state store.
+FLOW_SUFFIXES: dict[str, dict[str, Any]] = {
+    "+rate": {"rate_limit": "1000000/s"},
+    "+keys": {"concurrency_key": lambda item: item % 1000, "max_per_key": 1},
+    "+dedup": {"dedup_key": lambda item: item},
+}
+
+
 TRACING_SUFFIX = "+tracing"
+
+
+def split_case(case: str) -> tuple[str, str]:
+    """'sync-c1+rate' -> ('sync-c1', '+rate')."""
+    for suffix in (METRICS_SUFFIX, TRACING_SUFFIX, *FLOW_SUFFIXES):
+        if case.endswith(suffix):
+            return case.removesuffix(suffix), suffix
+    return case, ""
 
 
 def parse_case(case: str) -> tuple[bool, int]:
     """'async-c8' -> (True, 8); 'sync-c1+metrics' -> (False, 1)."""
-    kind, _, concurrency = (
-        case.removesuffix(METRICS_SUFFIX).removesuffix(TRACING_SUFFIX).partition("-c")
-    )
+    kind, _, concurrency = split_case(case)[0].partition("-c")
     if kind not in ("sync", "async") or not concurrency.isdigit() or int(concurrency) < 1:
         raise ValueError(f"bad case {case!r}: expected sync-cN or async-cN")
     return kind == "async", int(concurrency)
@@ -103,19 +122,21 @@ def measure_onestep(
         source.put(i)
     rss_preloaded = peak_rss_mb()
 
-    tracing = case.endswith(TRACING_SUFFIX)
+    variant = split_case(case)[1]
+    tracing = variant == TRACING_SUFFIX
     if tracing:
         _trace_to_nowhere(trace_ratio)
     app = OneStepApp("bench", shutdown_timeout_s=5.0, tracing=tracing)
+    flow = FLOW_SUFFIXES.get(variant, {})
     if is_async:
 
-        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop")
+        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop", **flow)
         async def noop_async(ctx: Any, item: Any) -> Any:
             return item
 
     else:
 
-        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop")
+        @app.task(source=source, emit=sink, concurrency=concurrency, name="noop", **flow)
         def noop(ctx: Any, item: Any) -> Any:
             return item
 
@@ -143,6 +164,19 @@ def measure_onestep(
     return result
 
 
+def _scrape_succeeded(url: str) -> float | None:
+    """The succeeded count that /metrics shows for the benchmark task: the metrics
+    measured are the metrics that work."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("onestep_messages_total{") and 'outcome="succeeded"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def _trace_to_nowhere(ratio: float) -> None:
     """The SDK with a batch processor whose exporter drops every span; `ratio` of the
     traces are sampled (1.0: every message's span is recorded and exported)."""
@@ -163,19 +197,6 @@ def _trace_to_nowhere(ratio: float) -> None:
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
     provider.add_span_processor(BatchSpanProcessor(Nowhere()))
     trace.set_tracer_provider(provider)
-
-
-def _scrape_succeeded(url: str) -> float | None:
-    """The succeeded count that /metrics shows for the benchmark task: the metrics
-    measured are the metrics that work."""
-    import urllib.request
-
-    with urllib.request.urlopen(url + "metrics", timeout=10) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith("onestep_messages_total{") and 'outcome="succeeded"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def measure_baseline(case: str, messages: int, wait_s: float) -> dict[str, Any]:
@@ -248,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="with --tracing: the fraction of traces the SDK samples (default 1.0, all)",
     )
+    parser.add_argument(
+        "--flow",
+        action="store_true",
+        help="also run each case with a rate limit, a per-key limit and a dedup key that "
+        "never bind, and print each rate against the same case without them",
+    )
     args = parse_common_args(parser, argv, CASES, check_case=parse_case)
 
     if args.child:
@@ -263,10 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     child_args += ["--trace-ratio", str(args.trace_ratio)]
     # a child gets a little longer than its own wait, to start and to stop
     timeout_s = args.timeout + 60.0
-    suffix = METRICS_SUFFIX if args.metrics else TRACING_SUFFIX if args.tracing else None
-    if suffix is not None:
-        results = run_with_variant(
-            args.cases, suffix, args.repeat, child_args, timeout_s, args.median
+    variant_sets = {
+        "metrics": [METRICS_SUFFIX] if args.metrics else [],
+        "tracing": [TRACING_SUFFIX] if args.tracing else [],
+        "flow": list(FLOW_SUFFIXES) if args.flow else [],
+    }
+    suffixes = [suffix for group in variant_sets.values() for suffix in group]
+    what = "/".join(name for name, group in variant_sets.items() if group)
+    if suffixes:
+        results = run_with_variants(
+            args.cases, suffixes, args.repeat, child_args, timeout_s, args.median
         )
     else:
         results = run_cases(
@@ -284,69 +317,74 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary} of {args.repeat}, Python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)"
     )
     print_results(results, as_json=args.json, title=title, messages=args.messages)
-    if suffix is not None:
-        print_variant_cost(results, suffix, as_json=args.json)
+    if suffixes:
+        print_variant_cost(results, as_json=args.json, what=what)
     return 0
 
 
-def run_with_variant(
+def run_with_variants(
     cases: list[str],
-    suffix: str,
+    suffixes: list[str],
     repeat: int,
     child_args: list[str],
     timeout_s: float,
     median: bool,
 ) -> list[CaseResult]:
-    """Each case without and with metrics (or tracing: `suffix`), and the baseline, one
-    child after the other in every repeat, so that drift on the machine hits the three
-    alike."""
+    """Each case without and with each variant (metrics, or each flow option), and the
+    baseline, one child after the other in every repeat, so that drift on the machine
+    hits them alike."""
     script = os.path.abspath(__file__)
     results = []
     for case in cases:
         plain = CaseResult(case, Trial(median=median), Trial(median=median))
-        metered = CaseResult(case + suffix, Trial(median=median), plain.baseline)
+        variants = [
+            CaseResult(case + suffix, Trial(median=median), plain.baseline) for suffix in suffixes
+        ]
         for _ in range(max(1, repeat)):
             plain.onestep.add(run_child(script, "onestep", case, child_args, timeout_s))
-            metered.onestep.add(run_child(script, "onestep", case + suffix, child_args, timeout_s))
+            for variant in variants:
+                variant.onestep.add(
+                    run_child(script, "onestep", variant.case, child_args, timeout_s)
+                )
             plain.baseline.add(run_child(script, "baseline", "raw-1-thread", child_args, timeout_s))
-        results += [plain, metered]
+        results += [plain, *variants]
     return results
 
 
-def print_variant_cost(results: list[Any], suffix: str, *, as_json: bool) -> None:
-    """Each case's rate with metrics (or tracing) on against its rate without, from the
-    same run."""
-    what = suffix.removeprefix("+")
+def print_variant_cost(results: list[Any], *, as_json: bool, what: str) -> None:
+    """Each variant's rate against the same case's rate without it, from the same run."""
     rates = {result.case: result.onestep.rate for result in results}
     rows = []
     for case, rate in rates.items():
-        if case.endswith(suffix):
-            plain = rates.get(case.removesuffix(suffix))
+        base, suffix = split_case(case)
+        if suffix:
+            plain = rates.get(base)
             ratio = rate / plain if rate and plain else None
-            rows.append((case.removesuffix(suffix), plain, rate, ratio))
+            rows.append((base, suffix, plain, rate, ratio))
     if as_json:
-        for case, plain, rate, ratio in rows:
+        for base, suffix, plain, rate, ratio in rows:
             print(
                 json.dumps(
                     {
-                        "case": case,
-                        f"rate_without_{what}": plain,
-                        f"rate_with_{what}": rate,
+                        "case": base,
+                        "variant": suffix.lstrip("+"),
+                        "rate_without": plain,
+                        "rate_with": rate,
                         f"{what}_ratio": None if ratio is None else round(ratio, 3),
                     }
                 )
             )
         return
     print()
-    print(f"{what} cost (rate with {what} on / rate without, same run)")
-    print(f"{'case':<10} {'without msg/s':>14} {'with msg/s':>14} {'ratio':>7}")
-    for case, plain, rate, ratio in rows:
+    print(f"{what} cost (rate with the option / rate without, same run)")
+    print(f"{'case':<10} {'option':<9} {'without msg/s':>14} {'with msg/s':>14} {'ratio':>7}")
+    for base, suffix, plain, rate, ratio in rows:
 
         def fmt(value: float | None) -> str:
             return "-" if value is None else f"{value:,.0f}"
 
         shown = "-" if ratio is None else f"{ratio:.3f}"
-        print(f"{case:<10} {fmt(plain):>14} {fmt(rate):>14} {shown:>7}")
+        print(f"{base:<10} {suffix:<9} {fmt(plain):>14} {fmt(rate):>14} {shown:>7}")
 
 
 if __name__ == "__main__":

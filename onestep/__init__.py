@@ -35,6 +35,7 @@ from .core import (
     configure_logging,
 )
 from .executor import ProcessExecutor
+from .flow import RateLimit
 from .ops import DeadLetter, DeadLetterEntry, DeadLetters, NotBrowsable, NotReplayable
 from .sources import CronSource, IntervalSource, MemoryQueue
 from .state import InMemoryStateStore, SQLiteStateStore, StateStore
@@ -76,6 +77,7 @@ __all__ = [
     "NotReplayable",
     "OneStepApp",
     "ProcessExecutor",
+    "RateLimit",
     "RetryPolicy",
     "SQLiteStateStore",
     "Sink",

@@ -72,6 +72,7 @@ class PostgresStateStore(StateStore):
             f"DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= clock_timestamp()"
         )
         self._sql_keys = f"SELECT key FROM {t} WHERE key LIKE %s AND {_LIVE} ORDER BY key"
+        self._sql_take_tokens = _take_tokens_sql(t)
         create = (
             f'CREATE TABLE IF NOT EXISTS {t} (key text COLLATE "C" PRIMARY KEY, '
             "value text NOT NULL, expires_at timestamptz NULL)"
@@ -169,6 +170,18 @@ class PostgresStateStore(StateStore):
         )
         return row is not None
 
+    def take_tokens(
+        self, key: str, count: int, rate_per_s: float, burst: float
+    ) -> tuple[int, float]:
+        """The token bucket in one statement by the database server's clock (see
+        StateStore.take_tokens); the row holds `[tokens, at, taken]`."""
+        key = self._check_key(key)
+        args = {"key": key, "want": int(count), "rate": float(rate_per_s), "burst": float(burst)}
+        row = self._run(lambda conn: conn.execute(self._sql_take_tokens, args).fetchone())
+        tokens, _, taken = json.loads(row[0])
+        taken = int(taken)
+        return taken, 0.0 if taken else (1.0 - float(tokens)) / rate_per_s
+
     def purge_expired(self) -> int:
         """Delete expired claims; returns how many."""
         self._last_purge = time.monotonic()
@@ -179,6 +192,32 @@ class PostgresStateStore(StateStore):
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = self._run(lambda conn: conn.execute(self._sql_keys, (pattern,)).fetchall())
         return [str(row[0]) for row in rows]
+
+
+def _take_tokens_sql(table: str) -> str:
+    """One INSERT ... ON CONFLICT DO UPDATE: a new bucket starts full; an existing one
+    (`[tokens, at, ...]` JSON; anything else counts as new) is refilled for the time
+    since `at` by the server's clock, and up to `want` whole tokens are taken. Row locks
+    make concurrent callers queue; RETURNING gives `[tokens left, now, taken]`."""
+    now = "extract(epoch FROM clock_timestamp())::float8"
+    fresh = (
+        f"json_build_array(%(burst)s::float8 - least(%(want)s, floor(%(burst)s::float8)), "
+        f"{now}, least(%(want)s, floor(%(burst)s::float8)))::text"
+    )
+    old = "CASE WHEN s.value LIKE '[%%' THEN (s.value::json->>{i})::float8 END"
+    refill = (
+        "SELECT json_build_array(r - least(%(want)s, floor(r)), n, least(%(want)s, floor(r)))"
+        "::text FROM (SELECT least(%(burst)s::float8, coalesce("
+        + old.format(i=0)
+        + ", %(burst)s::float8) + greatest(0.0, n - coalesce("
+        + old.format(i=1)
+        + f", n)) * %(rate)s::float8) AS r, n FROM (SELECT {now} AS n) AS c) AS x"
+    )
+    return (
+        f"INSERT INTO {table} AS s (key, value, expires_at) VALUES (%(key)s, {fresh}, NULL) "
+        f"ON CONFLICT (key) DO UPDATE SET value = ({refill}), expires_at = NULL "
+        "RETURNING value"
+    )
 
 
 def _create(conn: Any, sql: str, table: str) -> None:

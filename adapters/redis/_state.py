@@ -32,6 +32,31 @@ redis.call('PERSIST', KEYS[1])
 return value
 """
 
+# A token bucket (`take_tokens`) in one step on the server's clock: the key holds the
+# JSON `[tokens, at]` (at in seconds), refilled at ARGV[2] a second up to ARGV[3], and
+# expires once it would be full again, so an idle limit leaves nothing behind.
+_TAKE_TOKENS = """
+local want, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tokens, at = burst, now
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ok, state = pcall(cjson.decode, raw)
+  if ok and type(state) == 'table' and #state == 2 then
+    tokens, at = tonumber(state[1]), tonumber(state[2])
+  end
+end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local taken = math.min(want, math.floor(tokens))
+tokens = tokens - taken
+local ttl = math.ceil((burst - tokens) / rate * 1000) + 1000
+redis.call('SET', KEYS[1], cjson.encode({tokens, now}), 'PX', ttl)
+local wait = 0
+if taken == 0 then wait = (1 - tokens) / rate end
+return {taken, tostring(wait)}
+"""
+
 
 class RedisStateStore(StateStore):
     """Values as JSON strings in keys `<prefix><key>`. `incr` is one server-side step,
@@ -49,6 +74,7 @@ class RedisStateStore(StateStore):
         self.prefix = prefix
         self._client = connector.client
         self._incr = self._client.register_script(_INCR)
+        self._take_tokens = self._client.register_script(_TAKE_TOKENS)
 
     def __repr__(self) -> str:
         return f"RedisStateStore(prefix={self.prefix!r}, connector={self.connector!r})"
@@ -126,6 +152,16 @@ class RedisStateStore(StateStore):
         encoded = self._encode(key, value)
         with self.connector.errors("write state"):
             return bool(self._client.set(full, encoded, nx=True, px=max(1, int(ttl_s * 1000))))
+
+    def take_tokens(
+        self, key: str, count: int, rate_per_s: float, burst: float
+    ) -> tuple[int, float]:
+        """The token bucket in one script on the server, by the server's clock (see
+        StateStore.take_tokens)."""
+        full = self._key(key)
+        with self.connector.errors("write state"):
+            taken, wait = self._take_tokens(keys=[full], args=[count, rate_per_s, burst])
+        return int(taken), float(wait)
 
     def keys(self, prefix: str = "") -> list[str]:
         """The keys (without the store's prefix) that start with `prefix`, sorted."""

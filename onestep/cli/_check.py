@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from .._exit_codes import EXIT_BAD_TARGET, EXIT_CRASHED
+from ..flow import format_limits
 from ..ops import (
     GRAPH_FORMATS,
     check_connections,
@@ -123,6 +124,8 @@ def _task_lines(task: dict[str, Any]) -> list[str]:
         ("timeout", "none" if timeout is None else f"{timeout}s"),
         ("concurrency", str(task.get("concurrency"))),
     ]
+    if task.get("limits"):
+        fields.append(("limits", format_limits(task["limits"])))
     width = max(len(label) for label, _ in fields)
     return [
         f"task {task.get('name')!r} ({kind})",

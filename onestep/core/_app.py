@@ -8,8 +8,6 @@ extend it (`run(processes=N)`, `serve_http`, `dead_letters`, `executor="process"
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import inspect
 import logging
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from actors import ActorSystem, AppFailed, EventRecord, RestartPolicy, RuntimeStats
 
 from .._values import check_delay, check_int, check_number
+from ..flow import RateLimit, read_flow_options
 from ..state import InMemoryStateStore, StateStore
 from ._delivery import SourceContext
 from ._events import TaskEvent
@@ -28,12 +27,12 @@ from ._hooks import (
     EventDispatch,
     Hook,
     callable_name,
-    install_signal_handlers,
     on_runtime_thread,
     run_shutdown_hooks,
     run_startup_hooks,
 )
 from ._internals import AppInternals
+from ._running import run_blocking, serve_in_asyncio
 from ._task import ExecutorOptions, TaskSpec
 from ._tracing_port import TracingPort
 
@@ -115,6 +114,11 @@ class AppCore:
         timeout_s: float | None = None,
         concurrency: int = 1,
         executor: str | ExecutorOptions = "thread",
+        rate_limit: str | RateLimit | None = None,
+        concurrency_key: Callable[[Any], Any] | None = None,
+        max_per_key: int = 1,
+        dedup_key: Callable[[Any], Any] | None = None,
+        dedup_ttl_s: float | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated `def f(ctx, item)` or `async def f(ctx, item)`.
 
@@ -124,6 +128,8 @@ class AppCore:
         `executor="process"` (or `ProcessExecutor(...)` for its options) runs a sync
         handler in `concurrency` worker processes instead of threads: CPU-bound work
         uses every core, and `timeout_s` kills a worker that overran.
+        `rate_limit`, `concurrency_key`/`max_per_key`, `dedup_key`/`dedup_ttl_s`: flow
+        control in the app's state store (docs/flow-control.md).
         """
         if inspect.isfunction(source) or inspect.ismethod(source):
             # `@app.task` without parentheses: Python passed the handler as `source`
@@ -131,6 +137,7 @@ class AppCore:
                 f"@app.task needs parentheses and a source: write "
                 f"@app.task(source=...) above {source.__name__}(), not @app.task"
             )
+        flow = read_flow_options(rate_limit, concurrency_key, max_per_key, dedup_key, dedup_ttl_s)
 
         def decorate(fn: F) -> F:
             self._check_not_running("register a task")
@@ -146,6 +153,7 @@ class AppCore:
                 concurrency=concurrency,
                 executor=executor,
                 read_executor=self._executor_options,
+                flow=flow,
             )
             if spec.name in self._tasks:
                 raise ValueError(f"name {spec.name!r} is already a task of app {self.name!r}")
@@ -331,58 +339,19 @@ class AppCore:
         return self._failure
 
     def run(self) -> None:
-        """Run until `request_shutdown()` (or SIGINT/SIGTERM/SIGHUP on the main thread), then shut
-        down gracefully. Raises AppFailed if an actor failed past its restart limit."""
+        """Run until `request_shutdown()` (or SIGINT/SIGTERM/SIGHUP on the main thread), then
+        shut down gracefully. Raises AppFailed if an actor failed past its restart limit."""
         self._run_in_this_process()
 
     def _run_in_this_process(self, on_started: Callable[[], None] | None = None) -> None:
         """`run()` in this process; `on_started()` is called on the calling thread once
         `start()` returned (a worker of `--processes N` tells its parent so)."""
-        restore = install_signal_handlers(self._shutdown_requested.is_set, self.request_shutdown)
-        try:
-            self.start()
-            try:
-                if on_started is not None:
-                    on_started()
-                self._shutdown_requested.wait()
-            finally:
-                self.stop()
-        finally:
-            restore()
-        self._raise_failure()
+        run_blocking(self, on_started)
 
     async def serve(self) -> None:
         """Run inside an asyncio program until shutdown is requested or the awaiting task
         is cancelled. Handlers run on onestep's own loop thread, not the caller's loop."""
-        loop = asyncio.get_running_loop()
-        requested = loop.create_future()
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(_resolve, requested)
-
-        starting = loop.run_in_executor(None, self.start)
-        try:
-            await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            # start() goes on in its thread: let it finish, then undo it
-            with contextlib.suppress(Exception):
-                await starting
-            if self.running:
-                await asyncio.to_thread(self.stop)
-            raise
-        self._shutdown_callbacks.append(wake)
-        try:
-            if self._shutdown_requested.is_set():
-                wake()
-            await requested
-        finally:
-            self._shutdown_callbacks.remove(wake)
-            await asyncio.to_thread(self.stop)
-        self._raise_failure()
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+        await serve_in_asyncio(self)
 
     def _fatal(self, error: BaseException) -> None:
         """Called by the supervisor when an actor failed past its restart limit."""
@@ -393,8 +362,3 @@ class AppCore:
     def _deliver_event(self, record: EventRecord) -> None:
         """Runs on the event actor's thread."""
         self._events.deliver(record, self._system)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

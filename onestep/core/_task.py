@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from actors import ExecutorPort, Failure, SinkRoute
 
 from .._values import check_delay, check_int
+from ..flow import FlowOptions, Gate
 from ..state import AsyncStateView, StateView
 from ._context import TaskContext
 from ._delivery import Delivery, is_sink, missing_source_methods
@@ -128,6 +129,7 @@ class TaskSpec:
         concurrency: Any,
         executor: Any = None,
         read_executor: ExecutorReader,
+        flow: FlowOptions | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"handler must be callable, got {type(fn).__name__}")
@@ -186,6 +188,14 @@ class TaskSpec:
         self._lock = threading.Lock()
         self.process: ExecutorOptions | None = process
         self.executor: ExecutorPort | None = None
+        # flow control (onestep/flow): the engine asks `gate` before it runs a message;
+        # None, the usual case, costs nothing on the hot path
+        self.flow = flow if flow is not None and flow.active else None
+        self.gate = (
+            None
+            if self.flow is None
+            else Gate(self.flow, app.state, f"onestep-flow:{prefix}", self.timeout_s)
+        )
         tracing = app.internals.tracing
         if tracing is not None:
             tracing.instrument(self)  # traced invoke, invoke_async and result_meta
@@ -294,4 +304,5 @@ class TaskSpec:
             "timeout_s": self.timeout_s,
             "concurrency": self.concurrency,
             "executor": (self.executor_kind if self.process is None else self.process.describe()),
+            "limits": None if self.gate is None else self.gate.describe(),
         }

@@ -39,6 +39,12 @@ class OnestepCollector(Collector):
             "Handler execution time, by task.",
             labels=["app", "task"],
         )
+        waited = CounterMetricFamily(
+            "onestep_flow_wait_seconds",
+            "Time messages waited for a rate-limit token (limit=rate) or a per-key slot "
+            "(limit=key), by task; only tasks with flow control.",
+            labels=["app", "task", "limit"],
+        )
         inflight = GaugeMetricFamily(
             "onestep_inflight", "Messages taken and not yet settled.", labels=["app", "task"]
         )
@@ -52,6 +58,8 @@ class OnestepCollector(Collector):
                 buckets.append((_bound(bound), cumulative))
             durations.add_metric([app, name], buckets, duration["sum"])
             inflight.add_metric([app, name], task["inflight"])
+            for limit, seconds in task.get("waited", {}).items():
+                waited.add_metric([app, name, limit], seconds)
         up = GaugeMetricFamily(
             "onestep_source_up", "1 while the source is open and working.", labels=["app", "source"]
         )
@@ -71,7 +79,7 @@ class OnestepCollector(Collector):
         )
         for label, n in snap["restarts"].items():
             restarts.add_metric([app, label], n)
-        yield from (messages, durations, inflight, up, depth, restarts)
+        yield from (messages, durations, inflight, waited, up, depth, restarts)
 
 
 def _bound(bound: float) -> str:

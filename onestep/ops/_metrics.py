@@ -46,6 +46,13 @@ RATE_WINDOW_S = 60.0
 SNAPSHOT_PREFIX = "stats-"
 
 
+def flow_waited(gate: Any) -> dict[str, float]:
+    """The seconds a task's messages waited for rate-limit tokens (`rate`) and per-key
+    slots (`key`), cumulative (onestep.flow.Gate.snapshot)."""
+    snap = gate.snapshot()
+    return {limit: float(snap[limit]["waited_s"]) for limit in ("rate", "key")}
+
+
 def _empty_task(source: str | None) -> dict[str, Any]:
     return {
         "source": source,
@@ -189,6 +196,8 @@ class AppMonitor(Monitor):
                 task["counts"] = {outcome: counts[outcome] for outcome in OUTCOMES}
                 task["duration"] = raw["duration"]
             task["inflight"] = inflight.get(name, 0)
+            if spec.gate is not None:  # flow control: seconds messages waited, by limit
+                task["waited"] = flow_waited(spec.gate)
             tasks[name] = task
             if source is not None:
                 up = running and f"source {source!r}" not in problems
@@ -340,5 +349,9 @@ def _add_task(total: dict[str, Any], task: dict[str, Any], *, gauges: bool) -> N
         ]
         total["duration"]["sum"] += duration.get("sum", 0.0)
         total["duration"]["count"] += duration.get("count", 0)
+    if "waited" in task:
+        waited = total.setdefault("waited", {"rate": 0.0, "key": 0.0})
+        for limit in waited:
+            waited[limit] += task["waited"].get(limit, 0.0)
     if gauges:
         total["inflight"] += task.get("inflight", 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ..flow import format_limits
 from ._graph_svg import render_pipeline_svg
 from ._sparkline import RateHistory
 
@@ -83,6 +84,7 @@ def render_status_page(
 {"".join(rows)}
 </tbody>
 </table>
+{_limits_table(snapshot, described)}
 <table id="sources">
 <thead><tr><th>Source</th><th>State</th><th>Depth</th></tr></thead>
 <tbody>{sources}</tbody>
@@ -121,6 +123,31 @@ def _task_row(
         f"<td class=n>{int(task['inflight'])}</td>",
     ]
     return f'<tr data-task="{escape(name)}">{"".join(cells)}</tr>\n'
+
+
+def _limits_table(snapshot: dict[str, Any], described: dict[str, Any]) -> str:
+    """The tasks with flow control: their limits, messages skipped as duplicates, and
+    the seconds messages waited for tokens and per-key slots (empty without any)."""
+    rows = []
+    for name, task in snapshot["tasks"].items():
+        limits = described.get(name, {}).get("limits")
+        if not limits:
+            continue
+        waited = task.get("waited", {})
+        rows.append(
+            f'<tr data-task="{escape(name)}"><td>{escape(name)}</td>'
+            f"<td>{escape(format_limits(limits))}</td>"
+            f"<td class=n>{int(task['counts'].get('skipped', 0))}</td>"
+            f"<td class=n>{float(waited.get('rate', 0.0)):.1f}</td>"
+            f"<td class=n>{float(waited.get('key', 0.0)):.1f}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        '<table id="limits">\n<thead><tr><th>Task</th><th>Limits</th><th>Skipped</th>'
+        "<th>Waited for tokens (s)</th><th>Waited for key slots (s)</th></tr></thead>\n"
+        f"<tbody>{''.join(rows)}</tbody>\n</table>"
+    )
 
 
 def _endpoint(info: Any) -> str:

@@ -66,6 +66,44 @@ class StateStore(ABC):
         it so that replicas sharing the store fire it once."""
         raise NotImplementedError(f"{type(self).__name__} does not implement claim()")
 
+    def take_tokens(
+        self, key: str, count: int, rate_per_s: float, burst: float
+    ) -> tuple[int, float]:
+        """Take up to `count` tokens from the token bucket at `key` (it refills at
+        `rate_per_s` up to `burst`; a new bucket is full), atomically: returns how many
+        were taken and, when none was, the seconds until the next one. Rate limits
+        (onestep.flow) take their tokens here, in batches, so a store shared by several
+        processes makes one limit hold across them.
+
+        This fallback runs on `update` (atomic on every built-in store) and the
+        caller's wall clock, keeping `[tokens, at]` under `key`; a store may do it in
+        one step of its own (RedisStateStore: one script on the server's clock)."""
+        taken = 0
+        wait_s = 0.0
+
+        def refill(state: Any) -> list[float]:
+            nonlocal taken, wait_s
+            now = time.time()
+            tokens, at = _bucket_state(state, burst, now)
+            tokens = min(burst, tokens + max(0.0, now - at) * rate_per_s)
+            taken = min(count, int(tokens))
+            tokens -= taken
+            wait_s = 0.0 if taken else (1.0 - tokens) / rate_per_s
+            return [tokens, now]
+
+        self.update(key, refill)
+        return taken, wait_s
+
+
+def _bucket_state(state: Any, burst: float, now: float) -> tuple[float, float]:
+    """A bucket's `[tokens, at]` as kept by `take_tokens`, or a full new one."""
+    if isinstance(state, list) and len(state) >= 2:  # a store may keep more after them
+        try:
+            return float(state[0]), float(state[1])
+        except (TypeError, ValueError):
+            pass
+    return burst, now
+
 
 def check_ttl(ttl_s: Any) -> float:
     """`ttl_s` as a float if it is a finite number above 0 (a `claim`'s lifetime);
