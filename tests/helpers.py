@@ -9,9 +9,10 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NoReturn
 
 import pytest
 
@@ -104,13 +105,32 @@ class FlakySource(ListSource):
         return super().fetch(limit)
 
 
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the test for a missing server or tool, or fail it when CI is set: CI starts
+    every server and installs every tool, so there a skip would hide a broken setup."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: this test may not be skipped)")
+    pytest.skip(reason)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, every: float = 0.05) -> Any:
+    """Poll `predicate` (state in a server or in another process, which no Event can
+    signal) until it is truthy; its value, or AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        pause.wait(every)
+
+
 def require_chromium() -> str:
     """The path of headless Chromium (Debian's `chromium`); skips the test without it,
     or fails it when CI is set (.ci/run installs it)."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        reason = "headless Chromium is not installed (Debian package `chromium`)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
-        pytest.skip(reason)
+        skip_or_fail("headless Chromium is not installed (Debian package `chromium`)")
     return path

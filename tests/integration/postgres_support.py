@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +18,9 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from tests.helpers import skip_or_fail
+from tests.helpers import wait_until as wait_until  # the tests import it from here
 
 URL = os.environ.get("ONESTEP_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 HOST, PORT, USER, DATABASE = "127.0.0.1", 5432, "postgres", "test"
@@ -48,10 +49,9 @@ def require_server() -> None:
     problem = server_problem()
     if problem is None:
         return
-    message = f"PostgreSQL is not reachable at {HOST}:{PORT} (postgres, database test): {problem}"
-    if os.environ.get("CI"):
-        pytest.fail(message + " (CI is set: integration tests may not be skipped)")
-    pytest.skip(message)
+    skip_or_fail(
+        f"PostgreSQL is not reachable at {HOST}:{PORT} (postgres, database test): {problem}"
+    )
 
 
 def quote(name: str) -> str:
@@ -63,19 +63,6 @@ def query(sql: str, args: Any = None) -> list[tuple[Any, ...]]:
     with raw_connect() as conn:
         cursor = conn.execute(sql, args)
         return list(cursor.fetchall()) if cursor.description else []
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, every: float = 0.05) -> Any:
-    """Poll `predicate` (state in another process or the database) until it is truthy."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        pause.wait(every)
 
 
 def statuses(table: str) -> dict[str, int]:

@@ -17,6 +17,7 @@ import pika  # type: ignore[import-untyped]
 import pytest
 
 from adapters.rabbitmq import RabbitMQConnector, delay_bucket_ms
+from tests.helpers import skip_or_fail
 
 AMQP_URL = os.environ.get("ONESTEP_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
@@ -35,10 +36,7 @@ def require_broker() -> None:
     problem = broker_problem()
     if problem is None:
         return
-    reason = f"RabbitMQ is not reachable at 127.0.0.1:5672 ({problem})"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
-    pytest.skip(reason)
+    skip_or_fail(f"RabbitMQ is not reachable at 127.0.0.1:5672 ({problem})")
 
 
 class Rabbit:

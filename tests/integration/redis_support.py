@@ -9,14 +9,15 @@ out of conftest.py so that it touches no other suite.
 from __future__ import annotations
 
 import os
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+
+from tests.helpers import skip_or_fail
+from tests.helpers import wait_until as wait_until  # the tests import it from here
 
 URL = os.environ.get("ONESTEP_REDIS_URL", "redis://127.0.0.1:6379/0")
 TIMEOUT = 20.0
@@ -43,23 +44,7 @@ def require_server() -> None:
     problem = server_problem()
     if problem is None:
         return
-    message = f"Redis is not reachable at {URL}: {problem}"
-    if os.environ.get("CI"):
-        pytest.fail(message + " (CI is set: integration tests may not be skipped)")
-    pytest.skip(message)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, every: float = 0.05) -> Any:
-    """Poll `predicate` (state in Redis or another process) until it is truthy."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        pause.wait(every)
+    skip_or_fail(f"Redis is not reachable at {URL}: {problem}")
 
 
 class Keys:
