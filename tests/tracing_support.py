@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.helpers import wait_until
 
 _EXPORTER: InMemorySpanExporter | None = None
 
@@ -39,10 +40,4 @@ def task_spans(exporter: InMemorySpanExporter, task: str | None = None) -> list[
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
     """Poll `condition` until it is true (returned) or `timeout` passes (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    return wait_until(condition, timeout, every=0.01)

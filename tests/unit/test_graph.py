@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from onestep.ops._graph_svg import render_pipeline_svg
 from onestep.ops._metrics import AppMonitor
 from onestep.ops._sparkline import RateHistory, sparkline_points
 from tests.docs_blocks import parse_blocks
-from tests.helpers import running
+from tests.helpers import running, wait_until
 from tests.unit.cli_apps import graph as shop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -370,10 +369,12 @@ def test_the_status_page_draws_the_pipeline_with_sparklines_after_a_few_ticks() 
         monitor.tick()
         for batch in range(3):
             jobs.put_many(range(batch * 4, batch * 4 + 4))
-            deadline = time.monotonic() + TIMEOUT
-            while monitor.snapshot()["tasks"]["work"]["counts"]["succeeded"] < batch * 4 + 3:
-                assert time.monotonic() < deadline, "timed out waiting for the messages"
-                time.sleep(0.01)
+            handled = batch * 4 + 3
+            wait_until(
+                lambda n=handled: monitor.snapshot()["tasks"]["work"]["counts"]["succeeded"] >= n,
+                TIMEOUT,
+                every=0.01,
+            )
             monitor.tick()
         page = client.simulate_get("/").text
     svg = page[page.index("<svg") : page.index("</svg>")]
